@@ -1,0 +1,136 @@
+"""Omost's ``Canvas.process``: rectangles, layer order, masks and the colour composition.
+
+Everything here must agree exactly with Omost's published rules (see ``omost_contract.json``):
+the renderer steers attention with these masks, and the initial latent is built from the colour
+composition, so an off-by-one here moves a region.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from shared.canvas import Canvas, LocalDescription
+from shared.contract import AREAS, COLORS, GRID, LOCATIONS, OFFSETS
+
+Rect = tuple[int, int, int, int]
+"""(top, bottom, left, right) in the 90-grid; rows top:bottom and columns left:right, end-exclusive."""
+
+
+def normalise_subprompt(text: str) -> str:
+    """Omost's ``safe_str``: strip ',', '.' and ' ' from both ends and end with exactly one '.'."""
+    return text.strip(",. ") + "."
+
+
+def placement_rect(location: str, offset: str, area: str) -> Rect:
+    """The 90-grid rectangle of a placement, clipped to the canvas."""
+    x, y = LOCATIONS[location]
+    dx, dy = OFFSETS[offset]
+    w, h = AREAS[area]
+    x, y = x + dx, y + dy
+    rect = (y - h // 2, y + h // 2, x - w // 2, x + w // 2)
+    top, bottom, left, right = (max(0, min(GRID, v)) for v in rect)
+    return top, bottom, left, right
+
+
+def nearest_exact_indices(source: int, target: int) -> np.ndarray:
+    """Source indices that ``torch.nn.functional.interpolate(mode="nearest-exact")`` samples.
+
+    Mirrors torch's CPU kernel arithmetic (a float32 scale, the product rounded to float32 before
+    the floor) so that masks made here and in the renderer agree pixel for pixel at every size.
+    """
+    scale = np.float32(source) / np.float32(target)
+    products = ((np.arange(target, dtype=np.float64) + 0.5) * np.float64(scale)).astype(np.float32)
+    return np.minimum(np.floor(products).astype(np.int64), source - 1)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One text condition of the render: a rectangle and its prompt parts.
+
+    ``prefixes`` start every token bag of this condition; ``suffixes`` are packed greedily into bags
+    after them (see ``shared.prompts``). All are already normalised the Omost way.
+    """
+
+    rect: Rect
+    prefixes: tuple[str, ...]
+    suffixes: tuple[str, ...]
+    color: tuple[int, int, int]
+    distance_to_viewer: float | None
+    """None for the global condition, which is the farthest layer."""
+    region_index: int | None
+    """Index into ``canvas.local_descriptions``; None for the global condition."""
+
+    @property
+    def grid_mask(self) -> np.ndarray:
+        """The 90x90 float32 0/1 mask."""
+        top, bottom, left, right = self.rect
+        mask = np.zeros((GRID, GRID), dtype=np.float32)
+        mask[top:bottom, left:right] = 1.0
+        return mask
+
+    def mask(self, height: int, width: int) -> np.ndarray:
+        """The mask at any resolution, sampled nearest-exact from the 90-grid, float32 0/1."""
+        rows = nearest_exact_indices(GRID, height)
+        cols = nearest_exact_indices(GRID, width)
+        return self.grid_mask[np.ix_(rows, cols)]
+
+
+@dataclass(frozen=True)
+class CanvasLayout:
+    """The processed canvas: the global condition first, then regions farthest to nearest."""
+
+    conditions: tuple[Condition, ...]
+    global_color: tuple[int, int, int]
+
+    @cached_property
+    def _initial_grid(self) -> np.ndarray:
+        # Omost's exact arithmetic and dtypes: float32 canvas, uint8 colours, a float64 blend
+        # stored back into float32, then clip and truncate to uint8.
+        image = np.zeros((GRID, GRID, 3), dtype=np.float32) + np.array([[self.global_color]], dtype=np.uint8)
+        for condition in self.conditions[1:]:
+            top, bottom, left, right = condition.rect
+            color = np.array([[condition.color]], dtype=np.uint8)
+            image[top:bottom, left:right] = 0.7 * color + 0.3 * image[top:bottom, left:right]
+        return image.clip(0, 255).astype(np.uint8)
+
+    def initial_image(self, height: int = GRID, width: int = GRID) -> np.ndarray:
+        """The colour composition as uint8 RGB ``(height, width, 3)``, nearest-exact from the 90-grid."""
+        grid = self._initial_grid
+        if (height, width) == (GRID, GRID):
+            return grid.copy()
+        return grid[np.ix_(nearest_exact_indices(GRID, height), nearest_exact_indices(GRID, width))]
+
+
+def _local_condition(canvas: Canvas, index: int, region: LocalDescription) -> Condition:
+    suffixes = [*region.detailed_descriptions, region.tags, region.atmosphere, region.style, region.quality_meta]
+    return Condition(
+        rect=placement_rect(region.location, region.offset, region.area),
+        prefixes=(
+            normalise_subprompt(canvas.global_description.description),
+            normalise_subprompt(region.description),
+        ),
+        suffixes=tuple(normalise_subprompt(s) for s in suffixes),
+        color=COLORS[region.HTML_web_color_name],  # type: ignore[arg-type]
+        distance_to_viewer=region.distance_to_viewer,
+        region_index=index,
+    )
+
+
+def layout_canvas(canvas: Canvas) -> CanvasLayout:
+    """Omost's ``Canvas.process``: conditions in layer order with their rects and prompt parts."""
+    glob = canvas.global_description
+    global_condition = Condition(
+        rect=(0, GRID, 0, GRID),
+        prefixes=(normalise_subprompt(glob.description),),
+        suffixes=tuple(normalise_subprompt(s) for s in [*glob.detailed_descriptions, glob.tags]),
+        color=COLORS[glob.HTML_web_color_name],  # type: ignore[arg-type]
+        distance_to_viewer=None,
+        region_index=None,
+    )
+    regions = [_local_condition(canvas, i, r) for i, r in enumerate(canvas.local_descriptions)]
+    # sorted() is stable, so equal distances keep their code order, as in Omost.
+    regions.sort(key=lambda c: c.distance_to_viewer or 0.0, reverse=True)
+    return CanvasLayout(conditions=(global_condition, *regions), global_color=global_condition.color)

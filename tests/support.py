@@ -1,0 +1,126 @@
+"""Helpers the test suites share: free ports, real child processes, a private redis-server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not reached within {timeout} s")
+
+
+def wait_for_http(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:
+    """Poll ``url`` until it answers 2xx; fail early if ``process`` exits."""
+
+    def ready() -> bool:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before {url} answered")
+        try:
+            return httpx.get(url, timeout=2.0).is_success
+        except httpx.HTTPError:
+            return False
+
+    wait_until(ready, timeout, 0.2, f"{url} answering")
+
+
+class ChildProcess:
+    """A service started as a real process, its output kept in a log file for failure reports."""
+
+    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None, log_dir: Path | None = None):
+        self.args = list(args)
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = Path(log_dir or tempfile.mkdtemp()) / f"{Path(self.args[0]).name}-{time.monotonic_ns()}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> ChildProcess:
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(self.args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+class RedisServer:
+    """A private redis-server on a free port, so tests never touch the machine's own instance."""
+
+    def __init__(self, persistent: bool = False) -> None:
+        self.persistent = persistent
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.binary = binary
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="omost-redis-")
+        self.child: ChildProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        appendonly = "yes" if self.persistent else "no"
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", appendonly]
+        self.child = ChildProcess([*args, "--dir", self.dir], log_dir=Path(self.dir)).start()
+        wait_until(self.ping, 10.0, 0.05, "redis-server answering")
+        return self
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.child is not None:
+            self.child.stop()
+
+    def restart(self, down_seconds: float = 0.0) -> None:
+        """Stop and start again on the same port; data survives only when ``persistent`` (AOF on)."""
+        self.stop()
+        time.sleep(down_seconds)
+        self.start()
