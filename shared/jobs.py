@@ -64,3 +64,101 @@ class RenderRequest(BaseModel):
         lt=1.0,
         description="Start from the canvas's colour composition instead of pure noise, denoising this much of it.",
     )
+
+
+# --- Job lifecycle: statuses, events, records and API views -------------------------------------
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running", "succeeded", "failed", "canceled")
+TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
+"""A job in one of these states never changes again (until its record expires)."""
+
+MAX_WEBHOOK_URL_LENGTH = 2048
+
+
+class RenderSubmission(RenderRequest):
+    """The body of ``POST /v1/renders``: a :class:`RenderRequest` plus where to report completion.
+
+    The webhook is kept out of :class:`RenderRequest` because the engine never needs it.
+    """
+
+    webhook_url: str | None = Field(
+        default=None,
+        max_length=MAX_WEBHOOK_URL_LENGTH,
+        pattern=r"^https?://",
+        description="POSTed the final job record (JSON) once the job is succeeded, failed or canceled.",
+    )
+
+    def render_request(self) -> RenderRequest:
+        return RenderRequest.model_validate(self.model_dump(exclude={"webhook_url"}))
+
+
+class Progress(BaseModel):
+    step: int = Field(ge=0, description="Sampling steps done so far (across all images and passes).")
+    total: int = Field(ge=0)
+
+
+class JobEvent(BaseModel):
+    """One entry of a job's event history, as stored in Redis and sent over Server-Sent Events.
+
+    ``type`` is ``status`` when the job changes state and ``progress`` after each sampling step.
+    """
+
+    type: Literal["status", "progress"]
+    status: JobStatus
+    at: float = Field(description="Unix time in seconds.")
+    step: int | None = None
+    total: int | None = None
+    error: str | None = None
+    worker: str | None = None
+    message: str | None = None
+
+
+class RenderJobUrls(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    self_: str = Field(alias="self", serialization_alias="self")
+    events: str
+    images: list[str] = []
+
+
+class RenderAccepted(BaseModel):
+    """The answer to ``POST /v1/renders`` (202)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: str
+    status: JobStatus
+    urls: RenderJobUrls
+
+
+class RenderJob(BaseModel):
+    """A job as ``GET /v1/renders/{id}`` shows it (and as the webhook receives it)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: str
+    status: JobStatus
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress: Progress | None = None
+    timings: dict[str, float] = {}
+    error: str | None = None
+    seeds: list[int] = []
+    model: str | None = None
+    device: str | None = None
+    num_images: int = 0
+    worker: str | None = None
+    deliveries: int = 0
+    cancel_requested: bool = False
+    webhook: str | None = Field(default=None, description="Outcome of the webhook call, once made.")
+    urls: RenderJobUrls
+    request: RenderRequest
+
+
+class ApiError(BaseModel):
+    """Every 4xx/5xx body: ``detail`` says what was wrong (for 422, also per-field ``errors``)."""
+
+    detail: str
+    errors: list[dict] | None = None

@@ -1,0 +1,278 @@
+"""Denoising time of stock diffusers SDXL versus our regional engine, same weights, same steps and size.
+
+CPU (default): the tiny SDXL-architecture model (built offline), 256x256, 25 steps, fp32.
+CUDA (``--full``): a full-size SDXL with random weights built on the GPU (no download), 1024x1024,
+25 steps, fp16, with peak GPU memory per run.
+
+For 1, 5 and 12 regions it prints the denoising seconds of: stock ``StableDiffusionXLPipeline``
+(77 text tokens, precomputed embeddings, latent output, so only the denoising loop is timed), ours
+(Omost conditioning: every region's bags, regional masks, batched CFG, text K/V cached per job),
+and ours without the K/V cache, each as a ratio to stock. Runs are interleaved and the minimum of
+``--repeats`` is kept, which is what matters on a shared machine.
+
+    python bench/render_bench.py                # CPU, tiny model
+    python bench/render_bench.py --full         # CUDA, full-size SDXL, random weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, str(REPO))
+
+from diffusers import StableDiffusionXLPipeline  # noqa: E402
+from diffusers.models.attention_processor import AttnProcessor2_0  # noqa: E402
+
+from render_service.engine import RenderEngine  # noqa: E402
+from render_service.engine.loading import resolve_dtype  # noqa: E402
+from render_service.engine.schedulers import make_scheduler  # noqa: E402
+from render_service.engine.tiny import FULL, MID, TINY, build_random_pipeline, build_tiny_model  # noqa: E402
+from shared.canvas import Canvas  # noqa: E402
+from shared.contract import AREAS, LOCATIONS  # noqa: E402
+from shared.jobs import RenderRequest  # noqa: E402
+from shared.layout import layout_canvas  # noqa: E402
+
+SHAPES = {"tiny": TINY, "mid": MID, "full": FULL}
+NEGATIVE = "lowres, bad anatomy, bad hands, cropped, worst quality"
+SUBJECTS = ["dragon", "knight", "castle", "tree", "river", "moon", "wolf", "lantern", "ship", "tower", "cat", "bird"]
+
+
+def canvas_with(regions: int) -> Canvas:
+    """A canvas shaped like real Omost output: 5 details a region, tags, atmosphere, style, quality."""
+    locations, areas = list(LOCATIONS), list(AREAS)
+    local = []
+    for i in range(regions):
+        subject = SUBJECTS[i % len(SUBJECTS)]
+        local.append(
+            {
+                "location": locations[i % len(locations)],
+                "offset": "no offset",
+                "area": areas[(3 * i) % len(areas)],
+                "distance_to_viewer": float(regions - i),
+                "description": f"A detailed {subject} seen in the evening light, part of the larger scene.",
+                "detailed_descriptions": [
+                    f"The {subject} has intricate textures that catch the warm orange light of the sunset.",
+                    f"Soft shadows fall across the {subject}, giving it depth and a strong sense of volume.",
+                    f"Small details on the {subject} reward a closer look, from worn edges to tiny highlights.",
+                    f"The colours of the {subject} echo the palette of the sky, tying it into the composition.",
+                    f"The {subject} is placed with care so that the eye travels naturally across the image.",
+                ],
+                "tags": f"{subject}, evening, warm light, detailed, fantasy, painterly",
+                "atmosphere": "Calm, warm and slightly mysterious.",
+                "style": "Detailed digital painting with soft brushwork.",
+                "quality_meta": "High quality, sharp focus, rich detail.",
+                "HTML_web_color_name": "darkorange",
+            }
+        )
+    return Canvas.model_validate(
+        {
+            "global_description": {
+                "description": "A fantasy landscape at dusk with many characters and objects.",
+                "detailed_descriptions": [
+                    "The sky fades from orange near the horizon to deep purple above.",
+                    "Mist lies in the valleys and the first stars appear.",
+                ],
+                "tags": "fantasy, landscape, dusk, painterly, detailed, cinematic",
+                "HTML_web_color_name": "darkslateblue",
+            },
+            "local_descriptions": local,
+        }
+    )
+
+
+def synchronize(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def reset_peak(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib(device: str) -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.device(device).type == "cuda" else None
+
+
+class StepClock:
+    """Denoising time from per-step timestamps, measured the same way for stock and ours.
+
+    The span from the end of step 1 to the end of the last step, scaled by steps / (steps - 1):
+    it leaves out text encoding, latent set-up and decoding on both sides. On CPU the clock is
+    this thread's CPU time with one torch thread, so other processes on a shared machine do not
+    inflate it; on CUDA it is wall time after a synchronize.
+    """
+
+    def __init__(self, device: str, cpu_clock: bool) -> None:
+        self.device = device
+        self.clock = time.thread_time if cpu_clock else time.perf_counter
+        self.marks: list[float] = []
+
+    def mark(self) -> None:
+        synchronize(self.device)
+        self.marks.append(self.clock())
+
+    def seconds(self) -> float:
+        steps = len(self.marks)
+        if steps < 2:
+            raise ValueError("need at least 2 steps to time")
+        return (self.marks[-1] - self.marks[0]) * steps / (steps - 1)
+
+
+class Stock:
+    """diffusers' own SDXL pipeline on the engine's modules, with stock attention processors."""
+
+    def __init__(self, engine: RenderEngine, prompt: str) -> None:
+        components = dict(engine.pipeline.components)
+        components["scheduler"] = make_scheduler("dpmpp_2m_karras", engine.pipeline.scheduler.config)
+        self.pipe = StableDiffusionXLPipeline(**components)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.engine = engine
+        with torch.inference_mode():
+            embeds = self.pipe.encode_prompt(
+                prompt, negative_prompt=NEGATIVE, device=engine.device, do_classifier_free_guidance=True
+            )
+        self.embeds = dict(
+            zip(
+                ["prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"],
+                embeds,
+                strict=True,
+            )
+        )
+
+    def denoise(self, size: int, steps: int, clock: StepClock) -> float:
+        unet = self.engine.unet
+        ours = unet.attn_processors
+        unet.set_attn_processor(AttnProcessor2_0())
+
+        def on_step_end(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            clock.mark()
+            return kwargs
+
+        try:
+            self.pipe(
+                **self.embeds,
+                height=size,
+                width=size,
+                num_inference_steps=steps,
+                guidance_scale=5.0,
+                output_type="latent",
+                generator=torch.Generator("cpu").manual_seed(0),
+                callback_on_step_end=on_step_end,
+            )
+            return clock.seconds()
+        finally:
+            unet.set_attn_processor(ours)
+
+
+def ours(engine: RenderEngine, canvas: Canvas, size: int, steps: int, cache: bool, clock: StepClock) -> float:
+    engine.cache_text_kv = cache
+    try:
+        request = RenderRequest(
+            canvas=canvas, width=size, height=size, steps=steps, seed=0, guidance_scale=5.0, negative_prompt=NEGATIVE
+        )
+        engine.render(request, on_step=lambda done, total: clock.mark())
+        return clock.seconds()
+    finally:
+        engine.cache_text_kv = True
+
+
+def positive_tokens(engine: RenderEngine, canvas: Canvas) -> int:
+    layout = layout_canvas(canvas)
+    bags = sum(max(1, len(engine.text.pack(c.prefixes, c.suffixes).bags)) for c in layout.conditions)
+    return 77 * bags
+
+
+def load_engine(args: argparse.Namespace) -> RenderEngine:
+    if args.shape:
+        # A random-weight pipeline built in this process: the --full path (no download, no disk).
+        device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = resolve_dtype(args.dtype, device)
+        print(f"building a random-weight {args.shape} SDXL on {device} ...", flush=True)
+        pipeline = build_random_pipeline(SHAPES[args.shape], device=device)
+        return RenderEngine.from_pipeline(pipeline, model_name=f"random-sdxl-{args.shape}", device=device, dtype=dtype)
+    model = args.model or str(build_tiny_model(REPO / "out" / "tiny-sdxl"))
+    return RenderEngine.load(model, device=args.device, dtype=args.dtype)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--full", action="store_true", help="CUDA, full-size random SDXL, 1024x1024, fp16 (--shape full --device cuda)"
+    )
+    parser.add_argument("--shape", choices=sorted(SHAPES), help="build a random-weight SDXL of this shape in-process")
+    parser.add_argument("--model", help="diffusers folder / hub id / .safetensors (default: the tiny model)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--size", type=int, help="square side in pixels (default 256, or 1024 with --full)")
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--regions", default="1,5,12")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU runs; default 1)")
+    args = parser.parse_args(argv)
+    if args.full:
+        if not torch.cuda.is_available():
+            sys.exit("--full needs a CUDA GPU")
+        args.shape, args.device = "full", "cuda"
+        args.dtype = "fp16" if args.dtype == "auto" else args.dtype
+    size = args.size or (1024 if args.full else 256)
+    if torch.device(args.device if args.device != "auto" else "cpu").type == "cpu":
+        torch.set_num_threads(args.threads)
+
+    engine = load_engine(args)
+    device = engine.device
+    cpu_clock = torch.device(device).type == "cpu" and torch.get_num_threads() == 1
+
+    def clock() -> StepClock:
+        return StepClock(device, cpu_clock)
+
+    machine = torch.cuda.get_device_name() if torch.device(device).type == "cuda" else platform.processor() or "cpu"
+    print(
+        f"device {device} ({machine}), torch threads {torch.get_num_threads()}, dtype {engine.dtype}, "
+        f"{size}x{size}, {args.steps} steps, CFG 5, DPM++ 2M Karras, min of {args.repeats}, "
+        f"clock: {'thread CPU time' if cpu_clock else 'wall'}"
+    )
+    counts = [int(n) for n in args.regions.split(",")]
+    stock = Stock(engine, canvas_with(1).global_description.description)
+    # Warm-up: first calls pay for allocator growth, kernel selection and lazy imports.
+    stock.denoise(size, 2, clock())
+    ours(engine, canvas_with(1), size, 2, cache=True, clock=clock())
+
+    header = f"{'regions':>7} {'tokens':>6} {'stock s':>8} {'ours s':>8} {'ratio':>6} {'no-cache s':>10} {'ratio':>6}"
+    if torch.device(device).type == "cuda":
+        header += f" {'peak GiB stock/ours':>20}"
+    print(header)
+    for count in counts:
+        canvas = canvas_with(count)
+        times: dict[str, list[float]] = {"stock": [], "ours": [], "nocache": []}
+        peaks: dict[str, float | None] = {}
+        for _ in range(args.repeats):
+            for name, run in (
+                ("stock", lambda: stock.denoise(size, args.steps, clock())),
+                ("ours", lambda c=canvas: ours(engine, c, size, args.steps, cache=True, clock=clock())),
+                ("nocache", lambda c=canvas: ours(engine, c, size, args.steps, cache=False, clock=clock())),
+            ):
+                reset_peak(device)
+                times[name].append(run())
+                peaks[name] = peak_gib(device)
+        best = {name: min(values) for name, values in times.items()}
+        line = (
+            f"{count:>7} {positive_tokens(engine, canvas) + 77:>6} {best['stock']:>8.3f} {best['ours']:>8.3f} "
+            f"{best['ours'] / best['stock']:>6.2f} {best['nocache']:>10.3f} {best['nocache'] / best['stock']:>6.2f}"
+        )
+        if torch.device(device).type == "cuda":
+            line += f" {peaks['stock']:>9.2f} / {peaks['ours']:<8.2f}"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""HTTP routers of the render service, one module per resource."""

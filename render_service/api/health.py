@@ -1,0 +1,106 @@
+"""Liveness, readiness and Prometheus metrics.
+
+Workers record their observations (per-step and per-job seconds, terminal counts) in a Redis hash,
+so this one endpoint reports the whole deployment however many workers and API replicas run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis.exceptions
+from fastapi import APIRouter, Response, status
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from render_service.api.deps import SettingsDep, StoreDep
+from render_service.store import QueueStats
+from shared.jobs import TERMINAL_STATUSES
+from shared.queue import RENDER_SECONDS_BUCKETS, STEP_SECONDS_BUCKETS
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up (nothing else is checked)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "A dependency is missing; the body says which."}})
+async def readyz(settings: SettingsDep, store: StoreDep) -> Response:
+    """Redis answers and (unless disabled) at least one worker with a loaded model is heartbeating."""
+    checks: dict[str, Any] = {}
+    ready = True
+    try:
+        await store.redis.ping()
+        checks["redis"] = "ok"
+        workers = await store.live_workers(3 * settings.heartbeat_interval)
+        checks["workers"] = workers
+        if settings.readyz_requires_worker and not workers:
+            ready = False
+            checks["problem"] = "no live render worker (none has sent a heartbeat recently)"
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        ready = False
+        checks["redis"] = f"unreachable: {exc}"
+    body = {"status": "ready" if ready else "not ready", **checks}
+    return JSONResponse(body, status_code=status.HTTP_200_OK if ready else status.HTTP_503_SERVICE_UNAVAILABLE)
+
+
+class _Snapshot(Collector):
+    """Metric families built from one read of Redis, for one scrape."""
+
+    def __init__(self, stats: QueueStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats, counters = self.stats, self.stats.counters
+        yield GaugeMetricFamily(
+            "omost_render_queue_depth", "Jobs on the stream (queued or running).", value=stats.depth
+        )
+        jobs = GaugeMetricFamily("omost_render_jobs", "Jobs now queued or running.", labels=["status"])
+        jobs.add_metric(["queued"], max(0, stats.depth - stats.pending))
+        jobs.add_metric(["running"], stats.pending)
+        yield jobs
+        finished = CounterMetricFamily("omost_render_jobs_finished", "Jobs that ended, by status.", labels=["status"])
+        for name in sorted(TERMINAL_STATUSES):
+            finished.add_metric([name], counters.get(f"jobs_total:{name}", 0.0))
+        yield finished
+        yield CounterMetricFamily(
+            "omost_render_jobs_submitted", "Jobs queued.", value=counters.get("jobs_submitted_total", 0.0)
+        )
+        yield GaugeMetricFamily(
+            "omost_render_dead_letter_jobs", "Entries on the dead-letter stream.", value=stats.dead_letter
+        )
+        yield GaugeMetricFamily("omost_render_workers", "Workers with a recent heartbeat.", value=stats.live_workers)
+        yield _histogram(
+            counters, "step_seconds", "omost_render_step_seconds", "Seconds per sampling step.", STEP_SECONDS_BUCKETS
+        )
+        yield _histogram(
+            counters,
+            "render_seconds",
+            "omost_render_duration_seconds",
+            "Seconds from start of rendering to images ready, per succeeded job.",
+            RENDER_SECONDS_BUCKETS,
+        )
+
+
+def _histogram(
+    counters: dict[str, float], key: str, name: str, doc: str, bounds: tuple[float, ...]
+) -> HistogramMetricFamily:
+    buckets = [(str(float(b)), counters.get(f"{key}_bucket:{b}", 0.0)) for b in bounds]
+    buckets.append(("+Inf", counters.get(f"{key}_bucket:+Inf", 0.0)))
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=counters.get(f"{key}_sum", 0.0))
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+async def metrics(settings: SettingsDep, store: StoreDep) -> Response:
+    """Prometheus text format."""
+    stats = await store.stats(live_within=3 * settings.heartbeat_interval, now=time.time())
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(stats))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

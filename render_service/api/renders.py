@@ -1,0 +1,161 @@
+"""``/v1/renders``: submit, inspect, stream and cancel render jobs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import redis.exceptions
+from fastapi import APIRouter, Depends, Header, Path, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse
+
+from render_service.api.deps import RedisDep, SettingsDep, StoreDep, base_url, require_token
+from render_service.worker.webhooks import check_webhook_url
+from shared.jobs import ApiError, RenderAccepted, RenderJob, RenderSubmission
+from shared.queue import job_urls, record_to_job, submit_render
+
+log = logging.getLogger("render_service.api")
+
+router = APIRouter(prefix="/v1/renders", tags=["renders"], dependencies=[Depends(require_token)])
+
+JobId = Annotated[str, Path(description="The id POST /v1/renders returned.", max_length=64)]
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ApiError, "description": "Missing or wrong bearer token."},
+    404: {"model": ApiError, "description": "Unknown or expired job id."},
+}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=RenderAccepted,
+    responses={
+        **_ERRORS,
+        400: {"model": ApiError, "description": "Malformed JSON."},
+        409: {"model": ApiError, "description": "Idempotency-Key reused with a different body."},
+        413: {"model": ApiError, "description": "Body over the size limit."},
+        422: {"model": ApiError, "description": "A field is invalid; `detail` says which and why."},
+        429: {"model": ApiError, "description": "Queue full; retry after `Retry-After` seconds."},
+    },
+)
+async def create_render(
+    submission: RenderSubmission,
+    request: Request,
+    response: Response,
+    settings: SettingsDep,
+    client: RedisDep,
+    store: StoreDep,
+    idempotency_key: Annotated[
+        str | None, Header(max_length=255, description="Retrying with the same key never queues twice.")
+    ] = None,
+) -> RenderAccepted:
+    """Queue a render. 202 means the job will reach a terminal status, whatever crashes meanwhile."""
+    if submission.webhook_url:
+        # getaddrinfo blocks: resolve in a thread so one slow DNS answer doesn't stall the server.
+        await run_in_threadpool(
+            check_webhook_url, submission.webhook_url, allow_private=settings.allow_private_webhooks
+        )
+    job_id, created = await submit_render(
+        client,
+        submission.render_request(),
+        prefix=settings.key_prefix,
+        ttl_seconds=settings.job_ttl_seconds,
+        idempotency_key=idempotency_key,
+        webhook_url=submission.webhook_url,
+        max_queue_depth=settings.max_queue_depth,
+    )
+    job_status = "queued"
+    num_images = 0
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+        job = record_to_job(await store.record(job_id))
+        job_status, num_images = job.status, job.num_images
+    log.info("render queued", extra={"fields": {"job": job_id, "replayed": not created}})
+    urls = job_urls(job_id, num_images, base_url(request, settings))
+    response.headers["Location"] = urls.self_
+    return RenderAccepted(id=job_id, status=job_status, urls=urls)
+
+
+@router.get("/{job_id}", response_model=RenderJob, responses=_ERRORS)
+async def get_render(job_id: JobId, request: Request, settings: SettingsDep, store: StoreDep) -> RenderJob:
+    """Status, progress, timings, error, seeds, model and image URLs of a job."""
+    return record_to_job(await store.record(job_id), base_url(request, settings))
+
+
+@router.get(
+    "/{job_id}/images/{index}",
+    response_class=Response,
+    responses={**_ERRORS, 200: {"content": {"image/png": {}}}, 409: {"model": ApiError}},
+)
+async def get_image(job_id: JobId, index: Annotated[int, Path(ge=0, le=1000)], store: StoreDep) -> Response:
+    """The ``index``-th PNG of a succeeded job."""
+    record = await store.record(job_id)
+    state = record.get("status")
+    if state != "succeeded":
+        return _error(status.HTTP_409_CONFLICT, f"render job {job_id} is {state}; images exist once it has succeeded")
+    count = int(record.get("num_images") or 0)
+    if index >= count:
+        return _error(status.HTTP_404_NOT_FOUND, f"render job {job_id} has {count} image(s): index 0 to {count - 1}")
+    data = await store.image(job_id, index)
+    if data is None:
+        return _error(status.HTTP_404_NOT_FOUND, f"image {index} of render job {job_id} has expired")
+    # A finished image never changes, so clients and proxies may keep it for its lifetime.
+    return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=86400, immutable"})
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=EventSourceResponse,
+    responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}},
+)
+async def stream_events(
+    job_id: JobId,
+    settings: SettingsDep,
+    store: StoreDep,
+    last_event_id: Annotated[str | None, Header(description="Resume after this event id.")] = None,
+) -> EventSourceResponse:
+    """Server-Sent Events: the job's history so far, then live events until its terminal status.
+
+    Event names: ``queued``, ``running``, ``progress`` (data has ``step`` and ``total``), and the
+    terminal ``succeeded``/``failed``/``canceled``. Each event's ``id`` can be sent back as
+    ``Last-Event-ID`` to resume without repeats.
+    """
+    await store.record(job_id)  # 404 before the stream starts
+    after = last_event_id if last_event_id and _is_stream_id(last_event_id) else "0-0"
+
+    async def events() -> AsyncIterator[dict[str, str]]:
+        try:
+            async for event_id, event in store.events(job_id, after):
+                name = "progress" if event.type == "progress" else event.status
+                yield {"id": event_id, "event": name, "data": event.model_dump_json(exclude_none=True)}
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            # The client reconnects with Last-Event-ID and misses nothing.
+            log.warning("event stream ended: redis unavailable", extra={"fields": {"job": job_id}})
+
+    return EventSourceResponse(events(), ping=int(settings.sse_ping_seconds))
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=RenderJob,
+    responses={**_ERRORS, 409: {"model": ApiError, "description": "The job already ended."}},
+)
+async def cancel_render(job_id: JobId, request: Request, settings: SettingsDep, store: StoreDep) -> RenderJob:
+    """Cancel: a queued job is ``canceled`` at once; a running one stops at its next sampling step."""
+    record = await store.cancel(job_id)
+    job = record_to_job(record, base_url(request, settings))
+    log.info("render cancel requested", extra={"fields": {"job": job_id, "status": job.status}})
+    return job
+
+
+def _is_stream_id(value: str) -> bool:
+    first, _, second = value.partition("-")
+    return first.isdigit() and second.isdigit()
+
+
+def _error(code: int, detail: str) -> Response:
+    return JSONResponse({"detail": detail}, status_code=code)

@@ -1,0 +1,125 @@
+"""Settings of the render API and workers, read from the environment (prefix ``OMOST_RENDER_``).
+
+One class serves both processes so that an operator sets the key prefix, TTL and Redis URL once
+for the whole deployment. The Redis URL is ``OMOST_REDIS_URL``, shared with the planner service.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.queue import DEFAULT_PREFIX, DEFAULT_TTL_SECONDS, QueueKeys
+
+
+class RenderSettings(BaseSettings):
+    # populate_by_name: RenderSettings(redis_url=...) works in code; from the environment only
+    # OMOST_REDIS_URL is read (a generic REDIS_URL must not be picked up by accident).
+    model_config = SettingsConfigDict(env_prefix="OMOST_RENDER_", extra="ignore", populate_by_name=True)
+
+    # --- shared by API and workers
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        validation_alias="OMOST_REDIS_URL",
+        description="Env OMOST_REDIS_URL (no OMOST_RENDER_ prefix: the planner uses the same Redis).",
+    )
+    key_prefix: str = Field(default=DEFAULT_PREFIX, min_length=1, description="Prefix of every Redis key.")
+    job_ttl_seconds: int = Field(default=DEFAULT_TTL_SECONDS, ge=60, description="Records, events, images.")
+    log_level: str = "INFO"
+    log_json: bool = True
+    public_url: str = Field(default="", description="Base of URLs in webhooks; the API uses its own if empty.")
+
+    # --- API
+    host: str = "127.0.0.1"
+    port: int = Field(default=8100, ge=0, le=65535)
+    api_workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes (the API is stateless).")
+    api_token: SecretStr | None = Field(default=None, description="If set, /v1/* needs 'Bearer <token>'.")
+    max_queue_depth: int = Field(default=1000, ge=1, description="POST /v1/renders answers 429 at this depth.")
+    retry_after_seconds: int = Field(default=10, ge=1, description="Retry-After sent with 429 and 503.")
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024, description="Bigger request bodies get 413.")
+    readyz_requires_worker: bool = Field(default=True, description="/readyz is 503 until a worker is live.")
+    sse_ping_seconds: float = Field(default=15.0, gt=0)
+    cors_origins: str = Field(
+        default="*",
+        description="Comma-separated origins allowed to call the API from a browser (the playground is served "
+        "by the planner, another origin); empty: none.",
+    )
+
+    # --- webhooks (sent by workers, URL checked by the API too)
+    allow_private_webhooks: bool = Field(
+        default=False, description="Allow webhook targets on loopback, private or link-local addresses."
+    )
+    webhook_secret: SecretStr | None = Field(default=None, description="Signs webhook bodies (HMAC-SHA256).")
+    webhook_max_attempts: int = Field(default=5, ge=1, le=20)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    # --- worker
+    model: str | None = Field(default=None, description="Hub id, diffusers folder or .safetensors file.")
+    device: str = "auto"
+    dtype: str = "auto"
+    cpu_offload: bool = False
+    worker_name: str | None = Field(default=None, description="Consumer name; hostname-pid-random if unset.")
+    claim_idle_seconds: float = Field(
+        default=60.0, gt=0, description="A job whose worker sent no heartbeat for this long is reclaimed."
+    )
+    heartbeat_seconds: float | None = Field(default=None, gt=0, description="Default: claim_idle_seconds / 4.")
+    max_deliveries: int = Field(default=3, ge=1, description="After this many deliveries a job fails.")
+    block_seconds: float = Field(default=1.0, gt=0, description="How long an idle worker waits per read.")
+    shutdown_grace_seconds: float = Field(
+        default=30.0, ge=0, description="On SIGTERM, finish the current job if done within this; else requeue."
+    )
+    redis_retry_seconds: float = Field(
+        default=600.0, gt=0, description="How long a worker retries writing a result through a Redis outage."
+    )
+
+    @model_validator(mode="after")
+    def _heartbeat_below_deadline(self) -> RenderSettings:
+        if self.heartbeat_seconds is None:
+            self.heartbeat_seconds = self.claim_idle_seconds / 4
+        if self.heartbeat_seconds * 2 > self.claim_idle_seconds:
+            # A heartbeat delayed once must not let the deadline pass, or live jobs get stolen.
+            raise ValueError("heartbeat_seconds must be at most half of claim_idle_seconds")
+        return self
+
+    @property
+    def keys(self) -> QueueKeys:
+        return QueueKeys(self.key_prefix)
+
+    @property
+    def heartbeat_interval(self) -> float:
+        assert self.heartbeat_seconds is not None
+        return self.heartbeat_seconds
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line, so logs can be shipped and queried without parsing prose."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict):
+            entry.update(extra)
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(settings: RenderSettings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_json:
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())

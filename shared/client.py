@@ -1,0 +1,317 @@
+"""A typed HTTP client for both services, synchronous (``OmostClient``) and asynchronous
+(``AsyncOmostClient``).
+
+Both build the same ``httpx.Request`` objects (``_Requests``) and parse the same models; only the
+sending differs, so the two cannot drift apart. The CLI uses the synchronous one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+from urllib.parse import urljoin
+
+import httpx
+from httpx_sse import EventSource, ServerSentEvent
+
+from shared.canvas import Canvas
+from shared.jobs import TERMINAL_STATUSES, JobEvent, RenderAccepted, RenderJob, RenderRequest, RenderSubmission
+from shared.plans import ChatTurn, GenerationAccepted, PlanResult
+
+ProgressCallback = Callable[[RenderJob], None]
+
+
+class OmostAPIError(Exception):
+    """A service answered with an error status; ``detail`` is its explanation."""
+
+    def __init__(self, status_code: int, detail: str, body: Any = None) -> None:
+        super().__init__(f"HTTP {status_code}: {detail}")
+        self.status_code = status_code
+        self.detail = detail
+        self.body = body
+
+
+class RenderFailed(Exception):
+    """A waited-for job ended ``failed`` or ``canceled``."""
+
+    def __init__(self, job: RenderJob) -> None:
+        super().__init__(f"render {job.id} ended {job.status}: {job.error or 'no reason given'}")
+        self.job = job
+
+
+def _raise_for_error(response: httpx.Response) -> httpx.Response:
+    if response.is_success:
+        return response
+    try:
+        body = response.json()
+        detail = body.get("detail", body) if isinstance(body, dict) else body
+    except ValueError:
+        body, detail = response.text, response.text or response.reason_phrase
+    raise OmostAPIError(response.status_code, str(detail), body)
+
+
+def _finished(job: RenderJob) -> bool:
+    """True once the job has ended well; raises ``RenderFailed`` if it ended otherwise."""
+    if job.status not in TERMINAL_STATUSES:
+        return False
+    if job.status != "succeeded":
+        raise RenderFailed(job)
+    return True
+
+
+def _event(sse: ServerSentEvent) -> JobEvent | None:
+    return JobEvent.model_validate_json(sse.data) if sse.data else None
+
+
+def _is_last(event: JobEvent) -> bool:
+    return event.type == "status" and event.status in TERMINAL_STATUSES
+
+
+def poll_delays(first: float = 0.2, factor: float = 1.5, cap: float = 2.0) -> Iterator[float]:
+    """Polling backoff: quick at first (short jobs), then at most every ``cap`` seconds."""
+    delay = first
+    while True:
+        yield delay
+        delay = min(cap, delay * factor)
+
+
+class _Requests:
+    """Builds every request both clients send; holds the base URLs and the token."""
+
+    def __init__(self, planner_url: str | None, render_url: str | None) -> None:
+        self.planner_url = planner_url.rstrip("/") + "/" if planner_url else None
+        self.render_url = render_url.rstrip("/") + "/" if render_url else None
+
+    def planner(self, path: str) -> str:
+        if self.planner_url is None:
+            raise ValueError("this client has no planner_url")
+        return urljoin(self.planner_url, path)
+
+    def render(self, path: str) -> str:
+        """An absolute URL; paths the API returned may already be absolute."""
+        if path.startswith(("http://", "https://")):
+            return path
+        if self.render_url is None:
+            raise ValueError("this client has no render_url")
+        return urljoin(self.render_url, path.lstrip("/"))
+
+    @staticmethod
+    def plan_body(
+        prompt: str,
+        *,
+        history: list[ChatTurn] | None = None,
+        conversation_id: str | None = None,
+        canvas: Canvas | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"prompt": prompt, **{k: v for k, v in options.items() if v is not None}}
+        if history:
+            body["history"] = [turn.model_dump() for turn in history]
+        if conversation_id:
+            body["conversation_id"] = conversation_id
+        if canvas is not None:
+            body["canvas"] = canvas.model_dump(mode="json")
+        return body
+
+    @staticmethod
+    def submission(request: RenderRequest, webhook_url: str | None) -> dict[str, Any]:
+        body = request.model_dump(mode="json")
+        if webhook_url:
+            body = RenderSubmission(**body, webhook_url=webhook_url).model_dump(mode="json", exclude_none=True)
+        return body
+
+
+class OmostClient:
+    """Synchronous client. ``planner_url`` / ``render_url`` are the services' base URLs."""
+
+    def __init__(
+        self,
+        planner_url: str | None = None,
+        render_url: str | None = None,
+        *,
+        token: str | None = None,
+        timeout: float = 600.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._urls = _Requests(planner_url, render_url)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # Planning on a CPU can take minutes; connecting should not.
+        self._http = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout, connect=10.0), transport=transport)
+
+    def __enter__(self) -> OmostClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _json(self, method: str, url: str, **kwargs: Any) -> Any:
+        return _raise_for_error(self._http.request(method, url, **kwargs)).json()
+
+    # --- planner
+    def plan(self, prompt: str, **options: Any) -> PlanResult:
+        body = _Requests.plan_body(prompt, **options)
+        return PlanResult.model_validate(self._json("POST", self._urls.planner("v1/plans"), json=body))
+
+    def stream_plan(self, prompt: str, **options: Any) -> Iterator[ServerSentEvent]:
+        """Server-Sent Events of the plan as it is written; the last carries the canvas or the error."""
+        body = {**_Requests.plan_body(prompt, **options), "stream": True}
+        with self._http.stream("POST", self._urls.planner("v1/plans"), json=body) as response:
+            if not response.is_success:
+                response.read()
+                _raise_for_error(response)
+            yield from EventSource(response).iter_sse()
+
+    def generate(self, prompt: str, *, render: dict[str, Any] | None = None, **options: Any) -> GenerationAccepted:
+        """Plan and queue the render in one call; ``render`` holds render parameters (width, steps, ...)."""
+        body = {**_Requests.plan_body(prompt, **options), **({"render": render} if render else {})}
+        return GenerationAccepted.model_validate(self._json("POST", self._urls.planner("v1/generations"), json=body))
+
+    # --- renders
+    def submit(
+        self, request: RenderRequest, *, idempotency_key: str | None = None, webhook_url: str | None = None
+    ) -> RenderAccepted:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        body = _Requests.submission(request, webhook_url)
+        data = self._json("POST", self._urls.render("v1/renders"), json=body, headers=headers)
+        return RenderAccepted.model_validate(data)
+
+    def get(self, job_id_or_url: str) -> RenderJob:
+        url = job_id_or_url if "/" in job_id_or_url else f"v1/renders/{job_id_or_url}"
+        return RenderJob.model_validate(self._json("GET", self._urls.render(url)))
+
+    def cancel(self, job_id: str) -> RenderJob:
+        return RenderJob.model_validate(self._json("DELETE", self._urls.render(f"v1/renders/{job_id}")))
+
+    def wait(
+        self, job_id_or_url: str, *, timeout: float = 3600.0, on_progress: ProgressCallback | None = None
+    ) -> RenderJob:
+        """Poll until the job ends; raises ``RenderFailed`` unless it succeeded, ``TimeoutError`` if slow."""
+        deadline = time.monotonic() + timeout
+        for delay in poll_delays():
+            job = self.get(job_id_or_url)
+            if on_progress:
+                on_progress(job)
+            if _finished(job):
+                return job
+            if time.monotonic() + delay > deadline:
+                raise TimeoutError(f"render {job.id} still {job.status} after {timeout} s")
+            time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def events(self, job_id: str) -> Iterator[JobEvent]:
+        """The job's events (history first, then live) until it ends."""
+        with self._http.stream("GET", self._urls.render(f"v1/renders/{job_id}/events")) as response:
+            if not response.is_success:
+                response.read()
+                _raise_for_error(response)
+            for sse in EventSource(response).iter_sse():
+                if event := _event(sse):
+                    yield event
+                    if _is_last(event):
+                        return
+
+    def image(self, job: RenderJob, index: int = 0) -> bytes:
+        """PNG bytes of image ``index`` of a succeeded job."""
+        response = self._http.get(self._urls.render(job.urls.images[index]))
+        return _raise_for_error(response).content
+
+
+class AsyncOmostClient:
+    """Asynchronous twin of :class:`OmostClient` (same methods, awaited)."""
+
+    def __init__(
+        self,
+        planner_url: str | None = None,
+        render_url: str | None = None,
+        *,
+        token: str | None = None,
+        timeout: float = 600.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._urls = _Requests(planner_url, render_url)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.AsyncClient(
+            headers=headers, timeout=httpx.Timeout(timeout, connect=10.0), transport=transport
+        )
+
+    async def __aenter__(self) -> AsyncOmostClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _json(self, method: str, url: str, **kwargs: Any) -> Any:
+        return _raise_for_error(await self._http.request(method, url, **kwargs)).json()
+
+    async def plan(self, prompt: str, **options: Any) -> PlanResult:
+        body = _Requests.plan_body(prompt, **options)
+        return PlanResult.model_validate(await self._json("POST", self._urls.planner("v1/plans"), json=body))
+
+    async def stream_plan(self, prompt: str, **options: Any) -> AsyncIterator[ServerSentEvent]:
+        body = {**_Requests.plan_body(prompt, **options), "stream": True}
+        async with self._http.stream("POST", self._urls.planner("v1/plans"), json=body) as response:
+            if not response.is_success:
+                await response.aread()
+                _raise_for_error(response)
+            async for sse in EventSource(response).aiter_sse():
+                yield sse
+
+    async def generate(
+        self, prompt: str, *, render: dict[str, Any] | None = None, **options: Any
+    ) -> GenerationAccepted:
+        body = {**_Requests.plan_body(prompt, **options), **({"render": render} if render else {})}
+        data = await self._json("POST", self._urls.planner("v1/generations"), json=body)
+        return GenerationAccepted.model_validate(data)
+
+    async def submit(
+        self, request: RenderRequest, *, idempotency_key: str | None = None, webhook_url: str | None = None
+    ) -> RenderAccepted:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        body = _Requests.submission(request, webhook_url)
+        data = await self._json("POST", self._urls.render("v1/renders"), json=body, headers=headers)
+        return RenderAccepted.model_validate(data)
+
+    async def get(self, job_id_or_url: str) -> RenderJob:
+        url = job_id_or_url if "/" in job_id_or_url else f"v1/renders/{job_id_or_url}"
+        return RenderJob.model_validate(await self._json("GET", self._urls.render(url)))
+
+    async def cancel(self, job_id: str) -> RenderJob:
+        return RenderJob.model_validate(await self._json("DELETE", self._urls.render(f"v1/renders/{job_id}")))
+
+    async def wait(
+        self, job_id_or_url: str, *, timeout: float = 3600.0, on_progress: ProgressCallback | None = None
+    ) -> RenderJob:
+        deadline = time.monotonic() + timeout
+        for delay in poll_delays():
+            job = await self.get(job_id_or_url)
+            if on_progress:
+                on_progress(job)
+            if _finished(job):
+                return job
+            if time.monotonic() + delay > deadline:
+                raise TimeoutError(f"render {job.id} still {job.status} after {timeout} s")
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def events(self, job_id: str) -> AsyncIterator[JobEvent]:
+        async with self._http.stream("GET", self._urls.render(f"v1/renders/{job_id}/events")) as response:
+            if not response.is_success:
+                await response.aread()
+                _raise_for_error(response)
+            async for sse in EventSource(response).aiter_sse():
+                if event := _event(sse):
+                    yield event
+                    if _is_last(event):
+                        return
+
+    async def image(self, job: RenderJob, index: int = 0) -> bytes:
+        response = await self._http.get(self._urls.render(job.urls.images[index]))
+        return _raise_for_error(response).content

@@ -1,0 +1,227 @@
+"""A GBNF grammar of Omost's code form, generated from the contract tables.
+
+With grammar-constrained decoding every plan an LLM writes parses, whatever the model. Both
+llama.cpp's server (``grammar``) and vLLM's xgrammar backend (``structured_outputs.grammar``) read
+this GBNF dialect. Enumerations come from ``shared.canvas.ENUM_TABLES`` and argument order from
+``GLOBAL_ARGUMENTS`` / ``LOCAL_ARGUMENTS``, so the grammar cannot drift from the parser or the models.
+
+Two profiles:
+
+``permissive``
+    Only the syntax ``parse_canvas_code`` accepts (keyword arguments in signature order): comments,
+    blank lines, any whitespace and line breaks, both quote styles with escapes, any characters in
+    strings (curly apostrophes included). Right for a fine-tuned Omost model: it never fights it.
+``strict-content``
+    Also shapes what goes *into* the strings, because a small model under the permissive grammar
+    writes parseable junk (punctuation-only strings, one sentence repeated, tag lists of numbers):
+    every string starts with a letter or digit and is two or more words (one space apart) up to a
+    bounded count, 1-5 detailed descriptions,
+    tags a comma-separated list of words, a bounded number of regions, distances a plain number,
+    bounded whitespace and comments. The real Omost fixtures stay in this language once
+    ``max_detailed_descriptions`` is raised to 8 (Omost writes 5-8 details; the default of 5 is
+    what helps a small model stop).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from functools import cache
+from typing import Literal
+
+from shared.canvas import ENUM_TABLES, GLOBAL_ARGUMENTS, LOCAL_ARGUMENTS, MAX_LOCAL_DESCRIPTIONS
+
+Profile = Literal["permissive", "strict-content"]
+PROFILES: tuple[Profile, ...] = ("permissive", "strict-content")
+
+_LIST_FIELDS = {"detailed_descriptions"}
+_NUMBER_FIELDS = {"distance_to_viewer"}
+_TAG_FIELDS = {"tags"}
+_SHORT_FIELDS = {"description"}
+
+
+@dataclass(frozen=True)
+class ContentLimits:
+    """Bounds of the ``strict-content`` profile. Real Omost output (the fixtures) fits all but the
+    detail count: descriptions up to ~60 characters, details ~160, 23-28 tags of 1-5 words."""
+
+    max_regions: int = 6
+    min_detailed_descriptions: int = 1
+    max_detailed_descriptions: int = 5
+    description_words: int = 20
+    text_words: int = 40
+    max_tags: int = 32
+    words_per_tag: int = 5
+    word_chars: int = 24
+    comment_chars: int = 160
+    gap_lines: int = 3
+    indent_chars: int = 12
+
+
+def _literal(text: str) -> str:
+    """A GBNF string literal."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+    return f'"{escaped}"'
+
+
+def _quotes() -> dict[str, tuple[str, str]]:
+    """Rule-name suffix -> (GBNF literal of the quote, the quote escaped for a character class)."""
+    return {"sq": (_literal("'"), "'"), "dq": (_literal('"'), '\\"')}
+
+
+def _enum_rules(rules: dict[str, str]) -> None:
+    for name, values in ENUM_TABLES.items():
+        rule = "enum-" + name.lower().replace("_", "-")
+        rules[rule + "-value"] = " | ".join(_literal(value) for value in values)
+        rules[rule] = " | ".join(f"{q} {rule}-value {q}" for q, _ in _quotes().values())
+
+
+def _arguments(method: str, names: tuple[str, ...], value_rule: dict[str, str]) -> str:
+    """``canvas.method(`` keyword arguments in signature order, optional trailing comma ``)``.
+    The profile defines the layout rules ``open``, ``sep``, ``eq`` and ``close``."""
+    parts = [_literal(f"canvas.{method}("), "open"]
+    for index, name in enumerate(names):
+        if index:
+            parts.append("sep")
+        parts += [_literal(name), "eq", value_rule[name]]
+    parts.append("close")
+    return " ".join(parts)
+
+
+def _value_rules(names: tuple[str, ...]) -> dict[str, str]:
+    rules = {}
+    for name in names:
+        if name in ENUM_TABLES:
+            rules[name] = "enum-" + name.lower().replace("_", "-")
+        elif name in _LIST_FIELDS:
+            rules[name] = "string-list"
+        elif name in _NUMBER_FIELDS:
+            rules[name] = "number"
+        elif name in _TAG_FIELDS:
+            rules[name] = "tags"
+        elif name in _SHORT_FIELDS:
+            rules[name] = "short-string"
+        else:
+            rules[name] = "string"
+    return rules
+
+
+def _structure(rules: dict[str, str], regions: str) -> None:
+    rules["code"] = f"gap init gap global ( gap local ){regions} gap"
+    rules["global"] = _arguments("set_global_description", GLOBAL_ARGUMENTS, _value_rules(GLOBAL_ARGUMENTS))
+    rules["global"] += ' line-end'
+    rules["local"] = _arguments("add_local_description", LOCAL_ARGUMENTS, _value_rules(LOCAL_ARGUMENTS))
+    rules["local"] += " line-end"
+    _enum_rules(rules)
+
+
+def _permissive(max_regions: int) -> dict[str, str]:
+    rules: dict[str, str] = {
+        "root": 'fence-open code fence-close | code',
+        "fence-open": '"```" ( "python" | "py" )? [ \\t]* "\\n"',
+        "fence-close": '"```" [ \\t\\n]*',
+        "init": '"canvas" sp "=" sp "Canvas" sp "(" sp ")" line-end',
+        "line-end": 'sp comment? "\\n"',
+        "gap": '( sp comment? "\\n" )*',
+        "comment": '"#" [^\\n]*',
+        "sp": "[ \\t]*",
+        # Inside brackets Python allows line breaks and comments anywhere between tokens.
+        "ws": '( [ \\t\\n] | comment "\\n" )*',
+        "open": "ws",
+        "sep": 'ws "," ws',
+        "eq": 'ws "=" ws',
+        "close": 'ws ","? ws ")"',
+        "string-list": '"[" ws ( string ( ws "," ws string )* ( ws "," )? ws )? "]"',
+        "number": '( [0-9]+ ( "." [0-9]* )? | "." [0-9]+ ) ( [eE] [+-]? [0-9]+ )?',
+        "tags": "string",
+        "short-string": "string",
+        "string": "string-sq | string-dq",
+    }
+    for suffix, (quote, in_class) in _quotes().items():
+        rules[f"string-{suffix}"] = f'{quote} ( [^{in_class}\\\\\\n] | "\\\\" [^\\n] )* {quote}'
+    _structure(rules, f"{{0,{max_regions}}}")
+    return rules
+
+
+def _strict(limits: ContentLimits) -> dict[str, str]:
+    lim = limits
+    ws = f'( "\\n" [ ]{{0,{lim.indent_chars}}} | " " )?'
+    rules: dict[str, str] = {
+        "root": "fence-open code fence-close",
+        "fence-open": '"```python\\n"',
+        "fence-close": '"```" "\\n"?',
+        "init": '"canvas = Canvas()" line-end',
+        "line-end": '"\\n"',
+        "gap": f'( [ \\t]{{0,8}} comment? "\\n" ){{0,{lim.gap_lines}}}',
+        "comment": f'"#" [^\\n]{{0,{lim.comment_chars}}}',
+        # Omost's layout: arguments one per line or space-separated, never a lone comma line.
+        "ws": ws,
+        "open": "ws",
+        "eq": '" "? "=" " "?',
+        "close": '","? ws ")"',
+        "sep": f'"," ( " " | "\\n" [ ]{{0,{lim.indent_chars}}} )',
+        "number": '[1-9] [0-9]{0,2} ( "." [0-9]{1,2} )? | "0." [0-9]? [1-9]',
+        "string-list": (
+            f'"[" ws string ( sep string ){{{lim.min_detailed_descriptions - 1},'
+            f'{lim.max_detailed_descriptions - 1}}} ","? ws "]"'
+        ),
+        "string": "string-sq | string-dq",
+        "short-string": "short-sq | short-dq",
+        "tags": "tags-sq | tags-dq",
+    }
+    for suffix, (quote, in_class) in _quotes().items():
+        # A word: no spaces, no raw quote/backslash/control characters; escaped quotes allowed.
+        rules[f"char-{suffix}"] = f'[^ {in_class}\\\\\\n\\r\\t] | "\\\\" [{in_class}\\\\]'
+        chars = f"char-{suffix}{{1,{lim.word_chars}}}"
+        for rule, words in ((f"string-{suffix}", lim.text_words), (f"short-{suffix}", lim.description_words)):
+            # At least two words, one space between: rules out '', ', ', 'white' and runs of blanks.
+            rules[rule] = (
+                f"{quote} [A-Za-z0-9] char-{suffix}{{0,{lim.word_chars - 1}}} "
+                f'( " " {chars} ){{1,{words - 1}}} {quote}'
+            )
+        # Inside double quotes a tag word may carry a plain apostrophe ("Children's Day").
+        apostrophe = "'" if suffix == "dq" else ""
+        rules[f"word-{suffix}"] = f"[A-Za-z] [A-Za-z0-9{apostrophe}’-]{{0,{lim.word_chars - 1}}}"
+        rules[f"tag-{suffix}"] = f'word-{suffix} ( " " word-{suffix} ){{0,{lim.words_per_tag - 1}}}'
+        rules[f"tags-{suffix}"] = f'{quote} tag-{suffix} ( ", " tag-{suffix} ){{0,{lim.max_tags - 1}}} {quote}'
+    _structure(rules, f"{{0,{lim.max_regions}}}")
+    return rules
+
+
+@cache
+def _render(profile: Profile, limits: ContentLimits, max_regions: int) -> str:
+    if profile == "permissive":
+        rules = _permissive(max_regions)
+    elif profile == "strict-content":
+        rules = _strict(limits)
+    else:
+        raise ValueError(f"unknown grammar profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    header = f"# Omost canvas code, profile {profile!r}; generated by shared.grammar from the contract tables.\n"
+    return header + "".join(f"{name} ::= {body}\n" for name, body in rules.items())
+
+
+def omost_grammar(
+    profile: Profile = "permissive",
+    *,
+    max_regions: int | None = None,
+    max_detailed_descriptions: int | None = None,
+    limits: ContentLimits | None = None,
+) -> str:
+    """The GBNF grammar text (root rule ``root``) of the Omost code form for ``profile``.
+
+    ``max_regions`` bounds ``add_local_description`` calls (default: the model's limit of 20 for
+    ``permissive``, ``limits.max_regions`` for ``strict-content``); ``max_detailed_descriptions``
+    and ``limits`` shape content and apply to ``strict-content`` only.
+    """
+    limits = limits or ContentLimits()
+    if max_detailed_descriptions is not None:
+        limits = replace(limits, max_detailed_descriptions=max_detailed_descriptions)
+    if max_regions is None:
+        max_regions = MAX_LOCAL_DESCRIPTIONS if profile == "permissive" else limits.max_regions
+    if not 0 <= max_regions <= MAX_LOCAL_DESCRIPTIONS:
+        raise ValueError(f"max_regions must be within 0..{MAX_LOCAL_DESCRIPTIONS}")
+    if not 1 <= limits.min_detailed_descriptions <= limits.max_detailed_descriptions:
+        raise ValueError("need 1 <= min_detailed_descriptions <= max_detailed_descriptions")
+    limits = replace(limits, max_regions=max_regions)
+    if profile == "permissive":
+        limits = ContentLimits()  # its content bounds do not apply; keep the cache key independent
+    return _render(profile, limits, max_regions)

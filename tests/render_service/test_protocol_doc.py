@@ -1,0 +1,52 @@
+"""docs/queue-protocol.md must name the keys, fields and message the code really uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shared.jobs import JobEvent, RenderRequest
+from shared.queue import EVENT_FIELD, GROUP, MESSAGE_FIELD, QueueKeys, QueueMessage, initial_record
+
+DOC = (Path(__file__).resolve().parents[2] / "docs" / "queue-protocol.md").read_text()
+
+
+def test_key_names_match() -> None:
+    keys = QueueKeys("{p}")
+    names = [
+        keys.stream,
+        keys.dead_letter,
+        keys.workers,
+        keys.metrics,
+        keys.job("{id}"),
+        keys.events("{id}"),
+        keys.image("{id}", "{n}"),  # type: ignore[arg-type]
+        keys.worker("{name}"),
+        f"{keys.prefix}idempotency:{{sha256(key)}}",
+    ]
+    for name in names:
+        assert f"`{name}`" in DOC, name
+    assert f"`{GROUP}`" in DOC and f"field `{MESSAGE_FIELD}`" in DOC and f"field `{EVENT_FIELD}`" in DOC
+    assert "`omost:`" in DOC and QueueKeys().prefix == "omost:"
+
+
+def test_message_and_record_fields_are_documented() -> None:
+    for name in QueueMessage.model_fields:
+        assert f"`{name}`" in DOC, name
+    message = QueueMessage(job_id="x", request=RenderRequest.model_validate({"canvas": _canvas()}), webhook_url="u")
+    for name in initial_record(message):
+        assert f"`{name}`" in DOC, name
+    for name in JobEvent.model_fields:
+        assert f'"{name}"' in DOC or f"`{name}`" in DOC, name
+
+
+def _canvas() -> dict:
+    return {"global_description": {"description": "a cat", "HTML_web_color_name": "red"}}
+
+
+def test_every_setting_is_documented() -> None:
+    from render_service.settings import RenderSettings
+
+    service_doc = (Path(__file__).resolve().parents[2] / "docs" / "render-service.md").read_text()
+    for name in RenderSettings.model_fields:
+        env = "OMOST_REDIS_URL" if name == "redis_url" else f"OMOST_RENDER_{name.upper()}"
+        assert f"`{env}`" in service_doc, env

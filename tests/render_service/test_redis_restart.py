@@ -1,0 +1,63 @@
+"""The tests' own redis-server (AOF on) restarted mid-run: accepted jobs still complete."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.render_service.helpers import Api, body, start_worker, submit, unique_prefix, wait_for_workers, wait_terminal
+from tests.support import ChildProcess, RedisServer
+
+# Real worker processes (torch, model load): seconds to tens of seconds.
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def env(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    logs = tmp_path_factory.mktemp("restart-logs")
+    server = RedisServer(persistent=True).start()
+    prefix = unique_prefix("restart")
+    settings = {"claim_idle_seconds": 4, "heartbeat_seconds": 0.5, "block_seconds": 0.5}
+    worker = start_worker(server.url, prefix, tiny_model, logs, "restart-worker", **settings)
+    api = Api(server.url, prefix, logs, **settings).start()
+    try:
+        with httpx.Client(base_url=api.url, timeout=30) as http:
+            wait_for_workers(http, 1)
+            yield {"http": http, "server": server, "worker": worker}
+    except BaseException:
+        print(worker.log()[-5000:])
+        raise
+    finally:
+        api.stop()
+        worker.stop()
+        server.stop()
+
+
+def test_jobs_complete_across_a_redis_restart(env: dict[str, Any]) -> None:
+    http: httpx.Client = env["http"]
+    server: RedisServer = env["server"]
+    worker: ChildProcess = env["worker"]
+    ids = [submit(http, steps=20)] + [submit(http, seed=n) for n in range(5)]
+    # Let the first job get going, so the outage hits a render in flight.
+    deadline = time.monotonic() + 120
+    while http.get(f"/v1/renders/{ids[0]}").json()["status"] == "queued":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    server.stop()
+    # While Redis is down the API says so with 503 + Retry-After, never a 500 or a false 202.
+    answer = http.post("/v1/renders", json=body())
+    assert answer.status_code == 503 and int(answer.headers["Retry-After"]) > 0, answer.text
+    assert http.get(f"/v1/renders/{ids[0]}").status_code == 503
+    time.sleep(2.0)
+    server.start()
+
+    ids.append(submit(http))
+    records = [wait_terminal(http, job_id, 240) for job_id in ids]
+    assert [r["status"] for r in records] == ["succeeded"] * len(ids), [r["error"] for r in records]
+    assert worker.process is not None and worker.process.poll() is None, "the worker crashed on the outage"
+    assert "redis unavailable, retrying" in worker.log() or "heartbeat failed" in worker.log()

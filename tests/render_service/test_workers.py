@@ -1,0 +1,142 @@
+"""Three workers as real processes: exactly-once delivery, heartbeats, SIGTERM and SIGKILL.
+
+The tests run in order and share the workers: the race uses all three, the SIGTERM test stops one
+and the SIGKILL test kills another, whose job the last one must finish. Claim deadlines are short
+(2 s, heartbeat every 0.25 s) so that reclaiming takes seconds and heartbeats are put to work.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from shared.queue import GROUP, QueueKeys
+from tests.render_service.helpers import (
+    Api,
+    start_worker,
+    submit,
+    unique_prefix,
+    wait_for,
+    wait_for_workers,
+    wait_terminal,
+)
+from tests.support import ChildProcess, RedisServer
+
+CLAIM_IDLE_SECONDS = 2.0
+SETTINGS = {
+    "claim_idle_seconds": CLAIM_IDLE_SECONDS,
+    "heartbeat_seconds": 0.25,
+    "shutdown_grace_seconds": 0.5,
+    "block_seconds": 0.5,
+}
+
+# Real worker processes (torch, model load): seconds to tens of seconds.
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def env(redis_server: RedisServer, tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    logs = tmp_path_factory.mktemp("workers-logs")
+    prefix = unique_prefix("workers")
+    workers = {
+        name: start_worker(redis_server.url, prefix, tiny_model, logs, name, **SETTINGS) for name in ("w1", "w2", "w3")
+    }
+    api = Api(redis_server.url, prefix, logs, **SETTINGS).start()
+    try:
+        with httpx.Client(base_url=api.url, timeout=30) as http:
+            wait_for_workers(http, 3)
+            yield {
+                "http": http,
+                "workers": workers,
+                "keys": QueueKeys(prefix),
+                "redis": redis.Redis.from_url(redis_server.url),
+            }
+    except BaseException:
+        for name, worker in workers.items():
+            print(f"--- {name}\n{worker.log()[-3000:]}")
+        raise
+    finally:
+        api.stop()
+        for worker in workers.values():
+            worker.stop()
+
+
+def statuses(r: redis.Redis, keys: QueueKeys, job_id: str) -> list[str]:
+    """The status events of a job, in order (progress events left out)."""
+    events = [json.loads(fields[b"event"]) for _, fields in r.xrange(keys.events(job_id))]
+    return [e["status"] for e in events if e["type"] == "status"]
+
+
+def test_three_workers_race_over_30_jobs(env: dict[str, Any]) -> None:
+    http: httpx.Client = env["http"]
+    # One job outlives the claim deadline several times over: only heartbeats keep it from being stolen.
+    long_id = submit(http, steps=150, num_images=2)
+    ids = [long_id] + [submit(http, seed=n) for n in range(29)]
+    records = [wait_terminal(http, job_id, 240) for job_id in ids]
+
+    assert all(r["status"] == "succeeded" for r in records), [r["error"] for r in records]
+    assert all(r["deliveries"] == 1 for r in records), "a job was delivered twice"
+    for job_id in ids:  # rendered exactly once: one "running", one "succeeded"
+        assert statuses(env["redis"], env["keys"], job_id) == ["queued", "running", "succeeded"]
+    assert {r["worker"] for r in records} == {"w1", "w2", "w3"}
+    assert records[0]["timings"]["worker_total"] > CLAIM_IDLE_SECONDS
+    r: redis.Redis = env["redis"]
+    assert r.xlen(env["keys"].stream) == 0 and r.xpending(env["keys"].stream, GROUP)["pending"] == 0
+
+
+def running_on(http: httpx.Client, job_id: str) -> str:
+    record = wait_for(http, job_id, lambda r: r["status"] == "running" and r["progress"]["step"] >= 1, 120, "rendering")
+    return record["worker"]
+
+
+def test_sigterm_requeues_the_running_job(env: dict[str, Any]) -> None:
+    http: httpx.Client = env["http"]
+    workers: dict[str, ChildProcess] = env["workers"]
+    job_id = submit(http, steps=150)
+    name = running_on(http, job_id)
+    process = workers[name].process
+    assert process is not None
+    process.send_signal(signal.SIGTERM)
+    # It can't finish 150 steps within the 0.5 s grace: it requeues the job and exits cleanly.
+    assert process.wait(60) == 0
+    record = wait_terminal(http, job_id, 240)
+    assert record["status"] == "succeeded" and record["worker"] != name
+    assert record["deliveries"] == 1  # a shutdown is not held against the job
+    assert statuses(env["redis"], env["keys"], job_id) == ["queued", "running", "queued", "running", "succeeded"]
+
+
+def test_sigkill_mid_render_is_finished_by_another(env: dict[str, Any]) -> None:
+    http: httpx.Client = env["http"]
+    workers: dict[str, ChildProcess] = env["workers"]
+    alive = [n for n, w in workers.items() if w.process is not None and w.process.poll() is None]
+    assert len(alive) == 2
+    job_id = submit(http, steps=40)
+    name = running_on(http, job_id)
+    workers[name].kill()
+    # The dead worker's entry idles past the deadline; the survivor reclaims and renders it.
+    record = wait_terminal(http, job_id, 240)
+    assert record["status"] == "succeeded" and record["worker"] != name
+    assert record["deliveries"] == 2
+    assert statuses(env["redis"], env["keys"], job_id) == ["queued", "running", "running", "succeeded"]
+    r: redis.Redis = env["redis"]
+    assert r.xpending(env["keys"].stream, GROUP)["pending"] == 0
+
+
+def test_superseded_worker_stops_and_the_job_is_redelivered(env: dict[str, Any]) -> None:
+    """A worker that finds another delivery owns its job (it was cut off past the deadline) stops
+    rendering and leaves the result to that delivery; here nobody else took it, so the entry idles
+    past the deadline and is reclaimed and finished."""
+    http: httpx.Client = env["http"]
+    r: redis.Redis = env["redis"]
+    job_id = submit(http, steps=150)
+    name = running_on(http, job_id)
+    r.hset(env["keys"].job(job_id), "owner", "someone-else/0000")
+    record = wait_terminal(http, job_id, 240)
+    assert record["status"] == "succeeded" and record["deliveries"] == 2
+    assert "stopped rendering it" in env["workers"][name].log()
