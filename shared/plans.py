@@ -47,6 +47,9 @@ class PlanResult(BaseModel):
     usage: Usage = Usage()
     timings: dict[str, float] = {}
     attempts: int = 1
+    truncated: bool = Field(
+        default=False, description="The answer hit max_new_tokens; the canvas holds its complete calls."
+    )
 
 
 class GenerationAccepted(BaseModel):

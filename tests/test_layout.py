@@ -148,3 +148,9 @@ def test_importing_shared_pulls_in_no_torch_or_fastapi() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_importing_shared_alone_loads_nothing_heavy() -> None:
+    code = "import sys, shared\nprint(sorted(m for m in ('numpy', 'pydantic') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

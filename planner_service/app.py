@@ -1,0 +1,108 @@
+"""The planner's FastAPI app factory.
+
+Everything with a lifetime (the embedded llama.cpp server, the HTTP client to the LLM, the Redis
+client) is made in the lifespan, not at import, so ``create_app`` has no side effects until served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio
+from fastapi import FastAPI
+
+from planner_service.conversations import ConversationStore
+from planner_service.errors import install_error_handlers
+from planner_service.llm.client import LLMError, LLMUnavailable, OpenAIClient
+from planner_service.llm.embedded import EmbeddedLlamaServer
+from planner_service.metrics import PlannerMetrics
+from planner_service.planning import Planner
+from planner_service.playground import mount_playground
+from planner_service.routers import generations, health, plans
+from planner_service.service import PlanService
+from planner_service.settings import PlannerSettings
+
+log = logging.getLogger("planner_service")
+
+
+async def _model_name(client: OpenAIClient, configured: str | None) -> str | None:
+    """The configured model, else the server's first (vLLM insists on the exact served name)."""
+    if configured:
+        return configured
+    try:
+        served = await client.models()
+    except (LLMUnavailable, LLMError) as exc:
+        log.warning("could not list the LLM server's models (%s); will ask again per request", exc)
+        return None
+    return served[0] if served else None
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: PlannerSettings = app.state.settings
+    embedded: EmbeddedLlamaServer | None = None
+    if settings.embedded:
+        embedded = EmbeddedLlamaServer(
+            settings.gguf_path,
+            n_ctx=settings.context_tokens,
+            threads=settings.embedded_threads,
+            verbosity=settings.embedded_verbosity,
+        )
+        base_url = await asyncio.to_thread(embedded.start)  # loading the model blocks
+    else:
+        assert settings.llm_url is not None
+        base_url = settings.llm_url
+    client = OpenAIClient(
+        base_url,
+        api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
+        kind=settings.grammar_kind,
+        connect_timeout=settings.connect_timeout_seconds,
+        read_timeout=settings.read_timeout_seconds,
+        connect_retries=settings.connect_retries,
+    )
+    client.model = await _model_name(client, settings.llm_model)
+    redis_client = redis.asyncio.from_url(settings.redis_url, decode_responses=True)
+    metrics: PlannerMetrics = app.state.metrics
+    planner = Planner(client, settings, metrics)
+    store = ConversationStore(redis_client, prefix=settings.key_prefix, ttl_seconds=settings.conversation_ttl_seconds)
+    app.state.llm = client
+    app.state.redis = redis_client
+    app.state.planner = planner
+    app.state.store = store
+    app.state.plan_service = PlanService(planner, store, metrics)
+    log.info(
+        "planner ready: LLM %s (%s, grammar %s, one-shot %s)",
+        base_url,
+        settings.grammar_kind,
+        settings.resolved_profile,
+        settings.use_one_shot,
+    )
+    try:
+        yield
+    finally:
+        await client.aclose()
+        await redis_client.aclose()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+def create_app(settings: PlannerSettings | None = None) -> FastAPI:
+    settings = settings or PlannerSettings()
+    app = FastAPI(
+        title="Omost planner",
+        version="0.1.0",
+        description="Turns a prompt into an Omost canvas with an LLM; plans render jobs.",
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = PlannerMetrics()
+    install_error_handlers(app)
+    app.include_router(plans.router)
+    app.include_router(generations.router)
+    app.include_router(health.router)
+    if settings.playground:
+        mount_playground(app, settings.playground_render_url or settings.render_api_url)
+    return app

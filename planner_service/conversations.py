@@ -1,0 +1,59 @@
+"""Conversations kept server-side in Redis: the turns (user words, assistant code) under an id, with a TTL.
+
+One JSON string per conversation at ``{prefix}conversation:{id}``; every write refreshes the TTL,
+so a conversation lives ``ttl`` seconds after its last turn.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+
+import redis.asyncio
+from redis.exceptions import RedisError
+
+from shared.plans import MAX_HISTORY_TURNS, ChatTurn
+
+CONVERSATION_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class ConversationNotFound(LookupError):
+    def __init__(self, conversation_id: str) -> None:
+        super().__init__(f"conversation {conversation_id!r} does not exist or has expired")
+        self.conversation_id = conversation_id
+
+
+class StoreUnavailable(RuntimeError):
+    pass
+
+
+class ConversationStore:
+    def __init__(self, redis_client: redis.asyncio.Redis, *, prefix: str, ttl_seconds: int) -> None:
+        self.redis = redis_client
+        self.prefix = prefix
+        self.ttl_seconds = ttl_seconds
+
+    def key(self, conversation_id: str) -> str:
+        return f"{self.prefix}conversation:{conversation_id}"
+
+    @staticmethod
+    def new_id() -> str:
+        return uuid.uuid4().hex
+
+    async def get(self, conversation_id: str) -> list[ChatTurn]:
+        try:
+            raw = await self.redis.get(self.key(conversation_id))
+        except RedisError as exc:
+            raise StoreUnavailable(f"the conversation store (Redis) is unavailable: {exc}") from exc
+        if raw is None:
+            raise ConversationNotFound(conversation_id)
+        return [ChatTurn.model_validate(t) for t in json.loads(raw)]
+
+    async def save(self, conversation_id: str, turns: list[ChatTurn]) -> None:
+        kept = turns[-MAX_HISTORY_TURNS:]
+        payload = json.dumps([t.model_dump() for t in kept])
+        try:
+            await self.redis.set(self.key(conversation_id), payload, ex=self.ttl_seconds)
+        except RedisError as exc:
+            raise StoreUnavailable(f"the conversation store (Redis) is unavailable: {exc}") from exc

@@ -1,0 +1,1 @@
+"""One router per resource: plans, generations, and the operational endpoints."""

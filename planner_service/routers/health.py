@@ -1,0 +1,41 @@
+"""``/healthz`` (the process answers), ``/readyz`` (the LLM and Redis answer), ``/metrics``."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+router = APIRouter(tags=["operations"])
+
+PROBE_TIMEOUT_SECONDS = 5.0
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    state = request.app.state
+    checks: dict[str, str] = {}
+    try:
+        models = await asyncio.wait_for(state.llm.models(), PROBE_TIMEOUT_SECONDS)
+        checks["llm"] = "ok" if models else "no models served"
+    except Exception as exc:  # any failure means "not ready"; the message says which
+        checks["llm"] = f"{type(exc).__name__}: {exc}"
+    try:
+        await asyncio.wait_for(state.redis.ping(), PROBE_TIMEOUT_SECONDS)
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"{type(exc).__name__}: {exc}"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ready" if ready else "not ready", **checks}, status_code=200 if ready else 503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,120 @@
+"""Settings of the planner, read from the environment (prefix ``OMOST_PLANNER_``).
+
+The Redis URL is ``OMOST_REDIS_URL`` (no prefix), shared with the render service, because
+``POST /v1/generations`` enqueues into the render service's queue.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.contract import LLM_DEFAULTS
+from shared.grammar import Profile
+from shared.queue import DEFAULT_PREFIX, DEFAULT_TTL_SECONDS
+
+LLMKind = Literal["llamacpp", "vllm", "none"]
+"""Where the grammar goes in the request: llama.cpp's ``grammar``, vLLM's
+``structured_outputs.grammar``, or nowhere (any other OpenAI-compatible server)."""
+
+
+EMBEDDED_FREQUENCY_PENALTY = 0.3
+"""Measured on 20 prompts with SmolLM2 and the strict grammar: plans with no degenerate field rose
+from 11/20 to 17/20, all 20 still parsing (docs/planner.md)."""
+
+
+class PlannerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OMOST_PLANNER_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_token: SecretStr | None = Field(default=None, description="If set, /v1/* needs 'Bearer <token>'.")
+    log_level: str = "INFO"
+
+    # --- the LLM
+    llm_url: str | None = Field(
+        default=None,
+        description="Base URL of an OpenAI-compatible server (e.g. http://vllm:8000/v1). "
+        "None: start the embedded llama.cpp server.",
+    )
+    llm_model: str | None = Field(default=None, description="Model name sent to the server; None: its first.")
+    llm_api_key: SecretStr | None = None
+    llm_kind: LLMKind | None = Field(
+        default=None, description="Grammar field: llamacpp, vllm or none. None: llamacpp when embedded, else none."
+    )
+    grammar_profile: Profile | Literal["auto"] = Field(
+        default="auto", description="auto: strict-content for the embedded model, permissive for a served one."
+    )
+    one_shot: bool | None = Field(
+        default=None, description="Put a real Omost answer in the context first. None: on for the embedded model."
+    )
+    connect_timeout_seconds: float = Field(default=3.0, gt=0)
+    read_timeout_seconds: float = Field(default=300.0, gt=0, description="Longest silence from the LLM.")
+    connect_retries: int = Field(default=3, ge=1, le=10, description="Attempts to connect before a 503.")
+    max_retries: int = Field(default=2, ge=0, le=10, description="New-seed retries of a plan that does not parse.")
+    accept_truncated: bool = Field(
+        default=True, description="A plan cut off by max_new_tokens yields the canvas of its complete calls."
+    )
+
+    # --- sampling defaults (Omost's)
+    temperature: float = Field(default=LLM_DEFAULTS["temperature"], ge=0, le=2)
+    top_p: float = Field(default=LLM_DEFAULTS["top_p"], gt=0, le=1)
+    max_new_tokens: int = Field(default=LLM_DEFAULTS["max_new_tokens"], ge=16, le=32768)
+    frequency_penalty: float | None = Field(
+        default=None,
+        ge=-2,
+        le=2,
+        description="OpenAI frequency_penalty for fresh plans (edits get 0). None: 0.3 for the embedded "
+        "model (it repeats itself), else 0 (Omost's sampling).",
+    )
+    context_tokens: int = Field(default=LLM_DEFAULTS["context_tokens"], ge=512, description="The model's window.")
+
+    # --- the embedded llama.cpp server
+    gguf_path: Path | None = Field(default=None, description="GGUF for the embedded server; None: SmolLM2.")
+    embedded_threads: int = Field(default=0, ge=0, description="0: half the usable cores (at least 1).")
+    embedded_verbosity: int = Field(default=1, ge=0, le=4, description="llama.cpp log level; 3 logs every request.")
+
+    # --- conversations and the render queue
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("OMOST_REDIS_URL", "redis_url"),
+        description="Env OMOST_REDIS_URL (shared with the render service).",
+    )
+    key_prefix: str = Field(default=DEFAULT_PREFIX, min_length=1, description="Prefix of every Redis key.")
+    conversation_ttl_seconds: int = Field(default=24 * 3600, ge=1)
+    render_api_url: str = Field(default="", description="Base of the render status URLs /v1/generations returns.")
+    playground: bool = Field(default=True, description="Serve the web playground at /.")
+    playground_render_url: str = Field(
+        default="", description="The render API's base URL as a browser reaches it; empty: render_api_url."
+    )
+    render_job_ttl_seconds: int = Field(default=DEFAULT_TTL_SECONDS, ge=60)
+    max_queue_depth: int | None = Field(default=1000, ge=1)
+
+    @property
+    def embedded(self) -> bool:
+        return not self.llm_url
+
+    @property
+    def grammar_kind(self) -> LLMKind:
+        if self.llm_kind is not None:
+            return self.llm_kind
+        return "llamacpp" if self.embedded else "none"
+
+    @property
+    def resolved_profile(self) -> Profile:
+        if self.grammar_profile != "auto":
+            return self.grammar_profile
+        return "strict-content" if self.embedded else "permissive"
+
+    @property
+    def resolved_frequency_penalty(self) -> float:
+        if self.frequency_penalty is not None:
+            return self.frequency_penalty
+        return EMBEDDED_FREQUENCY_PENALTY if self.embedded else 0.0
+
+    @property
+    def use_one_shot(self) -> bool:
+        return self.one_shot if self.one_shot is not None else self.embedded

@@ -1,0 +1,225 @@
+"""The whole stack on one machine as child processes: Redis (when none is reachable), the planner,
+the render API and one render worker per device.
+
+Every service is started exactly as a deployment starts it (``python -m planner_service``, ...)
+and configured only through its environment variables, so ``omost serve`` exercises the same code
+paths as docker-compose.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def cache_dir() -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "omost"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def redis_answers(url: str, timeout: float = 0.5) -> bool:
+    """A bare PING over a socket: no client library state, works before any service exists."""
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 6379), timeout=timeout) as sock:
+            if parsed.password:
+                user = parsed.username or "default"
+                sock.sendall(f"AUTH {user} {parsed.password}\r\n".encode())
+                sock.recv(64)
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def cuda_device_count() -> int:
+    """GPUs visible to torch, without importing torch into this (client) process."""
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
+            capture_output=True, text=True, timeout=120, check=True,
+        )
+        return int(out.stdout.strip() or 0)
+    except (subprocess.SubprocessError, ValueError, OSError):
+        return 0
+
+
+@dataclass
+class StackConfig:
+    host: str = "127.0.0.1"
+    planner_port: int = 8000
+    render_port: int = 8100
+    redis_url: str | None = None
+    """None: use the default local Redis if it answers, else start a private redis-server."""
+    llm_url: str | None = None
+    llm_kind: str | None = None
+    model: str | None = None
+    workers: int | None = None
+    """None: one per CUDA device, or one on the CPU."""
+    planner: bool = True
+    render: bool = True
+    extra_env: dict[str, str] = field(default_factory=dict)
+    log_dir: Path | None = None
+
+
+@dataclass
+class _Child:
+    name: str
+    process: subprocess.Popen
+    log_path: Path
+
+
+class LocalStack:
+    """Start with :meth:`start`, stop with :meth:`stop` (or use it as a context manager)."""
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.children: list[_Child] = []
+        self.redis_url = config.redis_url or DEFAULT_REDIS_URL
+        self.log_dir = config.log_dir or Path(tempfile.mkdtemp(prefix="omost-stack-"))
+
+    @property
+    def planner_url(self) -> str:
+        return f"http://{self.config.host}:{self.config.planner_port}"
+
+    @property
+    def render_url(self) -> str:
+        return f"http://{self.config.host}:{self.config.render_port}"
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 300.0) -> None:
+        try:
+            self._start_redis()
+            env = self._environment()
+            if self.config.render:
+                self._spawn("render-api", ["render_service"], env)
+                for index, device in enumerate(self._devices()):
+                    worker_env = {**env, "OMOST_RENDER_DEVICE": device}
+                    self._spawn(f"render-worker-{index}", ["render_service.worker"], worker_env)
+            if self.config.planner:
+                self._spawn("planner", ["planner_service"], env)
+            if self.config.render:
+                self._wait_ready(f"{self.render_url}/readyz", timeout)
+            if self.config.planner:
+                self._wait_ready(f"{self.planner_url}/readyz", timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_redis(self) -> None:
+        if redis_answers(self.redis_url):
+            return
+        if self.config.redis_url is not None:
+            raise RuntimeError(f"Redis at {self.config.redis_url} does not answer")
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("no Redis answers at 127.0.0.1:6379 and redis-server is not installed: "
+                               "apt-get install redis-server, or pass --redis-url")
+        port = free_port()
+        data = cache_dir() / "redis"
+        data.mkdir(exist_ok=True)
+        # Append-only persistence: a job accepted before a restart is still there after it.
+        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+                "--appendonly", "yes", "--save", ""]
+        self._spawn_raw("redis", args, dict(os.environ))
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+        deadline = time.monotonic() + 20
+        while not redis_answers(self.redis_url):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start; see {self.children[-1].log_path}")
+            time.sleep(0.05)
+
+    def _environment(self) -> dict[str, str]:
+        c = self.config
+        env = {
+            **os.environ,
+            "OMOST_REDIS_URL": self.redis_url,
+            "OMOST_RENDER_HOST": c.host,
+            "OMOST_RENDER_PORT": str(c.render_port),
+            "OMOST_RENDER_PUBLIC_URL": self.render_url,
+            "OMOST_PLANNER_HOST": c.host,
+            "OMOST_PLANNER_PORT": str(c.planner_port),
+            "OMOST_PLANNER_RENDER_API_URL": self.render_url,
+            **c.extra_env,
+        }
+        if c.model:
+            env["OMOST_RENDER_MODEL"] = c.model
+        if c.llm_url:
+            env["OMOST_PLANNER_LLM_URL"] = c.llm_url
+        if c.llm_kind:
+            env["OMOST_PLANNER_LLM_KIND"] = c.llm_kind
+        return env
+
+    def _devices(self) -> list[str]:
+        count = self.config.workers
+        gpus = cuda_device_count() if count is None or count > 1 else 0
+        if gpus:
+            return [f"cuda:{i % gpus}" for i in range(count or gpus)]
+        return ["auto"] * (count or 1)
+
+    def _spawn(self, name: str, module: list[str], env: dict[str, str]) -> None:
+        self._spawn_raw(name, [sys.executable, "-m", *module], env)
+
+    def _spawn_raw(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        log_path = self.log_dir / f"{name}.log"
+        with open(log_path, "ab") as log:
+            # A new session: Ctrl-C in the terminal reaches only us, and we stop children in order.
+            process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.children.append(_Child(name, process, log_path))
+
+    def _wait_ready(self, url: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for child in self.children:
+                if child.process.poll() is not None:
+                    tail = child.log_path.read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"{child.name} exited with {child.process.returncode}:\n{tail}")
+            try:
+                if httpx.get(url, timeout=2.0).is_success:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(f"{url} not ready after {timeout} s; logs in {self.log_dir}")
+
+    def stop(self, timeout: float = 40.0) -> None:
+        """SIGTERM every service at once (workers finish or requeue their job), wait, then stop Redis."""
+        services = [c for c in self.children if c.name != "redis"]
+        for group in (services, [c for c in self.children if c.name == "redis"]):
+            for child in group:
+                if child.process.poll() is None:
+                    child.process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            for child in group:
+                try:
+                    child.process.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    child.process.kill()
+                    child.process.wait()
+        self.children.clear()

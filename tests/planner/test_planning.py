@@ -1,0 +1,113 @@
+"""Retries with new seeds, then a 502 carrying the parse error and the raw text (LLM faked here:
+with the grammar the real model always parses, so the failure path needs an LLM that misbehaves)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from planner_service.errors import error_body
+from planner_service.llm.client import OpenAIClient
+from planner_service.metrics import PlannerMetrics
+from planner_service.planning import PlanFailed, PlanInput, Planner
+from planner_service.settings import PlannerSettings
+from shared.omost_code import canvas_to_code
+from tests.planner.test_plans_real import EDITED
+
+GOOD = canvas_to_code(EDITED)
+JUNK = "Sure! Here is a picture of a cat. import os"
+
+
+def fake_llm(answers: list[str], seen: list[dict]) -> httpx.MockTransport:
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append(body)
+        text = answers[min(len(seen), len(answers)) - 1]
+        return httpx.Response(
+            200,
+            json={
+                "choices": [{"message": {"content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 20},
+            },
+        )
+
+    return httpx.MockTransport(handler)
+
+
+def make_planner(answers: list[str], seen: list[dict], **settings: object) -> Planner:
+    config = PlannerSettings(**{"llm_url": "http://llm/v1", "llm_kind": "llamacpp", "max_retries": 2, **settings})
+    client = OpenAIClient("http://llm/v1", kind="llamacpp", transport=fake_llm(answers, seen))
+    return Planner(client, config, PlannerMetrics())
+
+
+def test_unparseable_answer_is_retried_with_a_new_seed() -> None:
+    seen: list[dict] = []
+    planner = make_planner([JUNK, GOOD], seen)
+    outcome = asyncio.run(planner.plan(PlanInput(prompt="a cat", seed=5)))
+    assert outcome.parsed.canvas == EDITED and outcome.attempts == 2
+    assert seen[0]["seed"] == 5 and seen[1]["seed"] != 5
+    assert (outcome.prompt_tokens, outcome.completion_tokens) == (20, 40)
+    assert planner.metrics.retries._value.get() == 1
+    assert planner.metrics.parse_failures._value.get() == 1
+    assert "grammar" in seen[0]  # llamacpp kind, permissive profile for a served model
+
+
+def test_frequency_penalty_is_for_fresh_plans_only() -> None:
+    seen: list[dict] = []
+    planner = make_planner([GOOD], seen, frequency_penalty=0.3)
+    asyncio.run(planner.plan(PlanInput(prompt="a cat")))
+    asyncio.run(planner.plan(PlanInput(prompt="make the dog a corgi", canvas=EDITED)))
+    assert seen[0]["frequency_penalty"] == 0.3
+    assert "frequency_penalty" not in seen[1]
+
+
+def test_every_attempt_failing_is_a_502_with_the_error_and_raw_text() -> None:
+    seen: list[dict] = []
+    planner = make_planner([JUNK], seen)
+    with pytest.raises(PlanFailed) as failure:
+        asyncio.run(planner.plan(PlanInput(prompt="a cat", seed=1)))
+    assert len(seen) == 3 and len({b["seed"] for b in seen}) == 3
+    status, body = error_body(failure.value)
+    assert status == 502
+    assert body["raw"] == JUNK and body["attempts"] == 3
+    assert body["parse_error"]["message"]
+
+
+def test_streaming_announces_retries() -> None:
+    chunks = [GOOD[i : i + 40] for i in range(0, len(GOOD), 40)]
+    calls: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        parts = [JUNK] if len(calls) == 1 else chunks
+        body = "".join(f"data: {json.dumps({'choices': [{'delta': {'content': p}}]})}\n\n" for p in parts)
+        return httpx.Response(200, text=body + "data: [DONE]\n\n", headers={"content-type": "text/event-stream"})
+
+    config = PlannerSettings(llm_url="http://llm/v1", llm_kind="vllm", max_retries=1)
+    client = OpenAIClient("http://llm/v1", kind="vllm", transport=httpx.MockTransport(handler))
+    planner = Planner(client, config, PlannerMetrics())
+
+    async def collect() -> list[tuple[str, object]]:
+        return [event async for event in planner.stream(PlanInput(prompt="a cat", seed=3))]
+
+    events = asyncio.run(collect())
+    kinds = [kind for kind, _ in events]
+    assert kinds[0] == "delta" and "retry" in kinds and kinds[-1] == "plan"
+    assert kinds.index("retry") == 1
+    assert "".join(str(d) for k, d in events[2:] if k == "delta") == GOOD
+    assert events[-1][1].parsed.canvas == EDITED  # type: ignore[attr-defined]
+
+
+def test_cut_off_answer_yields_its_complete_calls() -> None:
+    cut = GOOD[: GOOD.index("canvas.add_local_description(", GOOD.index("canvas.add_local_description(") + 5) + 60]
+    planner = make_planner([cut], [])
+    outcome = asyncio.run(planner.plan(PlanInput(prompt="a cat")))
+    assert outcome.truncated
+    assert len(outcome.parsed.canvas.local_descriptions) == 1
+    assert outcome.code.endswith("```")  # the clean code form, not the cut text
+    strict = make_planner([cut], [], accept_truncated=False, max_retries=0)
+    with pytest.raises(PlanFailed, match="cut off"):
+        asyncio.run(strict.plan(PlanInput(prompt="a cat")))
