@@ -44,6 +44,8 @@ class ContentLimits:
     """Bounds of the ``strict-content`` profile. Real Omost output (the fixtures) fits all but the
     detail count: descriptions up to ~60 characters, details ~160, 23-28 tags of 1-5 words."""
 
+    min_regions: int = 1
+    """A canvas with no region steers nothing; small models otherwise often stop after the global call."""
     max_regions: int = 6
     min_detailed_descriptions: int = 1
     max_detailed_descriptions: int = 5
@@ -182,7 +184,7 @@ def _strict(limits: ContentLimits) -> dict[str, str]:
         rules[f"word-{suffix}"] = f"[A-Za-z] [A-Za-z0-9{apostrophe}’-]{{0,{lim.word_chars - 1}}}"
         rules[f"tag-{suffix}"] = f'word-{suffix} ( " " word-{suffix} ){{0,{lim.words_per_tag - 1}}}'
         rules[f"tags-{suffix}"] = f'{quote} tag-{suffix} ( ", " tag-{suffix} ){{0,{lim.max_tags - 1}}} {quote}'
-    _structure(rules, f"{{0,{lim.max_regions}}}")
+    _structure(rules, f"{{{lim.min_regions},{lim.max_regions}}}")
     return rules
 
 

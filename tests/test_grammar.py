@@ -172,6 +172,9 @@ def test_strict_content_bounds_the_number_of_regions() -> None:
     assert not matcher("strict-content").accepts(head + region * (limit + 1) + "```")
     assert matcher("strict-content", max_regions=2).accepts(head + region * 2 + "```")
     assert not matcher("strict-content", max_regions=2).accepts(head + region * 3 + "```")
+    # A global description alone steers nothing: small models must write at least one region.
+    assert not matcher("strict-content").accepts(head.rstrip() + "\n```")
+    assert matcher("permissive").accepts(head.rstrip() + "\n```")
 
 
 def test_both_quote_styles_escapes_and_curly_apostrophes() -> None:

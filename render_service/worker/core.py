@@ -477,6 +477,25 @@ class Worker:
             "store result",
         )
 
+    def _while_owner(self, job: _Job, commands: Callable[[Any], None]) -> bool:
+        """Run ``commands`` (buffered on a pipeline) in one MULTI/EXEC, only if this delivery still
+        owns the job. False, with nothing written, if another worker has reclaimed it."""
+        job_key = self.keys.job(job.job_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(job_key)
+                    owner = pipe.hget(job_key, "owner")
+                    if owner is None or text(owner) != job.token:
+                        pipe.unwatch()
+                        return False
+                    pipe.multi()
+                    commands(pipe)
+                    pipe.execute()
+                    return True
+                except WatchError:
+                    continue  # the record changed under us (a heartbeat, a cancel): look again
+
     def _finish(
         self,
         job: _Job,
@@ -490,7 +509,6 @@ class Worker:
         dead_letter: bool = False,
     ) -> None:
         keys = self.keys
-        job_key = keys.job(job.job_id)
         if pngs:
             # Images go first and outside the transaction: once the record says "succeeded",
             # every image it counts is already readable.
@@ -498,42 +516,24 @@ class Worker:
                 for index, png in enumerate(pngs):
                     pipe.set(keys.image(job.job_id, index), png, ex=job.ttl)
                 pipe.execute()
-        with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    pipe.watch(job_key)
-                    owner = pipe.hget(job_key, "owner")
-                    if owner is None or text(owner) != job.token:
-                        # Reclaimed by another worker while we were cut off: its run wins, and the
-                        # entry is now in its pending list, so we must not ack it either.
-                        pipe.unwatch()
-                        log.warning(
-                            "job was reclaimed by another worker; dropping our result",
-                            extra={"fields": {"job": job.job_id}},
-                        )
-                        return
-                    pipe.multi()
-                    queue_terminal(
-                        pipe,
-                        keys,
-                        job.job_id,
-                        status,
-                        job.ttl,
-                        record=fields,
-                        error=error,
-                        message=message,
-                        worker=self.name,
-                    )
-                    if render_seconds is not None:
-                        queue_observe(pipe, keys, "render_seconds", render_seconds, RENDER_SECONDS_BUCKETS)
-                    if dead_letter:
-                        self._queue_dead_letter(pipe, job.entry_id, job.message, error or status)
-                    pipe.xack(keys.stream, keys.group, job.entry_id)
-                    pipe.xdel(keys.stream, job.entry_id)
-                    pipe.execute()
-                    break
-                except WatchError:
-                    continue
+
+        def write_result(pipe: Any) -> None:
+            queue_terminal(
+                pipe, keys, job.job_id, status, job.ttl, record=fields, error=error, message=message, worker=self.name
+            )
+            if render_seconds is not None:
+                queue_observe(pipe, keys, "render_seconds", render_seconds, RENDER_SECONDS_BUCKETS)
+            if dead_letter:
+                self._queue_dead_letter(pipe, job.entry_id, job.message, error or status)
+            pipe.xack(keys.stream, keys.group, job.entry_id)
+            pipe.xdel(keys.stream, job.entry_id)
+
+        if not self._while_owner(job, write_result):
+            # Reclaimed by another worker while we were cut off: its run wins, and the entry is
+            # now in its pending list, so we must not ack it either.
+            extra = {"fields": {"job": job.job_id}}
+            log.warning("job was reclaimed by another worker; dropping our result", extra=extra)
+            return
         log.info("job finished", extra={"fields": {"job": job.job_id, "status": status, "error": error}})
         self._schedule_webhook(job.message)
 
@@ -541,41 +541,28 @@ class Worker:
         """Give the job back: a fresh stream entry, the old one acked, the record ``queued`` again."""
         keys = self.keys
         job_key = keys.job(job.job_id)
-        with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    pipe.watch(job_key)
-                    owner = pipe.hget(job_key, "owner")
-                    if owner is None or text(owner) != job.token:
-                        pipe.unwatch()
-                        return
-                    pipe.multi()
-                    pipe.xadd(keys.stream, encode_message(job.message))
-                    pipe.xack(keys.stream, keys.group, job.entry_id)
-                    pipe.xdel(keys.stream, job.entry_id)
-                    # A shutdown is not the job's fault: this delivery does not count towards the limit.
-                    pipe.hset(
-                        job_key,
-                        mapping={
-                            "status": "queued",
-                            "owner": "",
-                            "worker": "",
-                            "progress_step": "0",
-                            "deliveries": str(job.deliveries - 1),
-                        },
-                    )
-                    pipe.hdel(job_key, "started_at")
-                    queue_event(
-                        pipe,
-                        keys,
-                        job.job_id,
-                        make_event("queued", message=f"requeued: worker {self.name} shut down"),
-                        job.ttl,
-                    )
-                    pipe.execute()
-                    break
-                except WatchError:
-                    continue
+
+        def give_back(pipe: Any) -> None:
+            pipe.xadd(keys.stream, encode_message(job.message))
+            pipe.xack(keys.stream, keys.group, job.entry_id)
+            pipe.xdel(keys.stream, job.entry_id)
+            # A shutdown is not the job's fault: this delivery does not count towards the limit.
+            pipe.hset(
+                job_key,
+                mapping={
+                    "status": "queued",
+                    "owner": "",
+                    "worker": "",
+                    "progress_step": "0",
+                    "deliveries": str(job.deliveries - 1),
+                },
+            )
+            pipe.hdel(job_key, "started_at")
+            event = make_event("queued", message=f"requeued: worker {self.name} shut down")
+            queue_event(pipe, keys, job.job_id, event, job.ttl)
+
+        if not self._while_owner(job, give_back):
+            return
         log.info("job requeued on shutdown", extra={"fields": {"job": job.job_id}})
 
     # --- webhooks ------------------------------------------------------------------------------
