@@ -34,19 +34,11 @@ from shared.contract import COLORS
 from shared.grammar import omost_grammar
 from shared.omost_code import CanvasParseError, CanvasTruncatedError, parse_canvas_code
 from tests.planner.conftest import start_planner
+from tests.planner.test_plans_real import PROMPTS
 from tests.support import RedisServer
 
 QUALITY_PROMPTS = [
-    "a cat and a dog on a sofa",
-    "a lighthouse on a cliff at sunset",
-    "a busy market street in Marrakech",
-    "an astronaut riding a horse on the moon",
-    "a bowl of ramen on a wooden table",
-    "two children flying a kite on a beach",
-    "a snowy mountain village at night",
-    "a red sports car in the rain",
-    "an old library with a reading cat",
-    "a dragon sleeping on a pile of gold",
+    *PROMPTS,  # the ten the real-model tests plan, then ten more
     "a portrait of an old fisherman",
     "a futuristic city with flying cars",
     "a bouquet of sunflowers in a blue vase",
