@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -10,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from shared.canvas import Canvas
 
 CHROMIUM = os.environ.get("OMOST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -47,6 +50,27 @@ def chromium() -> Iterator[object]:
             yield browser
         finally:
             browser.close()
+
+
+@contextmanager
+def open_page(browser, url: str, viewport: dict[str, int], timeout_ms: int) -> Iterator[object]:
+    """The playground at ``url`` once it reports ready; an uncaught error on the page fails the test."""
+    context = browser.new_context(viewport=viewport)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    page.wait_for_selector("body[data-ready=true]", timeout=timeout_ms)
+    try:
+        yield page
+    finally:
+        context.close()
+    assert not errors, errors
+
+
+def canvas_of(page) -> Canvas:
+    """The canvas the page holds, read from its JSON view."""
+    return Canvas.model_validate(json.loads(page.locator("#json").input_value()))
 
 
 class ThreadServer:

@@ -11,17 +11,15 @@ render. Screenshots go to ``docs/img/``.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from shared.canvas import Canvas
 from shared.layout import placement_rect, rect_distance, snap_to_placement
 from shared.omost_code import canvas_to_code
-from tests.playground.browser import chromium, require_chromium, screenshot
+from tests.playground.browser import canvas_of, chromium, open_page, require_chromium, screenshot
 from tests.support import ChildProcess, RedisServer, free_port, python_module, wait_for_http
 
 pytestmark = pytest.mark.slow
@@ -103,20 +101,9 @@ def stack(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 @pytest.fixture(scope="module")
 def page(stack: Stack) -> Iterator[object]:
-    with chromium() as browser:
-        context = browser.new_context(viewport={"width": 1440, "height": 900})
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(stack.planner_url + "/")
-        page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+    url = stack.planner_url + "/"
+    with chromium() as browser, open_page(browser, url, {"width": 1440, "height": 900}, 30_000) as page:
         yield page
-        context.close()
-        assert not errors, errors
-
-
-def canvas_of(page) -> Canvas:
-    return Canvas.model_validate(json.loads(page.locator("#json").input_value()))
 
 
 def assert_nearest(region, raw: tuple[float, float, float, float]) -> None:

@@ -26,7 +26,7 @@ from shared.contract import LOCATIONS
 from shared.jobs import RenderRequest
 from shared.layout import placement_rect, snap_to_placement
 from shared.omost_code import canvas_to_code
-from tests.playground.browser import ThreadServer, chromium, require_chromium, screenshot
+from tests.playground.browser import ThreadServer, canvas_of, chromium, open_page, require_chromium, screenshot
 from tests.support import free_port
 
 pytestmark = pytest.mark.slow
@@ -108,19 +108,8 @@ def browser(site: str) -> Iterator[object]:
 
 @pytest.fixture
 def page(browser, site: str):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(site + "/")
-    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
-    yield page
-    context.close()
-    assert not errors, errors
-
-
-def canvas_of(page) -> Canvas:
-    return Canvas.model_validate(json.loads(page.locator("#json").input_value()))
+    with open_page(browser, site + "/", {"width": 1400, "height": 1000}, 15_000) as page:
+        yield page
 
 
 def test_config_and_static_files_are_served(site: str) -> None:
