@@ -77,6 +77,12 @@ def poll_delays(first: float = 0.2, factor: float = 1.5, cap: float = 2.0) -> It
         delay = min(cap, delay * factor)
 
 
+def _http_options(token: str | None, timeout: float) -> dict[str, Any]:
+    """Headers and timeouts both clients share. Planning on a CPU can take minutes; connecting should not."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return {"headers": headers, "timeout": httpx.Timeout(timeout, connect=10.0)}
+
+
 class _Requests:
     """Builds every request both clients send; holds the base URLs and the token."""
 
@@ -136,9 +142,7 @@ class OmostClient:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self._urls = _Requests(planner_url, render_url)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        # Planning on a CPU can take minutes; connecting should not.
-        self._http = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout, connect=10.0), transport=transport)
+        self._http = httpx.Client(**_http_options(token, timeout), transport=transport)
 
     def __enter__(self) -> OmostClient:
         return self
@@ -234,10 +238,7 @@ class AsyncOmostClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._urls = _Requests(planner_url, render_url)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.AsyncClient(
-            headers=headers, timeout=httpx.Timeout(timeout, connect=10.0), transport=transport
-        )
+        self._http = httpx.AsyncClient(**_http_options(token, timeout), transport=transport)
 
     async def __aenter__(self) -> AsyncOmostClient:
         return self
