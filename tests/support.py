@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,11 +13,9 @@ from pathlib import Path
 
 import httpx
 
+from shared.cli.stack import free_port, redis_answers
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+__all__ = ["ChildProcess", "RedisServer", "free_port", "python_module", "wait_for_http", "wait_until"]
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition") -> None:
@@ -108,12 +105,7 @@ class RedisServer:
         return self
 
     def ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+        return redis_answers(self.url)
 
     def stop(self) -> None:
         if self.child is not None:

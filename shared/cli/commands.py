@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from shared.canvas import Canvas
-from shared.cli.stack import LocalStack, StackConfig, cache_dir
+from shared.cli.stack import LocalStack, StackConfig, cache_dir, free_port
 from shared.client import OmostAPIError, OmostClient, RenderFailed
 from shared.contract import RENDER_DEFAULTS
 from shared.jobs import DEFAULT_SAMPLER, RenderJob, RenderRequest
@@ -81,8 +81,6 @@ def tiny_model_path() -> str:
 
 
 def stack_config(*, model: str | None, tiny: bool, llm_url: str | None, planner: bool, render: bool) -> StackConfig:
-    from shared.cli.stack import free_port
-
     return StackConfig(
         planner_port=free_port(),
         render_port=free_port(),
