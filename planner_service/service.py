@@ -17,6 +17,9 @@ from planner_service.metrics import PlannerMetrics
 from planner_service.planning import PlanFailed, PlanInput, Planner, PlanOutcome
 from planner_service.prompting import with_canvas
 from planner_service.schemas import PlanRequest, PlanResponse
+from shared.canvas import Canvas
+from shared.canvas_diff import diff_canvases
+from shared.omost_code import CanvasParseError, parse_canvas_code
 from shared.plans import ChatTurn, CorrectionOut, Usage
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,19 @@ class _Prepared:
     conversation_id: str | None
     turns: list[ChatTurn]
     started: float
+    previous: Canvas | None
+
+
+def previous_canvas(turns: list[ChatTurn]) -> Canvas | None:
+    """The canvas an edit starts from: the last assistant turn's code (stored turns always parse;
+    inline history from a client might not, and then there is nothing to compare against)."""
+    for turn in reversed(turns):
+        if turn.role == "assistant":
+            try:
+                return parse_canvas_code(turn.content, allow_partial=True).canvas
+            except CanvasParseError:
+                return None
+    return None
 
 
 class PlanService:
@@ -53,7 +69,7 @@ class PlanService:
         # Validate the context budget now, so an oversized request is a 400 before any LLM work.
         self.planner.messages(plan_input)
         turns = with_canvas(history, request.canvas)
-        return _Prepared(plan_input, request.conversation_id, turns, started)
+        return _Prepared(plan_input, request.conversation_id, turns, started, previous_canvas(turns))
 
     async def _finish(self, prepared: _Prepared, outcome: PlanOutcome) -> PlanResponse:
         conversation_id = prepared.conversation_id or self.store.new_id()
@@ -80,6 +96,7 @@ class PlanService:
             timings=outcome.timings,
             attempts=outcome.attempts,
             truncated=outcome.truncated,
+            changes=diff_canvases(prepared.previous, outcome.parsed.canvas) if prepared.previous else None,
         )
 
     def _count_failure(self, exc: Exception) -> None:
