@@ -15,12 +15,11 @@ from planner_service.conversations import ConversationStore, StoreUnavailable
 from planner_service.llm.client import LLMUnavailable
 from planner_service.metrics import PlannerMetrics
 from planner_service.planning import PlanFailed, PlanInput, Planner, PlanOutcome
-from planner_service.prompting import with_canvas
+from planner_service.prompting import previous_canvas, with_canvas
 from planner_service.schemas import PlanRequest, PlanResponse
 from shared.canvas import Canvas
 from shared.canvas_diff import diff_canvases
-from shared.omost_code import CanvasParseError, parse_canvas_code
-from shared.plans import ChatTurn, CorrectionOut, Usage
+from shared.plans import CanvasChanges, ChatTurn, CorrectionOut, Usage
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +31,6 @@ class _Prepared:
     turns: list[ChatTurn]
     started: float
     previous: Canvas | None
-
-
-def previous_canvas(turns: list[ChatTurn]) -> Canvas | None:
-    """The canvas an edit starts from: the last assistant turn's code (stored turns always parse;
-    inline history from a client might not, and then there is nothing to compare against)."""
-    for turn in reversed(turns):
-        if turn.role == "assistant":
-            try:
-                return parse_canvas_code(turn.content, allow_partial=True).canvas
-            except CanvasParseError:
-                return None
-    return None
 
 
 class PlanService:
@@ -96,8 +83,14 @@ class PlanService:
             timings=outcome.timings,
             attempts=outcome.attempts,
             truncated=outcome.truncated,
-            changes=diff_canvases(prepared.previous, outcome.parsed.canvas) if prepared.previous else None,
+            changes=self._changes(prepared, outcome),
         )
+
+    @staticmethod
+    def _changes(prepared: _Prepared, outcome: PlanOutcome) -> CanvasChanges | None:
+        if prepared.previous is None:
+            return None
+        return diff_canvases(prepared.previous, outcome.parsed.canvas, outcome.pairs)
 
     def _count_failure(self, exc: Exception) -> None:
         outcome = "parse_failed" if isinstance(exc, PlanFailed) else "unavailable"

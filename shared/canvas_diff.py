@@ -3,7 +3,8 @@
 A pure function of the two canvases, so the planner (``PlanResult.changes``), the CLI and the
 playground all describe an edit the same way. Regions carry no identity of their own, so they are
 matched: first byte-identical regions (in order), then the remaining pairs by how much of them is
-the same (equal fields, then description similarity), best pair first. A pair that shares too little
+the same (equal fields, then description similarity), best pair first; a caller that knows the
+pairing (an edit made as a patch) passes it instead. A pair that shares too little
 is not "the same region changed" but one removed and one added.
 """
 
@@ -15,8 +16,9 @@ from shared.canvas import GLOBAL_ARGUMENTS, LOCAL_ARGUMENTS, Canvas, LocalDescri
 from shared.plans import CanvasChanges, RegionChange
 
 SAME_REGION_MIN_FIELDS = 6
-"""Of a region's 11 fields: an edit that rewrites the subject of a region ("make the dog a corgi")
-keeps its place, size, depth, style and so on, so half of the fields equal means the same region."""
+"""Of a region's 11 fields, with the same location: an edit that rewrites the subject of a region
+("make the dog a corgi") keeps its place, size, depth, style and so on. The location must match too,
+because a small model writes the same offset, style and quality into every region it adds."""
 
 SAME_REGION_MIN_SIMILARITY = 0.6
 """Or descriptions this alike (difflib ratio, case-folded): the same subject, rewritten in place."""
@@ -34,21 +36,27 @@ def _pair_score(before: LocalDescription, after: LocalDescription) -> tuple[int,
     """How alike two regions are, or None if too unlike to be one region changed."""
     equal = len(LOCAL_ARGUMENTS) - len(_changed_fields(before, after))
     similarity = _similarity(before.description, after.description)
-    if equal < SAME_REGION_MIN_FIELDS and similarity < SAME_REGION_MIN_SIMILARITY:
+    same_place = before.location == after.location and equal >= SAME_REGION_MIN_FIELDS
+    if not same_place and similarity < SAME_REGION_MIN_SIMILARITY:
         return None
     return equal, similarity
 
 
-def diff_canvases(previous: Canvas, new: Canvas) -> CanvasChanges:
+def diff_canvases(previous: Canvas, new: Canvas, pairs: dict[int, int] | None = None) -> CanvasChanges:
     """The changes from ``previous`` to ``new``: changed global field names, then region changes
-    (changed and added in the new canvas's order, then removed in the previous canvas's order)."""
+    (changed and added in the new canvas's order, then removed in the previous canvas's order).
+
+    ``pairs`` (new index -> previous index), when the caller knows which region became which (an
+    edit made as a patch does), replaces the matching; unpaired regions are added or removed."""
     glob_before, glob_after = previous.global_description, new.global_description
     global_fields = [name for name in GLOBAL_ARGUMENTS if getattr(glob_before, name) != getattr(glob_after, name)]
     old = list(previous.local_descriptions)
     fresh = list(new.local_descriptions)
     unmatched_old = set(range(len(old)))
     unmatched_new = set(range(len(fresh)))
-    pairs: dict[int, int] = {}  # new index -> previous index
+    if pairs is not None:
+        return CanvasChanges(global_fields=global_fields, regions=_region_changes(old, fresh, dict(pairs)))
+    pairs = {}  # new index -> previous index
     for j, region in enumerate(fresh):  # identical regions first, each previous one used once
         i = next((i for i in sorted(unmatched_old) if old[i] == region), None)
         if i is not None:
@@ -67,13 +75,21 @@ def diff_canvases(previous: Canvas, new: Canvas) -> CanvasChanges:
             pairs[j] = i
             unmatched_old.discard(i)
             unmatched_new.discard(j)
+    return CanvasChanges(global_fields=global_fields, regions=_region_changes(old, fresh, pairs))
+
+
+def _region_changes(
+    old: list[LocalDescription], fresh: list[LocalDescription], pairs: dict[int, int]
+) -> list[RegionChange]:
     regions: list[RegionChange] = []
     for j, region in enumerate(fresh):
-        if j in unmatched_new:
+        if j not in pairs:
             regions.append(RegionChange(kind="added", index=j, description=region.description))
         elif old[pairs[j]] != region:
             fields = _changed_fields(old[pairs[j]], region)
             regions.append(RegionChange(kind="changed", index=j, description=region.description, fields=fields))
-    for i in sorted(unmatched_old):
-        regions.append(RegionChange(kind="removed", index=i, description=old[i].description))
-    return CanvasChanges(global_fields=global_fields, regions=regions)
+    paired = set(pairs.values())
+    for i, region in enumerate(old):
+        if i not in paired:
+            regions.append(RegionChange(kind="removed", index=i, description=region.description))
+    return regions

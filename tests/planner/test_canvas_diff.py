@@ -103,3 +103,21 @@ def test_global_field_changes_are_named() -> None:
 def test_changes_round_trip_as_json() -> None:
     changes = diff_canvases(EDITED, with_regions(WINDOW, region(DOG, description="A corgi.")))
     assert CanvasChanges.model_validate_json(changes.model_dump_json()) == changes
+
+
+def test_a_known_pairing_replaces_the_matching() -> None:
+    # A lamp written where the dog was, with the dog's layout: the matcher would call it the dog
+    # changed; the patch that made it knows the dog was removed and a lamp added.
+    lamp = region(DOG, description="A lamp.")
+    assert diff_canvases(EDITED, with_regions(CAT, lamp)).regions[0].kind == "changed"
+    changes = diff_canvases(EDITED, with_regions(CAT, lamp), pairs={0: 0})
+    assert changes.regions == [
+        RegionChange(kind="added", index=1, description="A lamp."),
+        RegionChange(kind="removed", index=1, description="A brown dog."),
+    ]
+
+
+def test_a_region_elsewhere_with_another_subject_is_not_the_same_region() -> None:
+    lamp = region(DOG, location="on the left", description="A lamp.")
+    kinds = [c.kind for c in diff_canvases(with_regions(DOG), with_regions(lamp)).regions]
+    assert kinds == ["added", "removed"]
