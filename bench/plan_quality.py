@@ -242,14 +242,22 @@ def score_edit(case: Edit, canvas: Canvas, tally: Tally, how: str) -> None:
         )
 
 
+def spread(items: list, limit: int | None) -> list[tuple[int, Any]]:
+    """``limit`` of the items spread evenly over the list (every category gets its turn), with indices."""
+    if limit is None or limit >= len(items):
+        return list(enumerate(items))
+    picks = sorted({round(i * len(items) / limit) for i in range(limit)})
+    return [(i, items[i]) for i in picks]
+
+
 def run(url: str, limit: int | None, seed: int) -> tuple[Tally, Tally]:
     fresh, edits = Tally(), Tally()
-    with httpx.Client(base_url=url, timeout=900) as client:
-        for index, case in enumerate(FRESH[:limit]):
+    with httpx.Client(base_url=url, timeout=1800) as client:
+        for index, case in spread(FRESH, limit):
             canvas = post_plan(client, {"prompt": case.prompt, "seed": seed + index}, fresh, case.prompt)
             if canvas is not None:
                 score_fresh(case, canvas, fresh)
-        for index, case in enumerate(EDITS[: None if limit is None else max(1, limit // 3)]):
+        for index, case in spread(EDITS, None if limit is None else max(1, limit // 2)):
             history = [
                 {"role": "user", "content": case.base_prompt},
                 {"role": "assistant", "content": canvas_to_code(case.base)},
@@ -272,7 +280,7 @@ def load() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--limit", type=int, default=None, help="Only the first N fresh prompts (and N/3 edits).")
+    parser.add_argument("--limit", type=int, default=None, help="N fresh prompts (and N/2 edits), spread over the set.")
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--env", nargs="*", default=[], help="Planner settings, e.g. OMOST_PLANNER_MAX_NEW_TOKENS=900")
     args = parser.parse_args()
