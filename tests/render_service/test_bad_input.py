@@ -291,3 +291,16 @@ def submit_id(client: httpx.Client, headers: dict[str, str]) -> str:
     answer = post(client, body(), headers=headers)
     assert answer.status_code == 202, answer.text
     return answer.json()["id"]
+
+
+def test_every_log_line_of_a_request_carries_its_id(redis_server: RedisServer, tmp_path: Path) -> None:
+    api = Api(redis_server.url, unique_prefix("rid"), tmp_path).start()
+    try:
+        with httpx.Client(base_url=api.url, timeout=10) as http:
+            assert post(http, body(), headers={"X-Request-ID": "rid-for-the-log"}).status_code == 202
+    finally:
+        api.stop()
+    lines = [json.loads(line) for line in api.child.log().splitlines() if line.startswith("{")]
+    queued = [line for line in lines if line["msg"] == "render queued"]
+    assert queued and queued[0]["request_id"] == "rid-for-the-log", lines
+    assert "job" in queued[0]  # the fields of the line stay
