@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
@@ -277,7 +278,7 @@ def test_every_control_has_a_label_and_tab_order_is_sane(page) -> None:
     assert page.evaluate("document.activeElement.id") == "prompt"
 
 
-def test_phone_sized_screen(browser, site: str) -> None:
+def test_phone_sized_screen(browser, site: str, screenshots: Path) -> None:
     context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, has_touch=True)
     page = context.new_page()
     page.goto(site + "/")
@@ -287,11 +288,11 @@ def test_phone_sized_screen(browser, site: str) -> None:
     stage = page.locator("#stage").bounding_box()
     assert stage["width"] <= 390
     assert page.locator("#boxes .box").count() == 3
-    screenshot(page, "playground-phone.png")
+    screenshot(page, "playground-phone.png", screenshots)
     context.close()
 
 
-def test_streamed_turns_are_kept_and_can_be_revisited(page) -> None:
+def test_streamed_turns_are_kept_and_can_be_revisited(page, screenshots: Path) -> None:
     PLAN_REQUESTS.clear()
     page.fill("#prompt", "cat dog")
     page.fill("#plan-seed", "5")
@@ -339,4 +340,4 @@ def test_streamed_turns_are_kept_and_can_be_revisited(page) -> None:
         ("user", "fish"),
         ("assistant", canvas_to_code(planned_canvas("fish"))),
     ]
-    screenshot(page, "playground-turns.png")
+    screenshot(page, "playground-turns.png", screenshots)
