@@ -78,6 +78,9 @@ def test_readyz_says_what_is_missing(orphan: RunningPlanner) -> None:
         ({"prompt": "a cat", "unknown": 1}, 422, "unknown"),
         ({"prompt": "a", "history": [{"role": "user", "content": "b"}], "conversation_id": "c"}, 422, "not both"),
         ({"prompt": "a cat", "max_new_tokens": 8190}, 400, "context"),
+        # One seed range with the render side (2**32 - 1 is llama.cpp's "random" marker, so one less).
+        ({"prompt": "a cat", "seed": 2**32 - 1}, 422, "less than or equal to 4294967294"),
+        ({"prompt": "a cat", "seed": 2**31}, 503, "unreachable"),
     ],
     ids=lambda v: str(v)[:40],
 )
