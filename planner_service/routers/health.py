@@ -20,7 +20,13 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+_REPORT = {"application/json": {"schema": {"type": "object", "additionalProperties": True}}}
+
+
+@router.get(
+    "/readyz",
+    responses={503: {"description": "The LLM or Redis does not answer; the body says which.", "content": _REPORT}},
+)
 async def readyz(llm: LLMDep, redis_client: RedisDep) -> JSONResponse:
     checks: dict[str, str] = {}
     try:

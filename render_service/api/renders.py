@@ -53,7 +53,7 @@ class ImageUnavailable(ServiceError):
     status_code=status.HTTP_202_ACCEPTED,
     response_model=RenderAccepted,
     responses={
-        **_ERRORS,
+        401: _ERRORS[401],
         400: {"description": "Malformed JSON."},
         409: {"description": "Idempotency-Key reused with a different body."},
         413: {"description": "Body over the size limit."},

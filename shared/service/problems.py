@@ -193,17 +193,24 @@ def install_problem_handlers(
     app.add_exception_handler(Exception, unexpected)
 
 
-def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """``responses=`` entries for these statuses (the OpenAPI hook gives them the problem schema)."""
-    return {s: {"description": HTTPStatus(s).phrase} for s in statuses}
+def _generic(response: dict[str, Any]) -> bool:
+    content = response.get("content")
+    return not content or "HTTPValidationError" in str(content)
 
 
-COMMON_STATUSES = (400, 401, 404, 405, 413, 422, 500)
+def _statuses_of(operation: dict[str, Any]) -> tuple[int, ...]:
+    """What any operation of this shape can answer, whatever its route declares."""
+    statuses = [500]
+    if operation.get("security"):
+        statuses.append(401)
+    if "requestBody" in operation:
+        statuses += [400, 413, 422]
+    return tuple(statuses)
 
 
 def install_problem_openapi(app: FastAPI) -> None:
     """Every operation's 4xx/5xx documented as ``application/problem+json`` with ``ProblemDetails``
-    (FastAPI's own 422 schema included), plus the statuses any route can answer."""
+    (FastAPI's own 422 schema included), plus the statuses any route of its shape can answer."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -219,10 +226,11 @@ def install_problem_openapi(app: FastAPI) -> None:
         for path_item in schema.get("paths", {}).values():
             for operation in path_item.values():
                 responses = operation.setdefault("responses", {})
-                for status in COMMON_STATUSES:
+                for status in _statuses_of(operation):
                     responses.setdefault(str(status), {"description": HTTPStatus(status).phrase})
                 for status, response in responses.items():
-                    if status.isdigit() and int(status) >= 400:
+                    # A route that spells out its own error body (a probe's report) keeps it.
+                    if status.isdigit() and int(status) >= 400 and _generic(response):
                         response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": ref}}
         for unused in ("HTTPValidationError", "ValidationError"):
             components.pop(unused, None)
