@@ -309,3 +309,21 @@ def test_every_log_line_of_a_request_carries_its_id(redis_server: RedisServer, t
     queued = [line for line in lines if line["msg"] == "render queued"]
     assert queued and queued[0]["request_id"] == "rid-for-the-log", lines
     assert "job" in queued[0]  # the fields of the line stay
+
+
+def test_listing_shows_only_the_tokens_own_jobs(redis_server: RedisServer, tmp_path: Path) -> None:
+    prefix = unique_prefix("owners")  # one deployment's keys, read by an API with and one without a token
+    open_api = Api(redis_server.url, prefix, tmp_path).start()
+    token_api = Api(redis_server.url, prefix, tmp_path, api_token="mine").start()
+    try:
+        with (
+            httpx.Client(base_url=open_api.url, timeout=10) as anyone,
+            httpx.Client(base_url=token_api.url, timeout=10, headers={"Authorization": "Bearer mine"}) as owner,
+        ):
+            public_job = submit_id(anyone, {})
+            own_job = submit_id(owner, {})
+            assert [j["id"] for j in owner.get("/v1/renders").json()["items"]] == [own_job]
+            assert [j["id"] for j in anyone.get("/v1/renders").json()["items"]] == [public_job]
+    finally:
+        open_api.stop()
+        token_api.stop()
