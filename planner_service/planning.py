@@ -18,7 +18,7 @@ from planner_service.prompting import build_messages, previous_canvas, with_canv
 from planner_service.settings import PlannerSettings
 from planner_service.subjects import extract_subjects
 from shared.canvas import Canvas
-from shared.grammar import ContentLimits, RegionShape, omost_grammar
+from shared.grammar import ContentLimits, Profile, RegionShape, omost_grammar
 from shared.jobs import MAX_SEED
 from shared.omost_code import CanvasParseError, ParseResult, canvas_to_code, parse_canvas_code
 from shared.plans import ChatTurn
@@ -142,9 +142,9 @@ class Planner:
         return Shaping(self._shaped(profile, tuple(RegionShape(_capitalised(s.phrase)) for s in subjects)))
 
     @staticmethod
-    def _shaped(profile: str, shapes: tuple[RegionShape, ...]) -> str:
+    def _shaped(profile: Profile, shapes: tuple[RegionShape, ...]) -> str:
         limits = ContentLimits(min_regions=0, max_regions=MAX_SUBJECT_REGIONS)
-        return omost_grammar(profile, limits=limits, max_regions=MAX_SUBJECT_REGIONS, regions=shapes)  # type: ignore[arg-type]
+        return omost_grammar(profile, limits=limits, max_regions=MAX_SUBJECT_REGIONS, regions=shapes)
 
     def _max_tokens(self, request: PlanInput) -> int:
         return request.max_new_tokens or self.settings.max_new_tokens
