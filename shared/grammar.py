@@ -226,9 +226,10 @@ def _strict(limits: ContentLimits, shapes: tuple[RegionShape, ...] | None) -> di
         rules[f"word-{suffix}"] = f"[A-Za-z] [A-Za-z0-9{apostrophe}’-]{{0,{lim.word_chars - 1}}}"
         rules[f"tag-{suffix}"] = f'word-{suffix} ( " " word-{suffix} ){{0,{lim.words_per_tag - 1}}}'
         rules[f"tags-{suffix}"] = f'{quote} tag-{suffix} ( ", " tag-{suffix} ){{0,{lim.max_tags - 1}}} {quote}'
-        # After a region's opening: the rest of its word ("Cat" -> "Cats.") and further words.
+        # After a region's opening: a plural ending and punctuation ("Cat" -> "Cats."), further words.
+        # No other letters: measured, "Parrot" went on as "Parrothink.com".
         rules[f"opening-rest-{suffix}"] = (
-            f'char-{suffix}{{0,{lim.word_chars - 1}}} ( " " {chars} ){{0,{lim.description_words - 1}}}'
+            f'( "s" | "es" )? [.,;:!]? ( " " {chars} ){{0,{lim.description_words - 1}}}'
         )
     _structure(rules, f"{{{lim.min_regions},{lim.max_regions}}}", shapes)
     return rules

@@ -84,3 +84,9 @@ def test_an_opening_that_is_not_words_is_refused(bad: str) -> None:
 def test_a_fixed_place_must_be_a_valid_value() -> None:
     with pytest.raises(ValueError, match="location"):
         omost_grammar("strict-content", regions=(RegionShape("Cat", location="somewhere"),))
+
+
+def test_the_opening_word_does_not_run_on_into_junk() -> None:
+    grammar = omost_grammar("strict-content", regions=(RegionShape("Parrot"), RegionShape("Brown dog")))
+    assert accepts(grammar, code("Parrots.", "Brown dog, sitting."))
+    assert not accepts(grammar, code("Parrothink.com", "Brown dog."))  # measured with SmolLM2
