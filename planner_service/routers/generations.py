@@ -15,7 +15,7 @@ from planner_service.settings import PlannerSettings
 from shared.canvas import Canvas, GlobalDescription
 from shared.jobs import RenderRequest
 from shared.plans import GenerationAccepted
-from shared.queue import enqueue_render, job_urls
+from shared.queue import job_urls, submit
 
 router = APIRouter(prefix="/v1", tags=["generations"], dependencies=[Depends(require_token)])
 
@@ -40,7 +40,7 @@ async def create_generation(
     plan = await service.plan(body.model_copy(update={"stream": False}))
     render_request = _render_request(body.render, plan.canvas)
     try:
-        job_id = await enqueue_render(
+        job_id, _ = await submit(
             request.app.state.redis,
             render_request,
             prefix=settings.key_prefix,

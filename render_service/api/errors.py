@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from render_service.settings import RenderSettings
 from render_service.store import JobFinished, JobNotFound
-from render_service.worker.webhooks import WebhookRefused
+from render_service.webhooks import WebhookRefused
 from shared.queue import IdempotencyConflict, QueueFull
 
 

@@ -13,9 +13,10 @@ from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
 from render_service.api.deps import RedisDep, SettingsDep, StoreDep, base_url, require_token
-from render_service.worker.webhooks import check_webhook_url
+from render_service.webhooks import check_webhook_url
 from shared.jobs import ApiError, RenderAccepted, RenderJob, RenderSubmission
-from shared.queue import job_urls, record_to_job, submit_render
+from shared.queue import job_urls, record_to_job
+from shared.queue import submit as submit_render
 
 log = logging.getLogger("render_service.api")
 

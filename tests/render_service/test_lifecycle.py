@@ -16,7 +16,7 @@ import redis
 from httpx_sse import connect_sse
 from PIL import Image
 
-from render_service.worker.webhooks import sign
+from render_service.webhooks import sign
 from shared.jobs import RenderRequest
 from shared.queue import (
     GROUP,

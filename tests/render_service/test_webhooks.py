@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from render_service.worker.webhooks import WebhookRefused, check_webhook_url, sign
+from render_service.webhooks import WebhookRefused, check_webhook_url, sign
 
 
 @pytest.mark.parametrize(
