@@ -332,12 +332,7 @@ async def atransact(
 
 # --- submit --------------------------------------------------------------------------------------
 
-# One script, so "is the key already used / is the queue full" and the enqueue are one atomic step:
-# concurrent submits can neither overshoot the depth limit nor both create a job for one key.
-# KEYS: stream, job, events, metrics, idempotency key (or the stream again when there is none)
-# ARGV: max depth (0: none), ttl, message JSON, queued-event JSON, idempotency value ("" if none),
-#       job key prefix, request fingerprint, then the record's field/value pairs
-_SUBMIT_LUA = """
+SUBMIT_SCRIPT = """
 local has_key = ARGV[5] ~= ''
 if has_key then
   local existing = redis.call('GET', KEYS[5])
@@ -367,6 +362,15 @@ redis.call('HINCRBY', KEYS[4], 'jobs_submitted_total', 1)
 if has_key then redis.call('SET', KEYS[5], ARGV[5], 'EX', ttl) end
 return {'created', entry}
 """.replace("$MESSAGE_FIELD", MESSAGE_FIELD).replace("$EVENT_FIELD", EVENT_FIELD).replace("$ENTRY_ID", Rec.ENTRY_ID)
+"""The Lua script of :func:`submit`, for enqueuers in any language (``EVAL SUBMIT_SCRIPT 5 ...``).
+
+One script, so "is the key already used / is the queue full" and the enqueue are one atomic step:
+concurrent submits can neither overshoot the depth limit nor both create a job for one key.
+KEYS: stream, job record, job events, metrics, idempotency key (any key, e.g. the stream, if none).
+ARGV: max depth (0: no limit), ttl, message JSON, ``queued`` event JSON, idempotency value
+``{id}:{fingerprint}`` ("" if none), job key prefix ``{p}render:``, fingerprint, then the record's
+field/value pairs. Answers ``created, <entry id>`` / ``replay, <job id>, <fingerprint>`` / ``full, <depth>``.
+"""
 
 
 class Submitted(NamedTuple):
@@ -404,7 +408,7 @@ async def submit(
     record = [part for pair in initial_record(message).items() for part in pair]
     event = make_event("queued").model_dump_json(exclude_none=True)
     answer = await client.eval(  # type: ignore[misc]
-        _SUBMIT_LUA,
+        SUBMIT_SCRIPT,
         5,
         keys.stream,
         keys.job(message.job_id),

@@ -16,6 +16,8 @@ from shared.queue import Delivery, QueueKeys, text
 
 log = logging.getLogger("render_service.worker")
 
+FORGET_AFTER_SECONDS = 600.0
+
 
 class Heartbeat:
     """Every ``interval`` seconds, on its own thread and its own fail-fast connection:
@@ -71,8 +73,9 @@ class Heartbeat:
         now = time.time()
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.zadd(keys.workers, {self.name: now})
-            # Forget workers silent for many heartbeats (they died without unregistering).
-            pipe.zremrangebyscore(keys.workers, 0, now - 10 * self.interval)
+            # Forget workers long silent (they died without unregistering). Not by our own interval:
+            # other workers may beat much less often than we do.
+            pipe.zremrangebyscore(keys.workers, 0, now - max(10 * self.interval, FORGET_AFTER_SECONDS))
             pipe.hset(
                 keys.worker(self.name),
                 mapping={
@@ -82,6 +85,7 @@ class Heartbeat:
                     "job": delivery.job_id if delivery else "",
                     "entry": delivery.entry_id if delivery else "",
                     "claim_idle_seconds": repr(self.claim_idle_seconds),
+                    "beat_at": repr(now),
                 },
             )
             pipe.expire(keys.worker(self.name), max(1, int(3 * self.interval) + 1))
@@ -116,8 +120,7 @@ class Heartbeat:
 
 def owner_is_alive(client: redis.Redis, keys: QueueKeys, consumer: str, entry_id: str) -> bool:
     """Whether ``consumer`` is beating for ``entry_id`` within the claim deadline *it* published."""
-    last_beat = client.zscore(keys.workers, consumer)
-    entry, deadline = client.hmget(keys.worker(consumer), ["entry", "claim_idle_seconds"])
-    if last_beat is None or entry is None or deadline is None or text(entry) != entry_id:
+    entry, deadline, beat_at = client.hmget(keys.worker(consumer), ["entry", "claim_idle_seconds", "beat_at"])
+    if entry is None or deadline is None or beat_at is None or text(entry) != entry_id:
         return False
-    return time.time() - float(last_beat) < float(text(deadline))
+    return time.time() - float(text(beat_at)) < float(text(deadline))
