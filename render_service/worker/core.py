@@ -275,7 +275,7 @@ class Worker:
     def _render(self, running: _Running) -> _Outcome:
         keys, delivery = self.keys, running.delivery
         job_key = keys.job(delivery.job_id)
-        last_step = time.monotonic()
+        started = last_step = time.monotonic()
 
         def on_step(done: int, total: int) -> None:
             nonlocal last_step
@@ -289,9 +289,14 @@ class Worker:
             except REDIS_ERRORS:
                 pass  # progress is best effort; only the final result must get through
 
+        limit = self.settings.max_job_seconds
+
         def should_cancel() -> bool:
             if self._grace_expired():
                 running.cancel_reason = "shutdown"
+                return True
+            if limit is not None and time.monotonic() - started > limit:
+                running.cancel_reason = "time limit"
                 return True
             try:
                 flag, owner = self.step_redis.hmget(job_key, [Rec.CANCEL_REQUESTED, Rec.OWNER])
@@ -307,12 +312,14 @@ class Worker:
                 return True
             return False
 
-        started = time.monotonic()
         try:
             result = self.engine.render(delivery.message.request, on_step=on_step, should_cancel=should_cancel)
         except RenderCanceled:
             if running.cancel_reason == "user":
                 return _Outcome("canceled", message="canceled while running")
+            if running.cancel_reason == "time limit":
+                error = f"stopped after {time.monotonic() - started:.1f} s: over the per-job time limit of {limit} s"
+                return _Outcome("failed", error=error)
             return _Outcome(None)
         except Exception as exc:
             # Any engine failure fails this job (it would fail again), not the worker.
