@@ -179,6 +179,8 @@ class QueueMessage(BaseModel):
 class QueueFull(Exception):
     """The stream holds ``depth`` jobs, at or over the configured limit."""
 
+    http_status = 429  # the services' problem handlers read it (the contract imports no web framework)
+
     def __init__(self, depth: int, limit: int) -> None:
         super().__init__(f"the render queue holds {depth} jobs (limit {limit}); try again later")
         self.depth = depth
@@ -187,6 +189,8 @@ class QueueFull(Exception):
 
 class IdempotencyConflict(Exception):
     """The Idempotency-Key was already used for a different request."""
+
+    http_status = 409
 
     def __init__(self, job_id: str) -> None:
         super().__init__(
@@ -534,12 +538,16 @@ def progress(
 
 
 class JobNotFound(LookupError):
+    http_status = 404  # read by the API's problem handler
+
     def __init__(self, job_id: str) -> None:
         super().__init__(f"no render job with id {job_id!r} (unknown, or expired after its TTL)")
 
 
 class JobFinished(Exception):
     """Cancel of a job that already ended."""
+
+    http_status = 409
 
     def __init__(self, job_id: str, status: str) -> None:
         super().__init__(f"render job {job_id} already ended ({status}); nothing to cancel")

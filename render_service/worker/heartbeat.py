@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis
 
@@ -76,18 +77,16 @@ class Heartbeat:
             # Forget workers long silent (they died without unregistering). Not by our own interval:
             # other workers may beat much less often than we do.
             pipe.zremrangebyscore(keys.workers, 0, now - max(10 * self.interval, FORGET_AFTER_SECONDS))
-            pipe.hset(
-                keys.worker(self.name),
-                mapping={
-                    **self.info,
-                    "pid": os.getpid(),
-                    "host": socket.gethostname(),
-                    "job": delivery.job_id if delivery else "",
-                    "entry": delivery.entry_id if delivery else "",
-                    "claim_idle_seconds": repr(self.claim_idle_seconds),
-                    "beat_at": repr(now),
-                },
-            )
+            fields: dict[Any, Any] = {
+                **self.info,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "job": delivery.job_id if delivery else "",
+                "entry": delivery.entry_id if delivery else "",
+                "claim_idle_seconds": repr(self.claim_idle_seconds),
+                "beat_at": repr(now),
+            }
+            pipe.hset(keys.worker(self.name), mapping=fields)
             pipe.expire(keys.worker(self.name), max(1, int(3 * self.interval) + 1))
             pipe.execute()
         if delivery is not None:
