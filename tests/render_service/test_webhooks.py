@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 
+from render_service.app import create_app
+from render_service.settings import RenderSettings
 from render_service.webhooks import WebhookRefused, check_webhook_url, deliver, sign
+from tests.render_service.helpers import body
 
 
 @pytest.mark.parametrize(
@@ -154,3 +159,19 @@ def test_delivery_connects_to_the_vetted_address_with_the_name_as_host(
     assert outcome.startswith("delivered: HTTP 204"), outcome
     assert receiver.calls == [(f"hook.test:{receiver.port}", "/hook?x=1")]
     assert asked == ["hook.test"]
+
+
+@pytest.mark.parametrize("url", ["http://a..b/", "http://.x/", f"http://{'a' * 64}.com/"])
+def test_the_api_answers_422_for_a_host_that_is_not_a_name(url: str) -> None:
+    """In process: the URL is refused before Redis is touched, so none is needed (port 1 answers nothing)."""
+    app = create_app(RenderSettings(redis_url="redis://127.0.0.1:1/0"))
+
+    async def post() -> httpx.Response:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://render") as client:
+                return await client.post("/v1/renders", json=body(webhook_url=url))
+
+    answer = asyncio.run(post())
+    assert answer.status_code == 422, answer.text
+    assert "not a valid host name" in answer.json()["detail"]
