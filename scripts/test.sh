@@ -16,4 +16,6 @@ elif [ ! -x "${OMOST_CHROMIUM:-/usr/bin/chromium}" ]; then
     fi
 fi
 .venv/bin/ruff check planner_service render_service shared tests bench scripts
+.venv/bin/lint-imports
+.venv/bin/mypy
 .venv/bin/python -m pytest "$@"
