@@ -115,9 +115,13 @@ def _error_response(status: int, detail: OpenAIErrorDetail, headers: dict[str, s
 def _validation_error(exc: RequestValidationError) -> JSONResponse:
     """OpenAI answers a bad parameter with 400 naming it, not FastAPI's 422 list."""
     first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
-    param = loc[0] if loc else None
-    where = ".".join(loc)
+    if first.get("type") == "json_invalid":
+        message = f"the body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}"
+        return _error_response(400, OpenAIErrorDetail(message=message, type="invalid_request_error",
+                                                      code="invalid_json"))
+    loc = [part for part in first.get("loc", ()) if part != "body"]
+    param = str(loc[0]) if loc and isinstance(loc[0], str) else None
+    where = ".".join(str(part) for part in loc)
     message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
     detail = OpenAIErrorDetail(message=message, type="invalid_request_error", param=param, code="invalid_value")
     return _error_response(400, detail)

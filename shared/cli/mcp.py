@@ -23,6 +23,9 @@ def mcp_command(
     render_timeout: Annotated[float, typer.Option(help="Longest wait for a render, in seconds.")] = 900.0,
 ) -> None:
     """Serve the planner and renderer to an agent over the Model Context Protocol."""
-    from shared.cli.mcp_server import MCPConfig, run
+    try:
+        from shared.cli.mcp_server import MCPConfig, run
+    except ImportError as exc:
+        raise typer.BadParameter(f"the MCP SDK is missing ({exc}): pip install 'omost-service[mcp]'") from None
 
     run(MCPConfig(url, render_url, token, render_timeout), http=http, host=host, port=port)

@@ -14,7 +14,7 @@ from tests.support import RedisServer
 
 TOKEN = "integration-test-token"
 # SmolLM2 on two shared cores: bound each plan so a test takes seconds, not minutes.
-PLAN_TOKENS = "600"
+PLAN_TOKENS = "350"
 
 
 @pytest.fixture(scope="session")

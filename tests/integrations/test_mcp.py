@@ -20,6 +20,9 @@ from shared.canvas import Canvas
 from shared.cli.stack import LocalStack
 from tests.integrations.conftest import PLAN_TOKENS, TOKEN
 
+# Each image is a real plan by SmolLM2 on the CPU first: tens of seconds.
+pytestmark = pytest.mark.slow
+
 
 def server(stack: LocalStack, token: str = TOKEN) -> StdioServerParameters:
     env = {**os.environ, "OMOST_API_TOKEN": token}
