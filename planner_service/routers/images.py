@@ -105,7 +105,9 @@ def _error_type(status: int) -> str:
     return "invalid_request_error" if status < 500 else "server_error"
 
 
-def _error_response(status: int, detail: OpenAIErrorDetail, headers: dict[str, str] | None = None, **extra: Any):
+def _error_response(
+    status: int, detail: OpenAIErrorDetail, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
     body = OpenAIErrorResponse(error=detail, **extra).model_dump(exclude_none=True)
     body["error"].setdefault("param", None)
     body["error"].setdefault("code", None)
@@ -330,7 +332,8 @@ async def create_image(
     return ImagesResponse(created=int(time.time()), data=data)
 
 
-@router.get("/models", response_model=ModelList, responses=_ERRORS, operation_id="list_models")
+@router.get("/models", response_model=ModelList, responses={k: _ERRORS[k] for k in (401, "4XX")},
+            operation_id="list_models")
 async def list_models() -> ModelList:
     """The model(s) ``POST /v1/images/generations`` serves (OpenAI's list shape)."""
     return ModelList(data=[Model(id=MODEL_ID, created=0, owned_by="omost-service")])

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import anyio
 import httpx
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -104,8 +105,6 @@ async def _images(client: AsyncOmostClient, job: RenderJob) -> list[ContentBlock
 
 async def _wait(client: AsyncOmostClient, job_id: str, ctx: Context, timeout: float) -> RenderJob:
     """Follow the job's event stream, turning each sampling step into a progress notification."""
-    import anyio
-
     with anyio.fail_after(timeout):
         async for event in client.events(job_id):
             if event.type == "progress" and event.step is not None:
