@@ -15,30 +15,34 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.asyncio import Redis
 from redis.client import NEVER_DECODE
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException
 
-from planner_service.dependencies import get_settings, require_token
+from planner_service.dependencies import PlanServiceDep, RedisDep, SettingsDep
 from planner_service.routers.generations import create_generation
 from planner_service.schemas import GenerationRequest
-from planner_service.settings import PlannerSettings
 from shared.client import poll_delays
 from shared.contract import RENDER_DEFAULTS
 from shared.jobs import MAX_IMAGES, TERMINAL_STATUSES, RenderJob, RenderRequest
 from shared.plans import MAX_PROMPT_CHARS
 from shared.queue import QueueKeys, decode_hash, job_urls, record_to_job
+from shared.service.auth import require_token
+from shared.service.routing import StrictRoute
+
+log = logging.getLogger(__name__)
 
 MODEL_ID = "omost"
 """The one model these routes serve: an LLM-planned, region-controlled SDXL render."""
@@ -116,7 +120,7 @@ def _error_response(
 
 def _validation_error(exc: RequestValidationError) -> JSONResponse:
     """OpenAI answers a bad parameter with 400 naming it, not FastAPI's 422 list."""
-    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    first: dict[str, Any] = dict(exc.errors()[0]) if exc.errors() else {"loc": (), "msg": "invalid request"}
     if first.get("type") == "json_invalid":
         message = f"the body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}"
         return _error_response(400, OpenAIErrorDetail(message=message, type="invalid_request_error",
@@ -129,12 +133,24 @@ def _validation_error(exc: RequestValidationError) -> JSONResponse:
     return _error_response(400, detail)
 
 
+def _from_status(exc: Exception) -> JSONResponse:
+    """A failure that knows its status (the services' ``http_status`` convention)."""
+    status = int(getattr(exc, "http_status", 500))
+    headers = dict(getattr(exc, "headers", None) or {})
+    code = {401: "invalid_api_key", 502: "plan_failed"}.get(status)
+    detail = OpenAIErrorDetail(message=str(exc), type=_error_type(status), code=code)
+    return _error_response(status, detail, headers or None)
+
+
 async def _reshape(request: Request, exc: Exception) -> Response:
-    """Let the app's own handler decide the status of a planner failure, then re-dress its body."""
-    handler = next((request.app.exception_handlers[k] for k in type(exc).__mro__ if k in
-                    request.app.exception_handlers and k is not Exception), None)
+    """Let the app's handler decide the status of any other failure (a Redis error, a bug), then
+    re-dress its body."""
+    handler = next((request.app.exception_handlers[k] for k in type(exc).__mro__
+                    if k in request.app.exception_handlers), None)
     if handler is None:
         raise exc
+    if not hasattr(exc, "http_status"):
+        log.error("unexpected failure in %s", request.url.path, exc_info=exc)
     response: Response = await handler(request, exc)
     try:
         body = json.loads(bytes(response.body))
@@ -142,15 +158,15 @@ async def _reshape(request: Request, exc: Exception) -> Response:
         body = {}
     message = str(body.get("detail") or body.get("title") or exc) if isinstance(body, dict) else str(exc)
     headers = {k: v for k, v in response.headers.items() if k.lower() == "retry-after"}
-    code = {401: "invalid_api_key", 502: "plan_failed"}.get(response.status_code)
-    detail = OpenAIErrorDetail(message=message, type=_error_type(response.status_code), code=code)
+    detail = OpenAIErrorDetail(message=message, type=_error_type(response.status_code))
     return _error_response(response.status_code, detail, headers or None)
 
 
-class OpenAIErrorRoute(APIRoute):
-    """Routes whose every failure (validation, auth, planner, render) answers in OpenAI's error shape."""
+class OpenAIErrorRoute(StrictRoute):
+    """The services' strict route (token before body, strict JSON), with every failure (validation, auth,
+    planner, render) answered in OpenAI's error shape."""
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def handle(request: Request) -> Response:
@@ -162,10 +178,11 @@ class OpenAIErrorRoute(APIRoute):
             except RequestValidationError as exc:
                 return _validation_error(exc)
             except HTTPException as exc:
-                code = "invalid_api_key" if exc.status_code == 401 else None
-                detail = OpenAIErrorDetail(message=str(exc.detail), type=_error_type(exc.status_code), code=code)
+                detail = OpenAIErrorDetail(message=str(exc.detail), type=_error_type(exc.status_code))
                 return _error_response(exc.status_code, detail, dict(exc.headers) if exc.headers else None)
             except Exception as exc:
+                if hasattr(exc, "http_status"):
+                    return _from_status(exc)
                 return await _reshape(request, exc)
 
         return handle
@@ -237,8 +254,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     502: {"model": OpenAIErrorResponse, "description": "The plan did not parse, or the render failed."},
     503: {"model": OpenAIErrorResponse, "description": "The LLM or Redis is unreachable."},
     504: {"model": OpenAIErrorResponse, "description": "The render outlasted the timeout; error.job has its URL."},
-    # Invalid bodies are 400 here, as OpenAI answers; declaring the class keeps FastAPI's 422 out.
-    "4XX": {"model": OpenAIErrorResponse, "description": "Any other client error."},
+    500: {"model": OpenAIErrorResponse, "description": "A bug; the service log has the details."},
+    # Declared only so that the document's generic 422 does not claim these routes send one.
+    422: {"model": OpenAIErrorResponse, "description": "Not sent: a bad body is a 400, as OpenAI answers."},
 }
 
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_token)], route_class=OpenAIErrorRoute)
@@ -294,17 +312,17 @@ async def read_png(redis: Redis, keys: QueueKeys, job_id: str, index: int) -> by
 )
 async def create_image(
     body: ImageGenerationRequest,
-    request: Request,
-    settings: PlannerSettings = Depends(get_settings),
-    images: ImagesSettings = Depends(get_images_settings),
+    service: PlanServiceDep,
+    settings: SettingsDep,
+    redis: RedisDep,
+    images: Annotated[ImagesSettings, Depends(get_images_settings)],
 ) -> ImagesResponse:
     """Plan a canvas from the prompt, render ``n`` images of it and wait for them."""
     width, height = parse_size(body.size, images.default_size)
     n = body.n or 1
     render = {"width": width, "height": height, "num_images": n, "steps": images.steps}
     # The same path as POST /v1/generations: the same validation, plan, queue and error mapping.
-    accepted = await create_generation(GenerationRequest(prompt=body.prompt, render=render), request, settings)
-    redis: Redis = request.app.state.redis
+    accepted = await create_generation(GenerationRequest(prompt=body.prompt, render=render), service, settings, redis)
     keys = QueueKeys(settings.key_prefix)
     try:
         job = await wait_for_job(redis, keys, accepted.id, images.timeout_seconds)
@@ -332,7 +350,7 @@ async def create_image(
     return ImagesResponse(created=int(time.time()), data=data)
 
 
-@router.get("/models", response_model=ModelList, responses={k: _ERRORS[k] for k in (401, "4XX")},
+@router.get("/models", response_model=ModelList, responses={k: _ERRORS[k] for k in (401, 500)},
             operation_id="list_models")
 async def list_models() -> ModelList:
     """The model(s) ``POST /v1/images/generations`` serves (OpenAI's list shape)."""

@@ -12,7 +12,7 @@ import base64
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import anyio
 import httpx
@@ -126,7 +126,7 @@ def build_server(config: MCPConfig) -> MCPServer:
     server: MCPServer = MCPServer("omost", instructions=INSTRUCTIONS, lifespan=lifespan)
 
     def client_of(ctx: Context) -> AsyncOmostClient:
-        return ctx.request_context.lifespan_context
+        return cast(AsyncOmostClient, ctx.request_context.lifespan_context)
 
     @server.tool()
     async def plan(prompt: Prompt, ctx: Context, seed: Seed = None, max_new_tokens: PlanTokens = None) -> PlanOutput:
