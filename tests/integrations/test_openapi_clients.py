@@ -39,7 +39,7 @@ KNOWN_WARNINGS = {
 def generator() -> str:
     found = os.environ.get("OMOST_OPENAPI_GENERATOR") or shutil.which("openapi-python-client")
     if not found:
-        pytest.skip("openapi-python-client is not installed (see this module's docstring)")
+        pytest.fail("openapi-python-client is not installed (see this module's docstring; scripts/test.sh installs it)")
     return found
 
 
