@@ -175,16 +175,21 @@ class Stock:
             return kwargs
 
         try:
-            self.pipe(
+            latents = self.pipe(
                 **self.embeds,
                 height=size,
                 width=size,
                 num_inference_steps=steps,
                 guidance_scale=5.0,
-                output_type="pil",
+                output_type="latent",
                 generator=torch.Generator("cpu").manual_seed(0),
                 callback_on_step_end=on_step_end,
-            )
+            ).images
+            # diffusers' own decode: the pipeline upcasts an fp16 VAE that needs it and decodes
+            # whole images; with the engine's VAE already fp32 it would feed it fp16 latents.
+            with torch.inference_mode():
+                vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)
+            synchronize(self.engine.device)
             return clock.seconds()
         finally:
             unet.set_attn_processor(ours)
