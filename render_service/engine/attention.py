@@ -196,6 +196,9 @@ class RegionalJob:
     """(C,) long: which row kind (0 negative, 1 positive) may see the condition's tokens."""
     row_kind: torch.Tensor
     """(B,) long: the kind of each row of the UNet batch; rows and tokens of a kind are contiguous."""
+    bucket_tokens: bool = True
+    """Pad masked token groups to a :func:`token_bucket` (for a compiled UNet) rather than only to
+    :data:`MASK_ALIGNMENT` (eager: fewer masked tokens to attend over)."""
     mask_cache: dict[tuple[int, int, torch.dtype], list[tuple[torch.Tensor | None, torch.Tensor]]] = field(
         default_factory=dict
     )
@@ -257,7 +260,8 @@ class RegionalJob:
                 conditions = group.conditions.to(device)
                 mask = None
                 if group.masked:
-                    tokens = token_bucket(len(conditions))
+                    count = len(conditions)
+                    tokens = token_bucket(count) if self.bucket_tokens else -(-count // MASK_ALIGNMENT) * MASK_ALIGNMENT
                     mask = additive_mask(covered[conditions].T[None, None], dtype, tokens)
                 cached.append((mask, scale[conditions]))
             self.mask_cache[key] = cached

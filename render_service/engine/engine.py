@@ -386,6 +386,7 @@ class RenderEngine:
             condition_grids=encoded.condition_grids,
             condition_kind=encoded.condition_kind,
             row_kind=torch.tensor(kinds, dtype=torch.long),
+            bucket_tokens=self.compiled,
         )
 
     def _regional_inputs(

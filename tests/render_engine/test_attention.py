@@ -242,6 +242,9 @@ def test_layer_inputs_pad_the_masked_group_to_a_bucket(layer: Attention) -> None
     start, stop, key, value, bias = positive
     assert (start, stop) == (2, 4) and key.shape[2] == value.shape[2] == bias.shape[3] == 256
     assert torch.isinf(bias[..., 154:]).all() and not key[:, :, 154:].any(), "padding is masked and zero"
+    job.bucket_tokens = False  # eager: only aligned to 16
+    job.mask_cache.clear()
+    assert job.layer_inputs(layer, context, (8, 8), torch.float32)[1][4].shape[3] == 160
 
 
 def test_token_buckets_are_few_and_cover_every_count() -> None:
