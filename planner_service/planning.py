@@ -134,6 +134,12 @@ class Planner:
         """The request's grammar: the profile's own, or (subject constraints on) a per-request one."""
         if self.grammar is None or not self.settings.use_subject_constraints:
             return Shaping(self.grammar)
+        try:
+            return self._shaping(request)
+        except ValueError:  # an opening the grammar cannot hold: no worse off than without constraints
+            return Shaping(self.grammar)
+
+    def _shaping(self, request: PlanInput) -> Shaping:
         profile = self.settings.resolved_profile
         previous = previous_canvas(with_canvas(request.history, request.canvas))
         if previous is not None:

@@ -122,7 +122,7 @@ def _phrase_subject(run: list[str]) -> Subject | None:
     count = 1
     for w in kept:
         count = _NUMBER_WORDS.get(w.lower(), int(w) if w.isdigit() else count)
-    return Subject(" ".join(kept), lemma(kept[-1]), count)
+    return Subject(" ".join(kept).replace("’", "'"), lemma(kept[-1]), count)
 
 
 def noun_phrases(text: str, extra_stops: frozenset[str] = frozenset()) -> tuple[list[Subject], list[str]]:

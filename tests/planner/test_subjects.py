@@ -64,3 +64,7 @@ def test_known_limit_a_plain_verb_joins_the_phrase() -> None:
 def test_content_words_are_lemmas_without_stop_words() -> None:
     # Number words count: a canvas for "two cats" should say two.
     assert content_words("Two cats sleeping on a windowsill") == ["two", "cat", "sleep", "windowsill"]
+
+
+def test_curly_apostrophes_become_plain_ones() -> None:
+    assert extract_subjects("the children’s kite")[0].phrase == "children's kite"
