@@ -1,9 +1,11 @@
-"""The ``omost`` command line: run the whole stack, plan, render, generate and edit."""
+"""The ``omost`` command line: run the whole stack, plan, render, generate and edit.
+
+Nothing is imported here: the stack starts its services through ``python -m shared.cli.guard``,
+and they should not load typer and rich (nor the guard twice) on the way.
+"""
 
 import signal
 from types import FrameType
-
-from shared.cli.commands import app
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -13,10 +15,12 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def main() -> None:
+    from shared.cli.commands import app
+
     for name in ("SIGTERM", "SIGHUP"):  # no SIGHUP on Windows
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), _interrupt)
     app()
 
 
-__all__ = ["app", "main"]
+__all__ = ["main"]
