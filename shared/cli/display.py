@@ -15,6 +15,7 @@ from typing import Any
 
 from httpx_sse import ServerSentEvent
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -130,10 +131,10 @@ def render_with_progress(console: Console, wait: Any, status_url: str) -> Render
 def show_canvas(console: Console, canvas: Canvas) -> None:
     regions = canvas.local_descriptions
     if not console.is_terminal:
-        say(console, f"canvas: {canvas.global_description.description}")
+        say(console, f"canvas: {escape(canvas.global_description.description)}")
         for i, r in enumerate(regions):
             say(console, f"  region {i}: {r.location}, {r.offset}, {r.area}, distance {r.distance_to_viewer:g}, "
-                         f"{r.HTML_web_color_name}: {r.description}")
+                         f"{r.HTML_web_color_name}: {escape(r.description)}")
         return
     table = Table(title=canvas.global_description.description, title_justify="left")
     for column in ("#", "location", "offset", "area", "distance", "colour", "description"):
@@ -146,7 +147,8 @@ def show_canvas(console: Console, canvas: Canvas) -> None:
 
 def show_corrections(console: Console, plan: PlanResult) -> None:
     for c in plan.corrections:
-        say(console, f"[yellow]corrected line {c.line}: {c.field} {c.original!r} -> {c.corrected!r}[/]")
+        say(console, f"[yellow]corrected line {c.line}: {c.field} {escape(repr(c.original))} -> "
+                     f"{escape(repr(c.corrected))}[/]")
 
 
 def changes_line(changes: dict[str, Any] | None) -> str | None:
@@ -171,5 +173,5 @@ def changes_line(changes: dict[str, Any] | None) -> str | None:
 def report(console: Console, job: RenderJob, paths: list[Path]) -> None:
     timings = ", ".join(f"{k} {v:.2f} s" for k, v in job.timings.items())
     for path, seed in zip(paths, job.seeds or [None] * len(paths), strict=False):
-        say(console, f"wrote [bold]{path}[/] (seed {seed})")
+        say(console, f"wrote [bold]{escape(str(path))}[/] (seed {seed})")
     say(console, f"[dim]render {job.id} on {job.device or '?'} with {job.model or '?'}: {timings}[/]")
