@@ -15,15 +15,16 @@ import redis.asyncio
 from fastapi import FastAPI
 
 from planner_service.conversations import ConversationStore
-from planner_service.errors import install_error_handlers
+from planner_service.errors import DOMAIN_ERRORS
 from planner_service.llm.client import LLMError, LLMUnavailable, OpenAIClient
 from planner_service.llm.embedded import EmbeddedLlamaServer
 from planner_service.metrics import PlannerMetrics
 from planner_service.planning import Planner
 from planner_service.playground import mount_playground
-from planner_service.routers import generations, health, plans
+from planner_service.routers import conversations, generations, health, plans
 from planner_service.service import PlanService
 from planner_service.settings import PlannerSettings
+from shared.service.app import service_app
 
 log = logging.getLogger("planner_service")
 
@@ -91,17 +92,18 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: PlannerSettings | None = None) -> FastAPI:
     settings = settings or PlannerSettings()
-    app = FastAPI(
+    app = service_app(
+        settings,
+        domain_errors=DOMAIN_ERRORS,
         title="Omost planner",
         version="0.1.0",
         description="Turns a prompt into an Omost canvas with an LLM; plans render jobs.",
         lifespan=_lifespan,
     )
-    app.state.settings = settings
     app.state.metrics = PlannerMetrics()
-    install_error_handlers(app)
     app.include_router(plans.router)
     app.include_router(generations.router)
+    app.include_router(conversations.router)
     app.include_router(health.router)
     if settings.playground:
         mount_playground(app, settings.playground_render_url or settings.render_api_url)

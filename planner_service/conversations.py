@@ -19,13 +19,15 @@ CONVERSATION_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class ConversationNotFound(LookupError):
+    http_status = 404  # read by the API's problem handler
+
     def __init__(self, conversation_id: str) -> None:
         super().__init__(f"conversation {conversation_id!r} does not exist or has expired")
         self.conversation_id = conversation_id
 
 
 class StoreUnavailable(RuntimeError):
-    pass
+    http_status = 503
 
 
 class ConversationStore:

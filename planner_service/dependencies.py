@@ -1,46 +1,47 @@
-"""FastAPI dependencies: the app's settings and clients (built once in the lifespan), and auth."""
+"""FastAPI dependencies as ``Annotated`` aliases: the app's settings and what the lifespan built.
+(The bearer token check is shared with the render API: :mod:`shared.service.auth`.)"""
 
 from __future__ import annotations
 
-import secrets
+from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+import redis.asyncio
+from fastapi import Depends, Request
 
 from planner_service.conversations import ConversationStore
+from planner_service.llm.client import OpenAIClient
 from planner_service.metrics import PlannerMetrics
-from planner_service.planning import Planner
+from planner_service.service import PlanService
 from planner_service.settings import PlannerSettings
-
-_bearer = HTTPBearer(auto_error=False)
 
 
 def get_settings(request: Request) -> PlannerSettings:
     return request.app.state.settings
 
 
-def get_planner(request: Request) -> Planner:
-    return request.app.state.planner
+def get_redis(request: Request) -> redis.asyncio.Redis:
+    return request.app.state.redis
 
 
 def get_store(request: Request) -> ConversationStore:
     return request.app.state.store
 
 
+def get_plan_service(request: Request) -> PlanService:
+    return request.app.state.plan_service
+
+
+def get_llm(request: Request) -> OpenAIClient:
+    return request.app.state.llm
+
+
 def get_metrics(request: Request) -> PlannerMetrics:
     return request.app.state.metrics
 
 
-def require_token(
-    settings: PlannerSettings = Depends(get_settings),
-    credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
-) -> None:
-    """With ``OMOST_PLANNER_API_TOKEN`` set, /v1/* needs ``Authorization: Bearer <token>``."""
-    if settings.api_token is None:
-        return
-    expected = settings.api_token.get_secret_value()
-    given = credentials.credentials if credentials else ""
-    if not secrets.compare_digest(given.encode(), expected.encode()):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
-        )
+SettingsDep = Annotated[PlannerSettings, Depends(get_settings)]
+RedisDep = Annotated[redis.asyncio.Redis, Depends(get_redis)]
+StoreDep = Annotated[ConversationStore, Depends(get_store)]
+PlanServiceDep = Annotated[PlanService, Depends(get_plan_service)]
+LLMDep = Annotated[OpenAIClient, Depends(get_llm)]
+MetricsDep = Annotated[PlannerMetrics, Depends(get_metrics)]

@@ -17,10 +17,12 @@ from planner_service.prompting import build_messages
 from planner_service.settings import PlannerSettings
 from shared.canvas import Canvas
 from shared.grammar import omost_grammar
+from shared.jobs import MAX_SEED
 from shared.omost_code import CanvasParseError, ParseResult, canvas_to_code, parse_canvas_code
 from shared.plans import ChatTurn
 
-MAX_SEED = 2**31 - 1
+# One seed range for the whole system (shared.jobs). llama.cpp's seed is a uint32 whose top value
+# 0xFFFFFFFF means "pick one at random", so plans draw from [0, MAX_SEED).
 
 
 @dataclass(frozen=True)
@@ -41,11 +43,22 @@ def _is_edit(request: PlanInput) -> bool:
 class PlanFailed(Exception):
     """Every attempt produced text that is not a canvas."""
 
+    http_status = 502
+
     def __init__(self, error: CanvasParseError, raw: str, attempts: int) -> None:
         super().__init__(f"the LLM's answer did not parse into a canvas after {attempts} attempt(s): {error}")
         self.error = error
         self.raw = raw
         self.attempts = attempts
+
+    def problem_extensions(self) -> dict[str, object]:
+        """Extra members of the 502 problem: where the text failed to parse, and the text."""
+        error = self.error
+        return {
+            "parse_error": {"message": error.message, "line": error.line, "column": error.column},
+            "raw": self.raw,
+            "attempts": self.attempts,
+        }
 
 
 @dataclass

@@ -28,6 +28,8 @@ MESSAGE_OVERHEAD_TOKENS = 8
 class PromptTooLong(ValueError):
     """Even with every earlier turn dropped, the request does not fit the context window."""
 
+    http_status = 400
+
 
 @dataclass(frozen=True)
 class OneShot:

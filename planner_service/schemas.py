@@ -8,8 +8,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from planner_service.conversations import CONVERSATION_ID_PATTERN
-from planner_service.planning import MAX_SEED
 from shared.canvas import Canvas
+from shared.jobs import MAX_SEED
 from shared.plans import MAX_HISTORY_TURNS, MAX_PROMPT_CHARS, ChatTurn, PlanResult
 
 
@@ -24,7 +24,8 @@ class PlanRequest(BaseModel):
         default=None, pattern=CONVERSATION_ID_PATTERN.pattern, description="Continue a server-side conversation."
     )
     canvas: Canvas | None = Field(default=None, description="Edit this canvas (the previous assistant turn).")
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    # MAX_SEED itself is llama.cpp's "random seed" marker: a plan's seed stays below it.
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED - 1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     max_new_tokens: int | None = Field(default=None, ge=16, le=32768)
@@ -48,6 +49,13 @@ class GenerationRequest(PlanRequest):
     render: dict[str, Any] = Field(
         default_factory=dict, description="Render parameters (width, height, steps, seed, ...; see POST /v1/renders)."
     )
+
+
+class Conversation(BaseModel):
+    """``GET /v1/conversations/{id}``: the turns kept under a conversation id, oldest first."""
+
+    id: str
+    turns: list[ChatTurn]
 
 
 PlanResponse = PlanResult

@@ -9,30 +9,33 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
 
+from planner_service.llm.client import LLMKind
 from shared.contract import LLM_DEFAULTS
 from shared.grammar import Profile
-from shared.queue import DEFAULT_PREFIX, DEFAULT_TTL_SECONDS
-
-LLMKind = Literal["llamacpp", "vllm", "none"]
-"""Where the grammar goes in the request: llama.cpp's ``grammar``, vLLM's
-``structured_outputs.grammar``, or nowhere (any other OpenAI-compatible server)."""
-
+from shared.queue import DEFAULT_TTL_SECONDS
+from shared.service.settings import ServiceSettings
 
 EMBEDDED_FREQUENCY_PENALTY = 0.3
 """Measured on 20 prompts with SmolLM2 and the strict grammar: plans with no degenerate field rose
 from 11/20 to 17/20, all 20 still parsing (docs/planner.md)."""
 
 
-class PlannerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="OMOST_PLANNER_", extra="ignore")
+class PlannerSettings(ServiceSettings):
+    """``redis_url``, ``key_prefix``, ``api_token`` and logging come from the base."""
+
+    model_config = SettingsConfigDict(env_prefix="OMOST_PLANNER_", extra="ignore", populate_by_name=True)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    api_token: SecretStr | None = Field(default=None, description="If set, /v1/* needs 'Bearer <token>'.")
-    log_level: str = "INFO"
+    retry_after_seconds: int = Field(default=5, ge=1, description="Retry-After sent with 429 and 503.")
+    max_body_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="Bigger request bodies get 413 (inline history of 50 turns of Omost code fits).",
+    )
 
     # --- the LLM
     llm_url: str | None = Field(
@@ -78,12 +81,6 @@ class PlannerSettings(BaseSettings):
     embedded_verbosity: int = Field(default=1, ge=0, le=4, description="llama.cpp log level; 3 logs every request.")
 
     # --- conversations and the render queue
-    redis_url: str = Field(
-        default="redis://127.0.0.1:6379/0",
-        validation_alias=AliasChoices("OMOST_REDIS_URL", "redis_url"),
-        description="Env OMOST_REDIS_URL (shared with the render service).",
-    )
-    key_prefix: str = Field(default=DEFAULT_PREFIX, min_length=1, description="Prefix of every Redis key.")
     conversation_ttl_seconds: int = Field(default=24 * 3600, ge=1)
     render_api_url: str = Field(default="", description="Base of the render status URLs /v1/generations returns.")
     playground: bool = Field(default=True, description="Serve the web playground at /.")

@@ -10,9 +10,10 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from render_service.api import health, renders
-from render_service.api.errors import BodySizeLimit, install_error_handlers
+from render_service.api.errors import DOMAIN_ERRORS, TRANSLATED
 from render_service.settings import RenderSettings
 from render_service.store import JobStore
+from shared.service.app import service_app
 
 
 def create_app(settings: RenderSettings | None = None) -> FastAPI:
@@ -32,14 +33,15 @@ def create_app(settings: RenderSettings | None = None) -> FastAPI:
         finally:
             await client.aclose()
 
-    app = FastAPI(
+    app = service_app(
+        settings,
+        domain_errors=DOMAIN_ERRORS,
+        translated=TRANSLATED,
         title="Omost render service",
         version="0.1.0",
         summary="Queue region-controlled SDXL renders of Omost canvases and fetch the images.",
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
         # Bearer tokens, not cookies, authenticate: allowing any origin exposes nothing a script
@@ -48,10 +50,9 @@ def create_app(settings: RenderSettings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=origins,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
-            expose_headers=["Location", "Retry-After", "Idempotent-Replayed"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "X-Request-ID"],
+            expose_headers=["Location", "Retry-After", "Idempotent-Replayed", "X-Request-ID"],
         )
-    install_error_handlers(app, settings)
     app.include_router(health.router)
     app.include_router(renders.router)
     return app

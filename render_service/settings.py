@@ -6,42 +6,30 @@ for the whole deployment. The Redis URL is ``OMOST_REDIS_URL``, shared with the 
 
 from __future__ import annotations
 
-import json
-import logging
-import sys
-import time
-
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from shared.queue import DEFAULT_PREFIX, DEFAULT_TTL_SECONDS, QueueKeys
+from shared.queue import DEFAULT_TTL_SECONDS, QueueKeys
+from shared.service.logging import configure_logging
+from shared.service.settings import ServiceSettings
+
+__all__ = ["RenderSettings", "configure_logging"]  # configure_logging: the worker's entry point uses it
 
 
-class RenderSettings(BaseSettings):
-    # populate_by_name: RenderSettings(redis_url=...) works in code; from the environment only
-    # OMOST_REDIS_URL is read (a generic REDIS_URL must not be picked up by accident).
+class RenderSettings(ServiceSettings):
+    """``redis_url``, ``key_prefix``, ``api_token``, logging and the body limit come from the base."""
+
     model_config = SettingsConfigDict(env_prefix="OMOST_RENDER_", extra="ignore", populate_by_name=True)
 
     # --- shared by API and workers
-    redis_url: str = Field(
-        default="redis://127.0.0.1:6379/0",
-        validation_alias="OMOST_REDIS_URL",
-        description="Env OMOST_REDIS_URL (no OMOST_RENDER_ prefix: the planner uses the same Redis).",
-    )
-    key_prefix: str = Field(default=DEFAULT_PREFIX, min_length=1, description="Prefix of every Redis key.")
     job_ttl_seconds: int = Field(default=DEFAULT_TTL_SECONDS, ge=60, description="Records, events, images.")
-    log_level: str = "INFO"
-    log_json: bool = True
     public_url: str = Field(default="", description="Base of URLs in webhooks; the API uses its own if empty.")
 
     # --- API
     host: str = "127.0.0.1"
     port: int = Field(default=8100, ge=0, le=65535)
     api_workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes (the API is stateless).")
-    api_token: SecretStr | None = Field(default=None, description="If set, /v1/* needs 'Bearer <token>'.")
     max_queue_depth: int = Field(default=1000, ge=1, description="POST /v1/renders answers 429 at this depth.")
-    retry_after_seconds: int = Field(default=10, ge=1, description="Retry-After sent with 429 and 503.")
-    max_body_bytes: int = Field(default=256 * 1024, ge=1024, description="Bigger request bodies get 413.")
     readyz_requires_worker: bool = Field(default=True, description="/readyz is 503 until a worker is live.")
     sse_ping_seconds: float = Field(default=15.0, gt=0)
     cors_origins: str = Field(
@@ -94,32 +82,3 @@ class RenderSettings(BaseSettings):
     def heartbeat_interval(self) -> float:
         assert self.heartbeat_seconds is not None
         return self.heartbeat_seconds
-
-
-class _JsonFormatter(logging.Formatter):
-    """One JSON object per line, so logs can be shipped and queried without parsing prose."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        extra = getattr(record, "fields", None)
-        if isinstance(extra, dict):
-            entry.update(extra)
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
-def configure_logging(settings: RenderSettings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if settings.log_json:
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(settings.log_level.upper())

@@ -27,12 +27,16 @@ from shared.queue import (
 
 
 class JobNotFound(LookupError):
+    http_status = 404  # read by the API's problem handler
+
     def __init__(self, job_id: str) -> None:
         super().__init__(f"no render job with id {job_id!r} (unknown, or expired after its TTL)")
 
 
 class JobFinished(Exception):
     """Cancel of a job that already ended."""
+
+    http_status = 409
 
     def __init__(self, job_id: str, status: str) -> None:
         super().__init__(f"render job {job_id} already ended ({status}); nothing to cancel")

@@ -24,13 +24,16 @@ ProgressCallback = Callable[[RenderJob], None]
 
 
 class OmostAPIError(Exception):
-    """A service answered with an error status; ``detail`` is its explanation."""
+    """A service answered with an error status. The message is the problem's ``detail`` as the
+    service wrote it (both services answer RFC 9457 problem details); ``errors`` lists the fields
+    of a 422, ``body`` is the whole answer."""
 
     def __init__(self, status_code: int, detail: str, body: Any = None) -> None:
-        super().__init__(f"HTTP {status_code}: {detail}")
+        super().__init__(detail)
         self.status_code = status_code
         self.detail = detail
         self.body = body
+        self.errors: list[dict[str, Any]] = list(body.get("errors") or []) if isinstance(body, dict) else []
 
 
 class RenderFailed(Exception):
@@ -45,10 +48,11 @@ def _raise_for_error(response: httpx.Response) -> httpx.Response:
     if response.is_success:
         return response
     try:
-        body = response.json()
+        body = response.json()  # application/problem+json is JSON too
         detail = body.get("detail", body) if isinstance(body, dict) else body
-    except ValueError:
-        body, detail = response.text, response.text or response.reason_phrase
+    except ValueError:  # not from our services (a proxy's HTML page, say)
+        body = response.text
+        detail = f"HTTP {response.status_code}: {response.text or response.reason_phrase}"
     raise OmostAPIError(response.status_code, str(detail), body)
 
 

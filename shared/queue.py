@@ -112,6 +112,8 @@ class QueueMessage(BaseModel):
 class QueueFull(Exception):
     """The stream holds ``depth`` jobs, at or over the configured limit."""
 
+    http_status = 429  # the services' problem handlers read it (the contract imports no web framework)
+
     def __init__(self, depth: int, limit: int) -> None:
         super().__init__(f"the render queue holds {depth} jobs (limit {limit}); try again later")
         self.depth = depth
@@ -120,6 +122,8 @@ class QueueFull(Exception):
 
 class IdempotencyConflict(Exception):
     """The Idempotency-Key was already used for a different request."""
+
+    http_status = 409
 
     def __init__(self, job_id: str) -> None:
         super().__init__(

@@ -11,13 +11,15 @@ import json
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from httpx_sse import EventSource
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from planner_service.settings import LLMKind
+LLMKind = Literal["llamacpp", "vllm", "none"]
+"""Where the grammar goes in the request: llama.cpp's ``grammar``, vLLM's
+``structured_outputs.grammar``, or nowhere (any other OpenAI-compatible server)."""
 
 ChatMessage = Mapping[str, str]
 _CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -26,9 +28,13 @@ _CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 class LLMUnavailable(Exception):
     """The LLM server could not be reached (or went silent past the read timeout)."""
 
+    http_status = 503  # read by the API's problem handler
+
 
 class LLMError(Exception):
     """The LLM server answered with an error."""
+
+    http_status = 502
 
     def __init__(self, message: str, status_code: int | None = None) -> None:
         super().__init__(message)

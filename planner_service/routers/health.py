@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from planner_service.dependencies import LLMDep, MetricsDep, RedisDep
 
 router = APIRouter(tags=["operations"])
 
@@ -18,17 +20,22 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
-async def readyz(request: Request) -> JSONResponse:
-    state = request.app.state
+_REPORT = {"application/json": {"schema": {"type": "object", "additionalProperties": True}}}
+
+
+@router.get(
+    "/readyz",
+    responses={503: {"description": "The LLM or Redis does not answer; the body says which.", "content": _REPORT}},
+)
+async def readyz(llm: LLMDep, redis_client: RedisDep) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
-        models = await asyncio.wait_for(state.llm.models(), PROBE_TIMEOUT_SECONDS)
+        models = await asyncio.wait_for(llm.models(), PROBE_TIMEOUT_SECONDS)
         checks["llm"] = "ok" if models else "no models served"
     except Exception as exc:  # any failure means "not ready"; the message says which
         checks["llm"] = f"{type(exc).__name__}: {exc}"
     try:
-        await asyncio.wait_for(state.redis.ping(), PROBE_TIMEOUT_SECONDS)
+        await asyncio.wait_for(redis_client.ping(), PROBE_TIMEOUT_SECONDS)
         checks["redis"] = "ok"
     except Exception as exc:
         checks["redis"] = f"{type(exc).__name__}: {exc}"
@@ -37,5 +44,5 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics")
-async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(planner_metrics: MetricsDep) -> Response:
+    return Response(generate_latest(planner_metrics.registry), media_type=CONTENT_TYPE_LATEST)

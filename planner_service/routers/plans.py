@@ -5,19 +5,16 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from sse_starlette import EventSourceResponse
 
-from planner_service.dependencies import require_token
+from planner_service.dependencies import PlanServiceDep
 from planner_service.errors import error_body
 from planner_service.schemas import PlanRequest, PlanResponse
-from planner_service.service import PlanService
+from shared.service.auth import require_token
+from shared.service.routing import StrictRoute
 
-router = APIRouter(prefix="/v1", tags=["plans"], dependencies=[Depends(require_token)])
-
-
-def get_service(request: Request) -> PlanService:
-    return request.app.state.plan_service
+router = APIRouter(prefix="/v1", tags=["plans"], dependencies=[Depends(require_token)], route_class=StrictRoute)
 
 
 @router.post(
@@ -31,7 +28,7 @@ def get_service(request: Request) -> PlanService:
         503: {"description": "The LLM server (or Redis) is unreachable."},
     },
 )
-async def create_plan(body: PlanRequest, service: PlanService = Depends(get_service)):
+async def create_plan(body: PlanRequest, service: PlanServiceDep):
     if not body.stream:
         return await service.plan(body)
     events = service.stream(body)
@@ -57,7 +54,7 @@ async def _sse(first: tuple[str, object], events: AsyncIterator[tuple[str, objec
     except StopAsyncIteration:
         return
     except Exception as exc:
-        status, body = error_body(exc)  # re-raises anything that is not a known planner failure
-        yield {"event": "error", "data": json.dumps({"status": status, **body})}
+        _status, body = error_body(exc)  # re-raises anything that is not a known planner failure
+        yield {"event": "error", "data": json.dumps(body)}
     finally:
         await events.aclose()  # type: ignore[attr-defined]

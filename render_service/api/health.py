@@ -31,7 +31,13 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "A dependency is missing; the body says which."}})
+_REPORT = {"application/json": {"schema": {"type": "object", "additionalProperties": True}}}
+
+
+@router.get(
+    "/readyz",
+    responses={503: {"description": "A dependency is missing; the body says which.", "content": _REPORT}},
+)
 async def readyz(settings: SettingsDep, store: StoreDep) -> Response:
     """Redis answers and (unless disabled) at least one worker with a loaded model is heartbeating."""
     checks: dict[str, Any] = {}

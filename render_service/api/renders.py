@@ -7,25 +7,45 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import redis.exceptions
-from fastapi import APIRouter, Depends, Header, Path, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
 from sse_starlette import EventSourceResponse
 
-from render_service.api.deps import RedisDep, SettingsDep, StoreDep, base_url, require_token
-from render_service.worker.webhooks import check_webhook_url
-from shared.jobs import ApiError, RenderAccepted, RenderJob, RenderSubmission
+from render_service.api.deps import RedisDep, SettingsDep, StoreDep, base_url
+from render_service.api.listing import (
+    CURSOR_PATTERN,
+    MAX_PAGE,
+    RenderPage,
+    find_by_idempotency_key,
+    index_submission,
+    list_jobs,
+)
+from render_service.worker.webhooks import WebhookRefused, check_webhook_url
+from shared.jobs import JobStatus, RenderAccepted, RenderJob, RenderSubmission
 from shared.queue import job_urls, record_to_job, submit_render
+from shared.service.auth import require_token, token_owner
+from shared.service.problems import ServiceError
+from shared.service.routing import StrictRoute
 
 log = logging.getLogger("render_service.api")
 
-router = APIRouter(prefix="/v1/renders", tags=["renders"], dependencies=[Depends(require_token)])
+router = APIRouter(
+    prefix="/v1/renders", tags=["renders"], dependencies=[Depends(require_token)], route_class=StrictRoute
+)
 
 JobId = Annotated[str, Path(description="The id POST /v1/renders returned.", max_length=64)]
+# Every 4xx/5xx is documented as problem details by shared.service.problems; these add the meaning.
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ApiError, "description": "Missing or wrong bearer token."},
-    404: {"model": ApiError, "description": "Unknown or expired job id."},
+    401: {"description": "Missing or wrong bearer token."},
+    404: {"description": "Unknown or expired job id."},
 }
+
+
+class ImageUnavailable(ServiceError):
+    def __init__(self, http_status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.http_status = http_status
 
 
 @router.post(
@@ -33,12 +53,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     status_code=status.HTTP_202_ACCEPTED,
     response_model=RenderAccepted,
     responses={
-        **_ERRORS,
-        400: {"model": ApiError, "description": "Malformed JSON."},
-        409: {"model": ApiError, "description": "Idempotency-Key reused with a different body."},
-        413: {"model": ApiError, "description": "Body over the size limit."},
-        422: {"model": ApiError, "description": "A field is invalid; `detail` says which and why."},
-        429: {"model": ApiError, "description": "Queue full; retry after `Retry-After` seconds."},
+        401: _ERRORS[401],
+        400: {"description": "Malformed JSON."},
+        409: {"description": "Idempotency-Key reused with a different body."},
+        413: {"description": "Body over the size limit."},
+        422: {"description": "A field is invalid; `detail` says which and why, `errors` lists them."},
+        429: {"description": "Queue full; retry after `Retry-After` seconds."},
     },
 )
 async def create_render(
@@ -55,9 +75,13 @@ async def create_render(
     """Queue a render. 202 means the job will reach a terminal status, whatever crashes meanwhile."""
     if submission.webhook_url:
         # getaddrinfo blocks: resolve in a thread so one slow DNS answer doesn't stall the server.
-        await run_in_threadpool(
-            check_webhook_url, submission.webhook_url, allow_private=settings.allow_private_webhooks
-        )
+        try:
+            await run_in_threadpool(
+                check_webhook_url, submission.webhook_url, allow_private=settings.allow_private_webhooks
+            )
+        except WebhookRefused as exc:
+            error = {"type": "value_error", "loc": ("body", "webhook_url"), "msg": str(exc)}
+            raise RequestValidationError([error]) from None
     job_id, created = await submit_render(
         client,
         submission.render_request(),
@@ -69,7 +93,9 @@ async def create_render(
     )
     job_status = "queued"
     num_images = 0
-    if not created:
+    if created:
+        await index_submission(client, settings.keys, token_owner(request), job_id, settings.job_ttl_seconds)
+    else:
         response.headers["Idempotent-Replayed"] = "true"
         job = record_to_job(await store.record(job_id))
         job_status, num_images = job.status, job.num_images
@@ -77,6 +103,31 @@ async def create_render(
     urls = job_urls(job_id, num_images, base_url(request, settings))
     response.headers["Location"] = urls.self_
     return RenderAccepted(id=job_id, status=job_status, urls=urls)
+
+
+@router.get("", response_model=RenderPage, responses={401: _ERRORS[401]})
+async def list_renders(
+    request: Request,
+    settings: SettingsDep,
+    client: RedisDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Jobs per page.")] = 20,
+    cursor: Annotated[
+        str | None, Query(pattern=CURSOR_PATTERN.pattern, description="next_cursor of the previous page.")
+    ] = None,
+    status: Annotated[JobStatus | None, Query(description="Only jobs with this status.")] = None,
+    idempotency_key: Annotated[
+        str | None, Query(min_length=1, max_length=255, description="Only the job submitted with this key.")
+    ] = None,
+) -> RenderPage:
+    """Jobs submitted with this token (all jobs without auth), newest first, a page at a time."""
+    owner, base = token_owner(request), base_url(request, settings)
+    if idempotency_key is not None:
+        job = await find_by_idempotency_key(client, settings.keys, owner, idempotency_key, base)
+        found = [job] if job is not None and (status is None or job.status == status) else []
+        return RenderPage(items=found, next_cursor=None)
+    return await list_jobs(
+        client, settings.keys, owner, limit=limit, cursor=cursor, status=status, base_url=base
+    )
 
 
 @router.get("/{job_id}", response_model=RenderJob, responses=_ERRORS)
@@ -91,20 +142,20 @@ async def get_render(job_id: JobId, request: Request, settings: SettingsDep, sto
 @router.get(
     "/{job_id}/images/{index}",
     response_class=Response,
-    responses={**_ERRORS, 200: {"content": {"image/png": {}}}, 409: {"model": ApiError}},
+    responses={**_ERRORS, 200: {"content": {"image/png": {}}}, 409: {"description": "Not succeeded (yet)."}},
 )
 async def get_image(job_id: JobId, index: Annotated[int, Path(ge=0, le=1000)], store: StoreDep) -> Response:
     """The ``index``-th PNG of a succeeded job."""
     record = await store.record(job_id)
     state = record.get("status")
     if state != "succeeded":
-        return _error(status.HTTP_409_CONFLICT, f"render job {job_id} is {state}; images exist once it has succeeded")
+        raise ImageUnavailable(409, f"render job {job_id} is {state}; images exist once it has succeeded")
     count = int(record.get("num_images") or 0)
     if index >= count:
-        return _error(status.HTTP_404_NOT_FOUND, f"render job {job_id} has {count} image(s): index 0 to {count - 1}")
+        raise ImageUnavailable(404, f"render job {job_id} has {count} image(s): index 0 to {count - 1}")
     data = await store.image(job_id, index)
     if data is None:
-        return _error(status.HTTP_404_NOT_FOUND, f"image {index} of render job {job_id} has expired")
+        raise ImageUnavailable(404, f"image {index} of render job {job_id} has expired")
     # A finished image never changes, so clients and proxies may keep it for its lifetime.
     return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=86400, immutable"})
 
@@ -145,7 +196,7 @@ async def stream_events(
     "/{job_id}",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=RenderJob,
-    responses={**_ERRORS, 409: {"model": ApiError, "description": "The job already ended."}},
+    responses={**_ERRORS, 409: {"description": "The job already ended."}},
 )
 async def cancel_render(job_id: JobId, request: Request, settings: SettingsDep, store: StoreDep) -> RenderJob:
     """Cancel: a queued job is ``canceled`` at once; a running one stops at its next sampling step."""
@@ -159,6 +210,3 @@ def _is_stream_id(value: str) -> bool:
     first, _, second = value.partition("-")
     return first.isdigit() and second.isdigit()
 
-
-def _error(code: int, detail: str) -> Response:
-    return JSONResponse({"detail": detail}, status_code=code)

@@ -6,11 +6,13 @@ needs a model.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
+import redis
 
 from shared.plans import MAX_PROMPT_CHARS
 from tests.planner.conftest import RunningPlanner, start_planner
@@ -76,6 +78,9 @@ def test_readyz_says_what_is_missing(orphan: RunningPlanner) -> None:
         ({"prompt": "a cat", "unknown": 1}, 422, "unknown"),
         ({"prompt": "a", "history": [{"role": "user", "content": "b"}], "conversation_id": "c"}, 422, "not both"),
         ({"prompt": "a cat", "max_new_tokens": 8190}, 400, "context"),
+        # One seed range with the render side (2**32 - 1 is llama.cpp's "random" marker, so one less).
+        ({"prompt": "a cat", "seed": 2**32 - 1}, 422, "less than or equal to 4294967294"),
+        ({"prompt": "a cat", "seed": 2**31}, 503, "unreachable"),
     ],
     ids=lambda v: str(v)[:40],
 )
@@ -98,3 +103,100 @@ def test_bad_render_parameters_fail_before_planning(orphan: RunningPlanner) -> N
         response = client.post("/v1/generations", json={"prompt": "a cat", "render": {"steps": 0}})
     assert response.status_code == 422
     assert "steps" in response.text
+
+
+JSON_TYPE = {"Content-Type": "application/json"}
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict:
+    """RFC 9457 problem details, the one error shape of both services."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json"), response.headers
+    problem = response.json()
+    assert problem.keys() >= {"type", "title", "status", "detail", "instance"}, problem
+    assert problem["status"] == status and isinstance(problem["detail"], str) and problem["detail"]
+    return problem
+
+
+def test_every_error_is_a_problem(orphan: RunningPlanner) -> None:
+    assert_problem(post(orphan, {"prompt": "a cat"}, token=None), 401)
+    assert_problem(post(orphan, {"prompt": "a cat"}), 503)
+    with orphan.client(TOKEN) as client:
+        assert_problem(client.post("/v1/plans", content=b'{"prompt": ', headers=JSON_TYPE), 400)
+        assert_problem(client.get("/v1/nothing"), 404)
+        assert_problem(client.put("/v1/plans"), 405)
+    problem = assert_problem(post(orphan, {"prompt": "a cat", "temperature": 9}), 422)
+    assert [e["loc"] for e in problem["errors"]] == [["body", "temperature"]]
+    assert "temperature" in problem["detail"]
+
+
+def test_body_limit_and_no_echo(orphan: RunningPlanner) -> None:
+    with orphan.client(TOKEN) as client:
+        huge = client.post("/v1/plans", content=b'{"prompt": "' + b"x" * 2_000_000 + b'"}', headers=JSON_TYPE)
+    assert_problem(huge, 413)
+    assert "limit" in huge.json()["detail"]
+    long_prompt = "y" * 500_000  # under the body limit, over the prompt limit: the error must not repeat it
+    answer = post(orphan, {"prompt": long_prompt})
+    assert_problem(answer, 422)
+    assert len(answer.content) < 2000 and "yyyyyyyyyy" not in answer.text
+
+
+@pytest.mark.parametrize(
+    ("path", "document"),
+    [
+        ("/v1/plans", b'{"prompt": "a cat", "temperature": NaN}'),
+        ("/v1/plans", b'{"prompt": "a cat", "top_p": Infinity}'),
+        ("/v1/plans", b'{"prompt": "a cat", "temperature": 1e999}'),
+        ("/v1/generations", b'{"prompt": "a cat", "render": {"guidance_scale": -Infinity}}'),
+    ],
+)
+def test_non_finite_numbers_are_a_422(orphan: RunningPlanner, path: str, document: bytes) -> None:
+    with orphan.client(TOKEN) as client:
+        problem = assert_problem(client.post(path, content=document, headers=JSON_TYPE), 422)
+    assert "finite" in problem["detail"]
+
+
+def test_non_finite_canvas_number_is_a_422(orphan: RunningPlanner) -> None:
+    canvas = EDITED.model_dump(mode="json")
+    canvas["local_descriptions"][0]["distance_to_viewer"] = 12345.5
+    document = json.dumps({"prompt": "a cat", "canvas": canvas}).replace("12345.5", "NaN").encode()
+    with orphan.client(TOKEN) as client:
+        assert_problem(client.post("/v1/plans", content=document, headers=JSON_TYPE), 422)
+
+
+def test_numbers_are_strict(orphan: RunningPlanner) -> None:
+    problem = assert_problem(post(orphan, {"prompt": "a cat", "max_new_tokens": "64"}), 422)
+    assert problem["errors"][0]["loc"] == ["body", "max_new_tokens"]
+    with orphan.client(TOKEN) as client:
+        answer = client.post("/v1/generations", json={"prompt": "a cat", "render": {"width": "64"}})
+    problem = assert_problem(answer, 422)
+    assert problem["errors"][0]["loc"] == ["body", "render", "width"]
+
+
+def test_token_is_checked_before_the_body(orphan: RunningPlanner) -> None:
+    with orphan.client(None) as client:
+        assert_problem(client.post("/v1/plans", content=b"{", headers=JSON_TYPE), 401)
+        assert_problem(client.post("/v1/plans", json={"prompt": 5}), 401)
+
+
+def test_conversation_can_be_read(orphan: RunningPlanner, redis_server: RedisServer) -> None:
+    turns = [{"role": "user", "content": "a cat"}, {"role": "assistant", "content": "canvas = Canvas()"}]
+    with redis.Redis.from_url(redis_server.url) as client:  # written as the store writes it
+        client.set(f"{orphan.prefix}conversation:conv-1", json.dumps(turns), ex=60)
+    with orphan.client(TOKEN) as http:
+        answer = http.get("/v1/conversations/conv-1")
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"id": "conv-1", "turns": turns}
+        assert "does not exist" in assert_problem(http.get("/v1/conversations/nope"), 404)["detail"]
+        assert_problem(http.get("/v1/conversations/bad*id"), 404)
+    with orphan.client(None) as http:
+        assert_problem(http.get("/v1/conversations/conv-1"), 401)
+
+
+def test_openapi_declares_problem_details(orphan: RunningPlanner) -> None:
+    spec = httpx.get(f"{orphan.url}/openapi.json").json()
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            for code, response in operation["responses"].items():
+                if int(code) >= 400 and path != "/readyz":  # a probe's 503 is its report, not a problem
+                    assert list(response["content"]) == ["application/problem+json"], (method, path, code)

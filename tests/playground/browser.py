@@ -25,17 +25,32 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOTS = ROOT / "docs" / "img"
+DOCS_IMG_ENV = "OMOST_DOCS_IMG"
+"""Where the screenshots go when set (scripts/docs_images.sh sets it to docs/img); else a temporary folder."""
 
 
-def require_chromium() -> None:
+SKIP_ENV = "OMOST_SKIP_BROWSER"
+"""Set to 1 to skip the browser tests on purpose; without it a missing browser fails them (never a silent skip)."""
+
+
+def browser_missing() -> str | None:
+    """Why the browser tests cannot run here, or None."""
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium chromium-driver (browser tests use Debian's)")
+        return f"{CHROMIUM} is missing: apt-get install chromium chromium-driver (browser tests use Debian's)"
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        pytest.skip("the Python package playwright is not installed (pip install playwright)")
+        return "the Python package playwright is not installed (pip install playwright)"
+    return None
+
+
+def require_chromium() -> None:
+    """Fail the test with the reason when the browser is missing, unless OMOST_SKIP_BROWSER=1 asks to skip."""
+    if os.environ.get(SKIP_ENV) == "1":
+        pytest.skip(f"{SKIP_ENV}=1: browser tests skipped on request")
+    reason = browser_missing()
+    if reason:
+        pytest.fail(f"{reason}; set {SKIP_ENV}=1 to skip the browser tests on purpose", pytrace=False)
 
 
 @contextmanager
@@ -102,8 +117,9 @@ class ThreadServer:
         self.thread.join(10)
 
 
-def screenshot(page, name: str, full_page: bool = False, folder: Path = SCREENSHOTS) -> Path:
-    """Save a screenshot (by default into ``docs/img/``, where the documentation uses them)."""
+def screenshot(page, name: str, folder: Path, full_page: bool = False) -> Path:
+    """Save a screenshot into ``folder`` (the ``screenshots`` fixture: a temporary folder, or docs/img/
+    when scripts/docs_images.sh regenerates the documentation's images)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
     page.screenshot(path=str(path), full_page=full_page)

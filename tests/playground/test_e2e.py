@@ -6,7 +6,7 @@ the tiny offline model, and the planner with the embedded SmolLM2 model (plans b
 own port through CORS. The test
 does what a person does: type a prompt, watch the boxes appear, drag a box and see the code change,
 render, watch the progress reach 100 %, see the image at the requested size, and cancel a second
-render. Screenshots go to ``docs/img/``.
+render. Screenshots go to the ``screenshots`` folder (docs/img/ only from scripts/docs_images.sh).
 """
 
 from __future__ import annotations
@@ -124,17 +124,17 @@ def drag(page, locator, dx: float, dy: float) -> None:
     page.mouse.up()
 
 
-def test_plan_edit_render_and_cancel_in_the_browser(page, stack: Stack) -> None:
+def test_plan_edit_render_and_cancel_in_the_browser(page, stack: Stack, screenshots: Path) -> None:
     try:
-        _session(page)
+        _session(page, screenshots)
     except BaseException:
-        shot = screenshot(page, "playground-failure.png", folder=stack.log_dir)
+        shot = screenshot(page, "playground-failure.png", stack.log_dir)
         print(f"screenshot of the failure: {shot}")
         print(stack.logs())
         raise
 
 
-def _session(page) -> None:
+def _session(page, screenshots: Path) -> None:
     # 1. Type a prompt; the plan streams, then its boxes appear. SmolLM2 is tiny and llama.cpp's
     # sampling is not bit-reproducible (the first answer after start-up differs from later ones), so
     # a plan may hold no region within the token bound: then the same prompt is planned again in a
@@ -148,7 +148,7 @@ def _session(page) -> None:
         page.wait_for_selector("#stream:not([hidden])", timeout=30_000)
         page.wait_for_function("document.querySelector('#stream-text').textContent.length > 20", timeout=120_000)
         if turn == 1:
-            screenshot(page, "playground-streaming.png")
+            screenshot(page, "playground-streaming.png", screenshots)
         page.wait_for_selector(f"#turns .turn:nth-child({turn}) button:not([disabled])", timeout=240_000)
         assert page.locator("#plan-error").is_hidden(), page.inner_text("#plan-error")
         assert page.locator("#turns .turn").count() == turn
@@ -203,7 +203,7 @@ def _session(page) -> None:
     assert job.locator("a[download]").count() == 1
     page.click("#tab-fields")
     page.locator(f'#boxes .box[data-index="{index}"]').click()
-    screenshot(page, "playground.png", full_page=True)
+    screenshot(page, "playground.png", screenshots, full_page=True)
 
     # 4. A second, long render, canceled from its card.
     page.fill("#r-width", "256")

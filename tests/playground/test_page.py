@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
@@ -33,6 +34,11 @@ pytestmark = pytest.mark.slow
 
 
 PLAN_REQUESTS: list[dict] = []
+PLANNER_CHANGES = {
+    "global_fields": ["tags"],
+    "regions": [{"kind": "changed", "index": 1, "description": "The planner.", "fields": ["style"]}],
+}
+"""The planner's own account of an edit (``PlanResponse.changes``), deliberately not what the page would compute."""
 
 
 def planned_canvas(prompt: str) -> Canvas:
@@ -76,7 +82,11 @@ def _fake_services(render_port: int) -> tuple[FastAPI, FastAPI]:
             for start in range(0, len(code), 40):
                 await asyncio.sleep(0.005)
                 yield {"event": "delta", "data": json.dumps({"text": code[start : start + 40]})}
-            yield {"event": "plan", "data": PlanResponse(canvas=canvas, code=code).model_dump_json()}
+            # Like a planner without PlanResponse.changes: the page computes the changes itself.
+            plan = json.loads(PlanResponse(canvas=canvas, code=code).model_dump_json(exclude_none=True))
+            if body.prompt == "trust the planner":
+                plan["changes"] = PLANNER_CHANGES
+            yield {"event": "plan", "data": json.dumps(plan)}
 
         return EventSourceResponse(events())
 
@@ -277,7 +287,7 @@ def test_every_control_has_a_label_and_tab_order_is_sane(page) -> None:
     assert page.evaluate("document.activeElement.id") == "prompt"
 
 
-def test_phone_sized_screen(browser, site: str) -> None:
+def test_phone_sized_screen(browser, site: str, screenshots: Path) -> None:
     context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, has_touch=True)
     page = context.new_page()
     page.goto(site + "/")
@@ -287,11 +297,11 @@ def test_phone_sized_screen(browser, site: str) -> None:
     stage = page.locator("#stage").bounding_box()
     assert stage["width"] <= 390
     assert page.locator("#boxes .box").count() == 3
-    screenshot(page, "playground-phone.png")
+    screenshot(page, "playground-phone.png", screenshots)
     context.close()
 
 
-def test_streamed_turns_are_kept_and_can_be_revisited(page) -> None:
+def test_streamed_turns_are_kept_and_can_be_revisited(page, screenshots: Path) -> None:
     PLAN_REQUESTS.clear()
     page.fill("#prompt", "cat dog")
     page.fill("#plan-seed", "5")
@@ -339,4 +349,52 @@ def test_streamed_turns_are_kept_and_can_be_revisited(page) -> None:
         ("user", "fish"),
         ("assistant", canvas_to_code(planned_canvas("fish"))),
     ]
-    screenshot(page, "playground-turns.png")
+    screenshot(page, "playground-turns.png", screenshots)
+
+
+def test_an_edit_shows_what_changed(page) -> None:
+    page.fill("#prompt", "cat dog")
+    page.click("#plan-submit")
+    page.wait_for_function("document.querySelectorAll('#boxes .box').length === 2")
+    assert page.locator("#turns .turn .changes").count() == 0  # a new conversation: nothing to compare with
+    assert page.locator("#boxes .box[data-change]").count() == 0
+    # The user's edit through the JSON view is the next turn's starting point: the cat and the dog at the
+    # distances the next plan gives them, and a fish that the next plan will not have.
+    page.click("#tab-json")
+    data = json.loads(page.locator("#json").input_value())
+    data["local_descriptions"][0]["distance_to_viewer"] = 3.0
+    data["local_descriptions"][1]["distance_to_viewer"] = 2.0
+    fish = planned_canvas("fish").local_descriptions[0].model_copy(update={"location": list(LOCATIONS)[5]})
+    data["local_descriptions"].append(fish.model_dump(mode="json"))
+    page.fill("#json", json.dumps(data))
+    page.wait_for_function("document.querySelector('#code').value.includes('The fish.')")
+    page.fill("#prompt", "cat corgi bird")  # the dog's place now holds a corgi; a bird is new; the fish is gone
+    page.click("#plan-submit")
+    page.wait_for_function("document.querySelectorAll('#boxes .box').length === 3")
+    assert len(PLAN_REQUESTS[-1]["canvas"]["local_descriptions"]) == 3
+    summary = page.locator("#turns .turn").last.locator(".changes").inner_text()
+    # (The stand-in planner's global description is the prompt, so it changed too.)
+    assert summary == (
+        "Changes: 1 added (The bird.) · 1 changed (The corgi.: description) · 1 removed (The fish.)"
+        " · global: description"
+    )
+    marks = {
+        int(box.get_attribute("data-index")): box.get_attribute("data-change")
+        for box in page.locator("#boxes .box").all()
+    }
+    assert marks == {0: None, 1: "changed", 2: "added"}
+    assert "changed by the last plan" in page.locator('#boxes .box[data-index="1"]').get_attribute("aria-label")
+    # Editing the canvas clears the highlights (they describe the plan, not the edit); going back shows them again.
+    page.locator('#boxes .box[data-index="2"]').focus()
+    page.keyboard.press("ArrowLeft")
+    assert page.locator("#boxes .box[data-change]").count() == 0
+    page.locator("#turns .turn button").last.click()
+    assert page.locator("#boxes .box[data-change]").count() == 2
+    # A planner that sends its own account of the changes is believed.
+    page.fill("#prompt", "trust the planner")
+    page.click("#plan-submit")
+    done = "!document.querySelector('#turns .turn:last-child button').disabled"
+    page.wait_for_function(f"document.querySelectorAll('#turns .turn').length === 3 && {done}")
+    summary = page.locator("#turns .turn").last.locator(".changes").inner_text()
+    assert summary == "Changes: 1 changed (The planner.: style) · global: tags"
+    assert page.locator('#boxes .box[data-change="changed"]').get_attribute("data-index") == "1"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -179,3 +180,150 @@ def test_browsers_on_other_origins_may_call_the_api(client: httpx.Client) -> Non
     answer = client.get("/v1/renders/nope", headers={"Origin": origin})
     assert answer.status_code == 404
     assert answer.headers["access-control-allow-origin"] in ("*", origin)
+
+
+PROBLEM_FIELDS = {"type", "title", "status", "detail", "instance"}
+JSON_TYPE = {"Content-Type": "application/json"}
+
+
+def assert_problem(answer: httpx.Response, status: int) -> dict:
+    """RFC 9457 problem details: the one error shape of both services."""
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"].startswith("application/problem+json"), answer.headers
+    problem = answer.json()
+    assert problem.keys() >= PROBLEM_FIELDS, problem
+    assert problem["status"] == status and problem["type"] == "about:blank" and problem["title"]
+    assert isinstance(problem["detail"], str) and problem["detail"]
+    return problem
+
+
+def test_every_error_is_a_problem(client: httpx.Client, guarded: httpx.Client) -> None:
+    assert_problem(client.post("/v1/renders", content=b"{", headers={"Content-Type": "application/json"}), 400)
+    assert_problem(post(guarded, body()), 401)
+    assert_problem(client.get("/v1/renders/" + "0" * 32), 404)
+    assert_problem(client.get("/v1/nothing"), 404)  # routing's own 404
+    assert_problem(client.put("/v1/renders/abc"), 405)  # routing's own 405
+    json_type = {"Content-Type": "application/json"}
+    assert_problem(client.post("/v1/renders", content=b" " * 300_000, headers=json_type), 413)
+    problem = assert_problem(post(client, body(width=70)), 422)
+    assert problem["errors"] == [{"loc": ["body", "width"], "msg": problem["errors"][0]["msg"], "type": "value_error"}]
+
+
+def test_validation_errors_on_get_are_an_array_without_the_input(client: httpx.Client) -> None:
+    problem = assert_problem(client.get("/v1/renders/" + "a" * 65), 422)
+    assert [e["loc"] for e in problem["errors"]] == [["path", "job_id"]]
+    assert "a" * 65 not in problem["detail"] and all("input" not in e for e in problem["errors"])
+    problem = assert_problem(client.get("/v1/renders/x/images/-1"), 422)
+    assert problem["errors"][0]["loc"] == ["path", "index"]
+
+
+def test_numbers_are_strict_and_finite(client: httpx.Client) -> None:
+    expect(post(client, body(width="64")), 422, "width: Input should be a valid integer")
+    expect(post(client, body(steps=2.0)), 422, "steps")
+    for raw in (b"NaN", b"Infinity", b"-Infinity", b"1e999"):
+        payload = json.dumps(body()).replace('"steps": 2', '"guidance_scale": GS, "steps": 2').encode()
+        answer = client.post("/v1/renders", content=payload.replace(b"GS", raw), headers=JSON_TYPE)
+        expect(answer, 422, "finite")
+
+
+def test_options_lists_every_method_of_the_path(client: httpx.Client) -> None:
+    answer = client.options("/v1/renders/abc")
+    assert answer.status_code == 204
+    assert {m.strip() for m in answer.headers["allow"].split(",")} >= {"GET", "DELETE"}
+    assert "DELETE" in client.put("/v1/renders/abc").headers["allow"]
+
+
+def test_token_is_checked_before_the_body(guarded: httpx.Client) -> None:
+    malformed = guarded.post("/v1/renders", content=b"{", headers={"Content-Type": "application/json"})
+    assert_problem(malformed, 401)
+    assert_problem(post(guarded, {"width": "wide"}), 401)
+
+
+def test_openapi_declares_problem_details_for_every_error(client: httpx.Client) -> None:
+    spec = client.get("/openapi.json").json()
+    assert "ProblemDetails" in spec["components"]["schemas"]
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            errors = {code: r for code, r in operation["responses"].items() if int(code) >= 400}
+            assert "500" in errors, (method, path)
+            if path.startswith("/v1/"):
+                assert {"401", "422"} <= errors.keys(), (method, path)
+            if method == "post":
+                assert {"400", "413", "422", "429"} <= errors.keys(), (method, path)
+            for code, response in errors.items():
+                if path != "/readyz":  # a probe's 503 is its report, not a problem
+                    assert list(response["content"]) == ["application/problem+json"], (method, path, code)
+
+
+def test_request_id_is_returned(client: httpx.Client) -> None:
+    assert client.get("/healthz", headers={"X-Request-ID": "rid-123"}).headers["x-request-id"] == "rid-123"
+    assert len(client.get("/healthz").headers["x-request-id"]) == 32
+
+
+def test_listing_newest_first_with_cursor_and_filters(client: httpx.Client) -> None:
+    ids = [submit_id(client, {"Idempotency-Key": f"list-{i}-{time.time()}"}) for i in range(3)]
+    first = client.get("/v1/renders", params={"limit": 2})
+    assert first.status_code == 200, first.text
+    page = first.json()
+    assert [j["id"] for j in page["items"]] == ids[::-1][:2]
+    rest = client.get("/v1/renders", params={"limit": 2, "cursor": page["next_cursor"]}).json()
+    assert rest["items"][0]["id"] == ids[0]
+    assert not {j["id"] for j in rest["items"]} & {j["id"] for j in page["items"]}
+    client.delete(f"/v1/renders/{ids[1]}")
+    canceled = client.get("/v1/renders", params={"status": "canceled", "limit": 100}).json()["items"]
+    assert ids[1] in [j["id"] for j in canceled] and all(j["status"] == "canceled" for j in canceled)
+    assert_problem(client.get("/v1/renders", params={"limit": 101}), 422)
+    assert_problem(client.get("/v1/renders", params={"status": "sleeping"}), 422)
+    assert_problem(client.get("/v1/renders", params={"cursor": "not a cursor"}), 422)
+
+
+def test_listing_by_idempotency_key(client: httpx.Client) -> None:
+    key = f"find-me-{time.time()}"
+    job_id = submit_id(client, {"Idempotency-Key": key})
+    found = client.get("/v1/renders", params={"idempotency_key": key}).json()
+    assert [j["id"] for j in found["items"]] == [job_id] and found["next_cursor"] is None
+    assert client.get("/v1/renders", params={"idempotency_key": "never-used"}).json()["items"] == []
+
+
+def test_listing_needs_the_token(guarded: httpx.Client) -> None:
+    assert_problem(guarded.get("/v1/renders"), 401)
+    answer = guarded.get("/v1/renders", headers={"Authorization": "Bearer s3cret"})
+    assert answer.status_code == 200
+    assert {j["status"] for j in answer.json()["items"]} <= {"queued", "canceled"}
+
+
+def submit_id(client: httpx.Client, headers: dict[str, str]) -> str:
+    answer = post(client, body(), headers=headers)
+    assert answer.status_code == 202, answer.text
+    return answer.json()["id"]
+
+
+def test_every_log_line_of_a_request_carries_its_id(redis_server: RedisServer, tmp_path: Path) -> None:
+    api = Api(redis_server.url, unique_prefix("rid"), tmp_path).start()
+    try:
+        with httpx.Client(base_url=api.url, timeout=10) as http:
+            assert post(http, body(), headers={"X-Request-ID": "rid-for-the-log"}).status_code == 202
+    finally:
+        api.stop()
+    lines = [json.loads(line) for line in api.child.log().splitlines() if line.startswith("{")]
+    queued = [line for line in lines if line["msg"] == "render queued"]
+    assert queued and queued[0]["request_id"] == "rid-for-the-log", lines
+    assert "job" in queued[0]  # the fields of the line stay
+
+
+def test_listing_shows_only_the_tokens_own_jobs(redis_server: RedisServer, tmp_path: Path) -> None:
+    prefix = unique_prefix("owners")  # one deployment's keys, read by an API with and one without a token
+    open_api = Api(redis_server.url, prefix, tmp_path).start()
+    token_api = Api(redis_server.url, prefix, tmp_path, api_token="mine").start()
+    try:
+        with (
+            httpx.Client(base_url=open_api.url, timeout=10) as anyone,
+            httpx.Client(base_url=token_api.url, timeout=10, headers={"Authorization": "Bearer mine"}) as owner,
+        ):
+            public_job = submit_id(anyone, {})
+            own_job = submit_id(owner, {})
+            assert [j["id"] for j in owner.get("/v1/renders").json()["items"]] == [own_job]
+            assert [j["id"] for j in anyone.get("/v1/renders").json()["items"]] == [public_job]
+    finally:
+        open_api.stop()
+        token_api.stop()
