@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import typer
@@ -133,7 +133,7 @@ def write_images(client: OmostClient, job: RenderJob, output: Path) -> list[Path
     return paths
 
 
-def checked(options: RenderOptions, *, tiny: bool) -> dict:
+def checked(options: RenderOptions, *, tiny: bool) -> dict[str, Any]:
     """The render fields, refused here (one line per problem) before any plan or stack is started."""
     fields = options.request_fields(tiny=tiny)
     RenderRequest.model_validate({**fields, "canvas": _PLACEHOLDER})

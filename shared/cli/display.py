@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,14 +103,15 @@ def plan_with_progress(console: Console, events: Iterator[ServerSentEvent], labe
                 tokens, first_token = 0, 0.0
                 activity.update("the answer did not parse; trying again")
             elif event.event == "plan":
-                return json.loads(event.data)
+                plan: dict[str, Any] = json.loads(event.data)
+                return plan
             elif event.event == "error":
                 body = json.loads(event.data)
                 raise OmostAPIError(int(body.get("status", 502)), str(body.get("detail", body)), body)
     raise OmostAPIError(502, "the planner's stream ended without a plan")
 
 
-def render_with_progress(console: Console, wait: Any, status_url: str) -> RenderJob:
+def render_with_progress(console: Console, wait: Callable[..., RenderJob], status_url: str) -> RenderJob:
     """``wait(status_url, on_progress=...)`` with the queue place while queued and the step while running."""
     with Activity(console, "render") as activity:
 
@@ -172,6 +173,7 @@ def changes_line(changes: dict[str, Any] | None) -> str | None:
 
 def report(console: Console, job: RenderJob, paths: list[Path]) -> None:
     timings = ", ".join(f"{k} {v:.2f} s" for k, v in job.timings.items())
-    for path, seed in zip(paths, job.seeds or [None] * len(paths), strict=False):
+    seeds: list[int | None] = [*job.seeds] or [None] * len(paths)
+    for path, seed in zip(paths, seeds, strict=False):
         say(console, f"wrote [bold]{escape(str(path))}[/] (seed {seed})")
     say(console, f"[dim]render {job.id} on {job.device or '?'} with {job.model or '?'}: {timings}[/]")

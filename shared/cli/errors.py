@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -25,7 +25,7 @@ _BOUNDS = {
 }
 
 
-def field_error(error: dict[str, Any]) -> str:
+def field_error(error: Mapping[str, Any]) -> str:
     """One pydantic (or FastAPI 422) error entry as ``width must be a multiple of 8 (got 100)``."""
     where = ".".join(str(part) for part in error.get("loc", ()) if part not in _NOISE) or "input"
     ctx = error.get("ctx") or {}
@@ -48,11 +48,7 @@ def error_line(exc: BaseException) -> str:
     if isinstance(exc, ValidationError):
         return "; ".join(field_error(e) for e in exc.errors(include_url=False))
     if isinstance(exc, OmostAPIError):
-        body = exc.body if isinstance(exc.body, dict) else {}
-        errors = body.get("errors") or (body.get("detail") if isinstance(body.get("detail"), list) else None)
-        if isinstance(errors, list) and all(isinstance(e, dict) for e in errors):
-            return f"HTTP {exc.status_code}: " + "; ".join(field_error(e) for e in errors)
-        return str(exc)
+        return exc.detail  # the service's problem detail, as it wrote it
     if isinstance(exc, httpx.HTTPError):
         try:
             return f"cannot reach {exc.request.url}: {exc}"

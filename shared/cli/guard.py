@@ -3,7 +3,7 @@
 Two layers, because either alone leaves a gap:
 
 - On Linux, ``PR_SET_PDEATHSIG`` makes the kernel send the child SIGTERM when its parent ends.
-  :func:`die_with_parent` is the ``preexec_fn`` that sets it between fork and exec, so it also
+  :func:`child_setup` is the ``preexec_fn`` that sets it between fork and exec, so it also
   covers children that are not Python (redis-server).
 - Elsewhere (no prctl), Python children are started through ``python -m shared.cli.guard MODULE``,
   which watches its parent id and sends itself SIGTERM once the parent is gone, then runs MODULE
@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 PR_SET_PDEATHSIG = 1
 PARENT_ENV = "OMOST_GUARD_PARENT_PID"
@@ -30,7 +31,7 @@ GRACE_SECONDS = 8.0
 """How long a child whose parent vanished may take to stop on SIGTERM before it is ended hard."""
 
 
-def _prctl() -> Callable[..., int] | None:
+def _prctl() -> Callable[..., Any] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -40,19 +41,20 @@ def _prctl() -> Callable[..., int] | None:
     return libc.prctl
 
 
-def die_with_parent(parent_pid: int) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that asks the kernel for SIGTERM when ``parent_pid`` ends; None without prctl.
+def child_setup(parent_pid: int, process_group: int) -> Callable[[], None]:
+    """A ``preexec_fn``: join ``process_group`` (0: lead a new one) and, on Linux, ask the kernel
+    for SIGTERM when ``parent_pid`` ends. (``Popen(process_group=)`` would need Python 3.11.)
 
     libc is looked up here, in the parent: the forked child must do as little as possible.
     """
     prctl = _prctl()
-    if prctl is None:
-        return None
 
     def preexec() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
+        os.setpgid(0, process_group)
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            if os.getppid() != parent_pid:  # the parent died before prctl took effect
+                os.kill(os.getpid(), signal.SIGTERM)
 
     return preexec
 

@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 
 import httpx
 
-from shared.cli.guard import PARENT_ENV, die_with_parent
+from shared.cli.guard import PARENT_ENV, child_setup
 
 
 class StackError(RuntimeError):
@@ -44,7 +44,8 @@ def cache_dir() -> Path:
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def redis_answers(url: str, timeout: float = 0.5) -> bool:
@@ -97,7 +98,7 @@ class StackConfig:
 @dataclass
 class _Child:
     name: str
-    process: subprocess.Popen
+    process: subprocess.Popen[bytes]
     log_path: Path
 
 
@@ -210,10 +211,8 @@ class LocalStack:
         with open(log_path, "ab") as log:
             # One process group of our own: Ctrl-C in the terminal reaches only us (we stop the
             # children in order), and one killpg reaches every child and grandchild.
-            process = subprocess.Popen(
-                args, env=env, stdout=log, stderr=subprocess.STDOUT,
-                process_group=self._process_group or 0, preexec_fn=die_with_parent(os.getpid()),
-            )
+            setup = child_setup(os.getpid(), self._process_group or 0)
+            process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=setup)
         if self._process_group is None:
             self._process_group = process.pid
         self.children.append(_Child(name, process, log_path))
