@@ -176,6 +176,10 @@ class LocalStack:
     def _environment(self) -> dict[str, str]:
         c = self.config
         env = {
+            # Import-time notices (transformers' "requires torchvision" fallbacks) and download bars
+            # are noise in a service log; an explicit setting of the user's still wins.
+            "TRANSFORMERS_VERBOSITY": "error",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
             **os.environ,
             "OMOST_REDIS_URL": self.redis_url,
             "OMOST_RENDER_HOST": c.host,
