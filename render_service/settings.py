@@ -61,6 +61,9 @@ class RenderSettings(ServiceSettings):
     shutdown_grace_seconds: float = Field(
         default=30.0, ge=0, description="On SIGTERM, finish the current job if done within this; else requeue."
     )
+    max_job_seconds: float | None = Field(
+        default=None, gt=0, description="A job still rendering after this long fails with a reason; unset: no limit."
+    )
     redis_retry_seconds: float = Field(
         default=600.0, gt=0, description="How long a worker retries writing a result through a Redis outage."
     )

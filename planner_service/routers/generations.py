@@ -15,7 +15,7 @@ from planner_service.schemas import GenerationRequest
 from shared.canvas import Canvas, GlobalDescription
 from shared.jobs import RenderRequest
 from shared.plans import GenerationAccepted
-from shared.queue import enqueue_render, job_urls
+from shared.queue import job_urls, submit
 from shared.service.auth import require_token
 from shared.service.problems import field_errors
 from shared.service.routing import StrictRoute
@@ -46,7 +46,7 @@ async def create_generation(
     plan = await service.plan(body.model_copy(update={"stream": False}))
     render_request = _render_request(body.render, plan.canvas)
     try:
-        job_id = await enqueue_render(
+        job_id, _ = await submit(
             redis_client,
             render_request,
             prefix=settings.key_prefix,

@@ -21,9 +21,10 @@ from render_service.api.listing import (
     index_submission,
     list_jobs,
 )
-from render_service.worker.webhooks import WebhookRefused, check_webhook_url
+from render_service.webhooks import WebhookRefused, check_webhook_url
 from shared.jobs import JobStatus, RenderAccepted, RenderJob, RenderSubmission
-from shared.queue import job_urls, record_to_job, submit_render
+from shared.queue import job_urls, record_to_job
+from shared.queue import submit as submit_render
 from shared.service.auth import require_token, token_owner
 from shared.service.problems import ServiceError
 from shared.service.routing import StrictRoute

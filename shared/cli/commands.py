@@ -29,6 +29,7 @@ from shared.cli.display import (
     show_corrections,
 )
 from shared.cli.errors import friendly_errors
+from shared.cli.mcp import mcp_command
 from shared.cli.memory import Conversation, recall, remember
 from shared.cli.options import (
     AsJson,
@@ -315,3 +316,6 @@ def serve(
     finally:
         remove_state(cache, pid)
         stack.stop()
+
+
+app.command("mcp")(mcp_command)
