@@ -26,6 +26,7 @@ import httpx
 import pytest
 import redis
 
+from shared.client import OmostClient
 from shared.queue import QueueKeys, Rec
 from tests.render_service.helpers import Api, start_worker, submit, unique_prefix, wait_for_workers, wait_terminal
 from tests.support import ChildProcess, RedisServer, free_port, wait_for_http, wait_until
@@ -33,6 +34,7 @@ from tests.support import ChildProcess, RedisServer, free_port, wait_for_http, w
 BUCKET = "omost-test-images"
 S3_PREFIX = "renders/"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TOKEN = "s3-test-token"
 
 # Real worker processes (torch, model load): tens of seconds.
 pytestmark = pytest.mark.slow
@@ -136,10 +138,14 @@ def env(redis_server: RedisServer, tiny_model, tmp_path_factory: pytest.TempPath
         # Workers upload through the proxy; the APIs (and so the presigned URLs) use the store directly.
         worker_settings = {**settings, "s3_endpoint_url": proxy.url}
         workers = {"w1": start_worker(redis_server.url, prefix, tiny_model, logs, "w1", **worker_settings)}
-        api = Api(redis_server.url, prefix, logs, **settings).start()
+        api = Api(redis_server.url, prefix, logs, **settings, api_token=TOKEN).start()
         streaming = Api(redis_server.url, prefix, logs, **settings, s3_redirect=False).start()
         try:
-            with httpx.Client(base_url=api.url, timeout=30) as http, httpx.Client(base_url=streaming.url) as stream:
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            with (
+                httpx.Client(base_url=api.url, timeout=30, headers=auth) as http,
+                httpx.Client(base_url=streaming.url) as stream,
+            ):
                 wait_for_workers(http, 1)
                 yield {
                     "http": http,
@@ -167,9 +173,13 @@ def env(redis_server: RedisServer, tiny_model, tmp_path_factory: pytest.TempPath
             proxy.close()
 
 
-def objects(s3: Any, job_id: str) -> dict[str, bytes]:
+def object_names(s3: Any, job_id: str) -> set[str]:
     listing = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{S3_PREFIX}{job_id}/")
-    return {o["Key"]: s3.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read() for o in listing.get("Contents", [])}
+    return {o["Key"] for o in listing.get("Contents", [])}
+
+
+def objects(s3: Any, job_id: str) -> dict[str, bytes]:
+    return {name: s3.get_object(Bucket=BUCKET, Key=name)["Body"].read() for name in object_names(s3, job_id)}
 
 
 def recorded_keys(env: dict[str, Any], job_id: str) -> list[str]:
@@ -208,6 +218,9 @@ def test_images_are_uploaded_and_served_by_presigned_redirect(env: dict[str, Any
         assert streamed.status_code == 200 and streamed.headers["content-type"] == "image/png"
         assert streamed.content == stored[name]
     assert http.get(f"/v1/renders/{job_id}/images/2").status_code == 404
+    # The Python client (and so the CLI) follows the redirect; the API requires its token, the URL does not.
+    with OmostClient(render_url=str(http.base_url), token=TOKEN) as client:
+        assert client.image(client.get(job_id), 1) == stored[names[1]]
     env["first_job"] = job_id
 
 
@@ -219,7 +232,7 @@ def test_expired_images_are_deleted_by_the_workers_sweep(env: dict[str, Any]) ->
     job_id = env["first_job"]
     names = recorded_keys(env, job_id)
     r.zadd(keys.image_expiry, {name: time.time() - 1 for name in names})
-    wait_until(lambda: not objects(env["s3"], job_id), 20, 0.25, "expired objects deleted")
+    wait_until(lambda: not object_names(env["s3"], job_id), 20, 0.25, "expired objects deleted")
     assert all(r.zscore(keys.image_expiry, name) is None for name in names)
     answer = env["stream"].get(f"/v1/renders/{job_id}/images/0")
     assert answer.status_code == 404 and "expired" in answer.json()["detail"]
@@ -238,7 +251,7 @@ def test_worker_killed_mid_upload_leaves_the_job_to_another_which_stores_all_ima
         w1.kill()  # SIGKILL: no requeue, no cleanup, image 0 already in the bucket
     finally:
         proxy.hold = None
-    orphans = set(objects(env["s3"], job_id))
+    orphans = object_names(env["s3"], job_id)
     assert len(orphans) == 1 and next(iter(orphans)).endswith("/0.png") and "/w1-" in next(iter(orphans))
 
     env["workers"]["w2"] = env["start_worker"]("w2")
@@ -255,7 +268,7 @@ def test_worker_killed_mid_upload_leaves_the_job_to_another_which_stores_all_ima
     assert set(stored) == set(names) | orphans
     assert all(r.zscore(keys.image_expiry, name) is not None for name in stored)
     r.zadd(keys.image_expiry, {name: time.time() - 1 for name in orphans})
-    wait_until(lambda: set(objects(env["s3"], job_id)) == set(names), 20, 0.25, "orphans swept")
+    wait_until(lambda: object_names(env["s3"], job_id) == set(names), 20, 0.25, "orphans swept")
     env["second_job"] = job_id
 
 
