@@ -69,6 +69,15 @@ class RenderSettings(ServiceSettings):
     device: str = "auto"
     dtype: str = "auto"
     cpu_offload: bool = False
+    vae: str | None = Field(
+        default=None, description="A VAE instead of the checkpoint's, e.g. the fp16-safe madebyollin/sdxl-vae-fp16-fix."
+    )
+    compile: bool = Field(
+        default=False, description="torch.compile the UNet (GPU); compiled at worker start for warm_up_sizes."
+    )
+    warm_up_sizes: str = Field(
+        default="1024x1024", description="WIDTHxHEIGHT,... rendered once at worker start when compile is on."
+    )
     worker_name: str | None = Field(default=None, description="Consumer name; hostname-pid-random if unset.")
     claim_idle_seconds: float = Field(
         default=60.0, gt=0, description="A job whose worker sent no heartbeat for this long is reclaimed."

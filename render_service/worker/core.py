@@ -495,11 +495,18 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stopper.append(True))
     try:
         engine = RenderEngine.load(
-            settings.model, device=settings.device, dtype=settings.dtype, cpu_offload=settings.cpu_offload
-        )
+            settings.model, device=settings.device, dtype=settings.dtype, cpu_offload=settings.cpu_offload,
+            vae=settings.vae, compile=settings.compile,
+        )  # fmt: skip
     except ModelNotFoundError as exc:
         log.error("cannot load the model", extra={"fields": {"model": settings.model, "error": str(exc)}})
         return 1
+    if settings.compile:
+        from render_service.engine.engine import parse_sizes
+
+        # Compile before claiming jobs (and before this worker counts as ready), not on a user's job.
+        seconds = engine.warm_up(parse_sizes(settings.warm_up_sizes))
+        log.info("compiled and warmed up", extra={"fields": {"seconds": round(seconds, 1)}})
     worker = Worker(settings, engine)
     worker.install_signal_handlers()
     if stopper:
