@@ -5,6 +5,7 @@ All key names and record fields come from :mod:`shared.queue`, so both sides agr
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from shared.jobs import TERMINAL_STATUSES, JobEvent
 from shared.queue import (
     EVENT_FIELD,
     JOB_ID_PATTERN,
+    MESSAGE_FIELD,
     JobFinished,
     JobNotFound,
     QueueKeys,
@@ -129,6 +131,32 @@ class JobStore:
                     yield cursor, event
                     if event.type == "status" and event.status in TERMINAL_STATUSES:
                         return
+
+    async def queue_position(self, job_id: str, page: int = 100) -> int | None:
+        """The job's 1-based place among the stream entries no worker has taken yet; None if not among them.
+
+        Entries after the group's last-delivered id are the undelivered ones, in order. The queue
+        is bounded (``max_queue_depth``), so reading it is bounded too.
+        """
+        keys = self.keys
+        try:
+            groups = await self.redis.xinfo_groups(keys.stream)
+        except ResponseError:
+            groups = []  # no stream or no group yet: nothing has been delivered
+        start = next((text(g["last-delivered-id"]) for g in groups if text(g["name"]) == keys.group), "0-0")
+        place = 0
+        while True:
+            entries = await self.redis.xrange(keys.stream, min=f"({start}", max="+", count=page)
+            for entry_id, fields in entries:
+                place += 1
+                start = text(entry_id)
+                try:
+                    if json.loads(decode_hash(fields)[MESSAGE_FIELD]).get("job_id") == job_id:
+                        return place
+                except (KeyError, ValueError, AttributeError):
+                    continue  # a malformed entry still holds a place: a worker will meet it
+            if len(entries) < page:
+                return None
 
     async def stats(self, live_within: float, now: float) -> QueueStats:
         keys = self.keys

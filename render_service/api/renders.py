@@ -135,8 +135,11 @@ async def list_renders(
 
 @router.get("/{job_id}", response_model=RenderJob, responses=_ERRORS)
 async def get_render(job_id: JobId, request: Request, settings: SettingsDep, store: StoreDep) -> RenderJob:
-    """Status, progress, timings, error, seeds, model and image URLs of a job."""
-    return record_to_job(await store.record(job_id), base_url(request, settings))
+    """Status, place in the queue or progress, timings, error, seeds, model and image URLs of a job."""
+    job = record_to_job(await store.record(job_id), base_url(request, settings))
+    if job.status == "queued":
+        job.queue_position = await store.queue_position(job_id)
+    return job
 
 
 @router.get(
