@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio.to_thread
 import redis.asyncio
 from redis.exceptions import ResponseError
 
+from render_service.images import S3Images, describe, image_keys, is_transient
 from shared.jobs import TERMINAL_STATUSES, JobEvent
 from shared.queue import (
     EVENT_FIELD,
@@ -28,8 +30,22 @@ from shared.queue import (
     request_cancel,
     text,
 )
+from shared.service.problems import ServiceError
 
-__all__ = ["JobFinished", "JobNotFound", "JobStore", "QueueStats"]
+__all__ = ["ImageRedirect", "ImageStoreUnavailable", "JobFinished", "JobNotFound", "JobStore", "QueueStats"]
+
+
+@dataclass(frozen=True)
+class ImageRedirect:
+    """The image is fetched from the object store itself, at this presigned URL."""
+
+    url: str
+
+
+class ImageStoreUnavailable(ServiceError):
+    """The S3 image store can't be reached, or this API has no S3 settings for a job whose images are there."""
+
+    http_status = 503
 
 
 @dataclass
@@ -42,9 +58,13 @@ class QueueStats:
 
 
 class JobStore:
-    def __init__(self, client: redis.asyncio.Redis, keys: QueueKeys) -> None:
+    def __init__(
+        self, client: redis.asyncio.Redis, keys: QueueKeys, images: S3Images | None = None, redirect: bool = True
+    ) -> None:
         self.redis = client
         self.keys = keys
+        self.images = images
+        self.redirect = redirect
 
     async def record(self, job_id: str) -> dict[str, str]:
         # Ids that can't be ours are "not found" without touching Redis (and can't build odd keys).
@@ -55,9 +75,27 @@ class JobStore:
             raise JobNotFound(job_id)
         return decode_hash(raw)
 
-    async def image(self, job_id: str, index: int) -> bytes | None:
-        data = await self.redis.get(self.keys.image(job_id, index))
-        return bytes(data) if data is not None else None
+    async def image(self, job_id: str, index: int, record: Mapping[str, str]) -> bytes | ImageRedirect | None:
+        """Image ``index`` of a succeeded job: its bytes, where to fetch it, or None once expired.
+
+        The record says where its images are (``image_keys``: S3), so jobs stored before a switch
+        of ``OMOST_RENDER_IMAGE_STORE`` stay readable.
+        """
+        names = image_keys(record)
+        if names is None:
+            data = await self.redis.get(self.keys.image(job_id, index))
+            return bytes(data) if data is not None else None
+        if self.images is None:
+            raise ImageStoreUnavailable("this job's images are in an S3 image store this API is not configured for")
+        try:
+            # boto3 blocks; presigning is local, but it still reads credentials, which may do I/O.
+            if self.redirect:
+                return ImageRedirect(await anyio.to_thread.run_sync(self.images.presign, names[index]))
+            return await anyio.to_thread.run_sync(self.images.get, names[index])
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            raise ImageStoreUnavailable(f"the image store is unavailable ({describe(exc)}); try again shortly") from exc
 
     async def cancel(self, job_id: str) -> dict[str, str]:
         """Apply :func:`shared.queue.request_cancel` and return the record as it then stands."""
