@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -239,7 +239,7 @@ class Planner:
         assert error is not None and tally.last is not None
         raise PlanFailed(error, tally.last.text, self.attempts)
 
-    async def stream(self, request: PlanInput) -> AsyncIterator[tuple[str, Any]]:
+    async def stream(self, request: PlanInput) -> AsyncGenerator[tuple[str, Any], None]:
         """Events ``("delta", text)``, ``("retry", info)`` and finally ``("plan", PlanOutcome)``;
         raises :class:`PlanFailed` and the client's errors like :meth:`plan`."""
         messages = self.messages(request)

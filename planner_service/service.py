@@ -59,14 +59,15 @@ class PlanService:
         return _Prepared(plan_input, request.conversation_id, turns, started, previous_canvas(turns))
 
     async def _finish(self, prepared: _Prepared, outcome: PlanOutcome) -> PlanResponse:
-        conversation_id = prepared.conversation_id or self.store.new_id()
+        new_id = prepared.conversation_id or self.store.new_id()
+        conversation_id: str | None = new_id
         turns = [
             *prepared.turns,
             ChatTurn(role="user", content=prepared.plan_input.prompt),
             ChatTurn(role="assistant", content=outcome.code),
         ]
         try:
-            await self.store.save(conversation_id, turns)
+            await self.store.save(new_id, turns)
         except StoreUnavailable:
             if prepared.conversation_id:
                 raise  # the caller asked to continue a conversation: losing it silently would be wrong

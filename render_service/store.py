@@ -27,7 +27,9 @@ from shared.queue import (
     Rec,
     atransact,
     decode_hash,
+    read_entries,
     request_cancel,
+    stream_entries,
     text,
 )
 from shared.service.problems import ServiceError
@@ -84,7 +86,9 @@ class JobStore:
         names = image_keys(record)
         if names is None:
             data = await self.redis.get(self.keys.image(job_id, index))
-            return bytes(data) if data is not None else None
+            if isinstance(data, str):
+                raise TypeError("the render API's Redis client must not decode replies: images are PNG bytes")
+            return data
         if self.images is None:
             raise ImageStoreUnavailable("this job's images are in an S3 image store this API is not configured for")
         try:
@@ -124,13 +128,11 @@ class JobStore:
                 answer = await self.redis.xread({key: cursor}, count=100)
                 if not answer:
                     return
-            for _key, entries in answer:
-                for entry_id, fields in entries:
-                    cursor = text(entry_id)
-                    event = JobEvent.model_validate_json(decode_hash(fields)[EVENT_FIELD])
-                    yield cursor, event
-                    if event.type == "status" and event.status in TERMINAL_STATUSES:
-                        return
+            for cursor, fields in read_entries(answer):
+                event = JobEvent.model_validate_json(decode_hash(fields)[EVENT_FIELD])
+                yield cursor, event
+                if event.type == "status" and event.status in TERMINAL_STATUSES:
+                    return
 
     async def queue_position(self, job_id: str, page: int = 100) -> int | None:
         """The job's 1-based place among the stream entries no worker has taken yet; None if not among them.
@@ -146,10 +148,10 @@ class JobStore:
         start = next((text(g["last-delivered-id"]) for g in groups if text(g["name"]) == keys.group), "0-0")
         place = 0
         while True:
-            entries = await self.redis.xrange(keys.stream, min=f"({start}", max="+", count=page)
+            entries = stream_entries(await self.redis.xrange(keys.stream, min=f"({start}", max="+", count=page) or [])
             for entry_id, fields in entries:
                 place += 1
-                start = text(entry_id)
+                start = entry_id
                 try:
                     if json.loads(decode_hash(fields)[MESSAGE_FIELD]).get("job_id") == job_id:
                         return place

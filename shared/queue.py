@@ -34,9 +34,9 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import redis
 import redis.asyncio
@@ -220,6 +220,24 @@ def decode_hash(raw: Mapping[Any, Any]) -> dict[str, str]:
     return {text(k): text(v) for k, v in raw.items()}
 
 
+# Stream replies as our clients (``protocol=2``) get them. redis-py types each as the union of every shape
+# it can take (RESP3 dicts, XCLAIM's JUSTID ids), so they are unpacked here, in one place.
+StreamEntry = tuple[str, Mapping[Any, Any]]
+
+
+def stream_entries(entries: Iterable[Sequence[Any]]) -> list[StreamEntry]:
+    """``(id, fields)`` of each entry of an XRANGE or XCLAIM reply, or of one stream of an XREAD reply.
+
+    XCLAIM on Redis 6.2 answers nil fields for an entry deleted since its delivery: check before use.
+    """
+    return [(text(entry_id), fields) for entry_id, fields in entries]
+
+
+def read_entries(reply: Iterable[Sequence[Any]] | None) -> list[StreamEntry]:
+    """The entries of an XREAD or XREADGROUP reply (``[[stream, entries], ...]``; nil on timeout), in order."""
+    return [entry for _stream, entries in reply or [] for entry in stream_entries(entries)]
+
+
 def encode_message(message: QueueMessage) -> dict[str, str]:
     return {MESSAGE_FIELD: message.model_dump_json()}
 
@@ -251,8 +269,8 @@ def initial_record(message: QueueMessage) -> dict[str, str]:
     return record
 
 
-def make_event(status: JobStatus, type_: str = "status", **fields: Any) -> JobEvent:
-    return JobEvent(type=type_, status=status, at=time.time(), **fields)  # type: ignore[arg-type]
+def make_event(status: JobStatus, type_: Literal["status", "progress"] = "status", **fields: Any) -> JobEvent:
+    return JobEvent(type=type_, status=status, at=time.time(), **fields)
 
 
 def queue_event(pipe: Any, keys: QueueKeys, job_id: str, event: JobEvent, ttl_seconds: int) -> None:
@@ -418,7 +436,7 @@ async def submit(
     idem_key = keys.idempotency(idempotency_key) if idempotency_key is not None else keys.stream
     record = [part for pair in initial_record(message).items() for part in pair]
     event = make_event("queued").model_dump_json(exclude_none=True)
-    answer = await client.eval(  # type: ignore[misc]
+    answer = await client.eval(
         SUBMIT_SCRIPT,
         5,
         keys.stream,
@@ -716,7 +734,7 @@ def record_to_job(record: Mapping[str, str], base_url: str = "") -> RenderJob:
         progress = Progress(step=int(record.get("progress_step") or 0), total=int(record["progress_total"]))
     return RenderJob(
         id=job_id,
-        status=status,  # type: ignore[arg-type]
+        status=status,
         created_at=decode_time(record.get("created_at")) or 0.0,
         started_at=decode_time(record.get("started_at")),
         finished_at=decode_time(record.get("finished_at")),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -105,7 +105,7 @@ class OpenAIClient:
         await self._http.aclose()
 
     def body(
-        self, messages: list[ChatMessage], params: SamplingParams, grammar: str | None, *, stream: bool
+        self, messages: Sequence[ChatMessage], params: SamplingParams, grammar: str | None, *, stream: bool
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model or "default",
@@ -149,7 +149,9 @@ class OpenAIClient:
             raise LLMError(f"the LLM server answered {response.status_code}: {detail}", response.status_code)
         return response
 
-    async def complete(self, messages: list[ChatMessage], params: SamplingParams, grammar: str | None) -> Completion:
+    async def complete(
+        self, messages: Sequence[ChatMessage], params: SamplingParams, grammar: str | None
+    ) -> Completion:
         started = time.perf_counter()
         request = self._http.build_request(
             "POST", f"{self.base_url}/chat/completions", json=self.body(messages, params, grammar, stream=False)
@@ -171,7 +173,7 @@ class OpenAIClient:
             extra={"timings": data.get("timings")} if data.get("timings") else {},
         )
 
-    async def stream(self, messages: list[ChatMessage], params: SamplingParams, grammar: str | None) -> ChatStream:
+    async def stream(self, messages: Sequence[ChatMessage], params: SamplingParams, grammar: str | None) -> ChatStream:
         """Open a streaming completion. Connection and HTTP errors surface here, before any text."""
         started = time.perf_counter()
         request = self._http.build_request(

@@ -35,6 +35,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from types import FrameType
@@ -62,9 +63,11 @@ from shared.queue import (
     fail,
     finish,
     progress,
+    read_entries,
     record_to_job,
     requeue,
     store_images,
+    stream_entries,
     text,
     transact,
 )
@@ -202,7 +205,7 @@ class Worker:
 
     # --- take ----------------------------------------------------------------------------------
 
-    def _take(self) -> tuple[str, dict[Any, Any]] | None:
+    def _take(self) -> tuple[str, Mapping[Any, Any]] | None:
         """The next stream entry for this worker: an abandoned one first (it is older), else a new one."""
         keys = self.keys
         try:
@@ -218,12 +221,11 @@ class Worker:
                 self._ensure_group()
                 return None
             raise
-        for _stream, entries in answer or []:
-            for entry_id, fields in entries:
-                return text(entry_id), fields
+        for entry_id, fields in read_entries(answer):
+            return entry_id, fields
         return None
 
-    def _reclaim(self) -> tuple[str, dict[Any, Any]] | None:
+    def _reclaim(self) -> tuple[str, Mapping[Any, Any]] | None:
         """XCLAIM a pending entry idle past our deadline whose owner no longer beats for it."""
         keys = self.keys
         min_idle = int(self.settings.claim_idle_seconds * 1000)
@@ -234,15 +236,15 @@ class Worker:
             claimed = self.redis.xclaim(
                 keys.stream, keys.group, self.name, min_idle_time=min_idle, message_ids=[entry_id]
             )
-            for claimed_id, fields in claimed:
+            for claimed_id, fields in stream_entries(claimed):
                 if fields:
                     log.info("reclaimed an abandoned job", extra={"fields": {"worker": self.name, "entry": entry_id}})
-                    return text(claimed_id), fields
+                    return claimed_id, fields
             # Deleted from the stream meanwhile (Redis 6.2 answers nil fields): nothing to run.
             self.redis.xack(keys.stream, keys.group, entry_id)
         return None
 
-    def _claim(self, entry_id: str, fields: dict[Any, Any]) -> _Running | None:
+    def _claim(self, entry_id: str, fields: Mapping[Any, Any]) -> _Running | None:
         """Apply :func:`shared.queue.claim`; None when there is nothing to render."""
         keys = self.keys
         try:
