@@ -194,15 +194,8 @@ def plan(
     max_new_tokens: MaxNewTokens = None,
 ) -> None:
     """Plan PROMPT into a canvas and print it (Omost code, or JSON with --json)."""
-    with services(url, None, need_planner=True, need_render=False, llm_url=llm_url) as ends:
-        assert ends.planner is not None
-        with OmostClient(ends.planner, token=token) as client:
-            events = client.stream_plan(prompt, seed=seed, max_new_tokens=max_new_tokens)
-            result = PlanResult.model_validate(plan_with_progress(console, events))
-        remember(cache_dir(), Conversation(planner_url=ends.planner).followed_by(
-            prompt, result.code, planner_url=ends.planner, conversation_id=result.conversation_id))
-    show_corrections(console, result)
-    typer.echo(result.canvas.model_dump_json(indent=2) if as_json else canvas_to_code(result.canvas))
+    plan_and_print(prompt, None, url=url, token=token, llm_url=llm_url, as_json=as_json, seed=seed,
+                   max_new_tokens=max_new_tokens)
 
 
 @app.command()
@@ -220,17 +213,30 @@ def edit(
     last = recall(cache_dir())
     if last is None:
         raise usage_error("no earlier conversation: run `omost plan` or `omost generate` first")
-    with services(url, None, need_planner=True, need_render=False, llm_url=llm_url, remembered=last.planner_url) as (
+    plan_and_print(instruction, last, url=url, token=token, llm_url=llm_url, as_json=as_json, seed=seed,
+                   max_new_tokens=max_new_tokens)
+
+
+def plan_and_print(
+    prompt: str, last: Conversation | None, *, url: str | None, token: str | None, llm_url: str | None,
+    as_json: bool, seed: int | None, max_new_tokens: int | None,
+) -> None:
+    """``plan`` (``last`` None) or ``edit`` (``last`` continued): stream the plan, remember it, print the canvas."""
+    remembered = last.planner_url if last else None
+    with services(url, None, need_planner=True, need_render=False, llm_url=llm_url, remembered=remembered) as (
         ends
     ):
         assert ends.planner is not None
         with OmostClient(ends.planner, token=token) as client:
-            # The history travels inline, so the edit works against any planner, even a new one.
-            events = client.stream_plan(instruction, history=last.history, seed=seed, max_new_tokens=max_new_tokens)
-            data = plan_with_progress(console, events, label="editing")
+            # An edit's history travels inline, so the edit works against any planner, even a new one.
+            events = client.stream_plan(
+                prompt, history=last.history if last else None, seed=seed, max_new_tokens=max_new_tokens
+            )
+            data = plan_with_progress(console, events, label="editing" if last else "planning")
         result = PlanResult.model_validate(data)
-        remember(cache_dir(), last.followed_by(
-            instruction, result.code, planner_url=ends.planner, conversation_id=result.conversation_id))
+        previous = last or Conversation(planner_url=ends.planner)
+        remember(cache_dir(), previous.followed_by(
+            prompt, result.code, planner_url=ends.planner, conversation_id=result.conversation_id))
     show_corrections(console, result)
     if summary := changes_line(data.get("changes")):
         say(console, summary)
