@@ -5,6 +5,7 @@ The model's text is only ever *parsed* (``shared.omost_code``), never executed.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import AsyncGenerator
@@ -220,6 +221,21 @@ class Planner:
             self.metrics.retries.inc()
 
     async def plan(self, request: PlanInput) -> PlanOutcome:
+        async with contextlib.aclosing(self._attempts(request, streamed=False)) as events:
+            async for kind, data in events:
+                if kind == "plan":
+                    outcome: PlanOutcome = data
+                    return outcome
+        raise AssertionError("unreachable: the attempts end with a plan or raise")
+
+    def stream(self, request: PlanInput) -> AsyncGenerator[tuple[str, Any], None]:
+        """Events ``("delta", text)``, ``("retry", info)`` and finally ``("plan", PlanOutcome)``;
+        raises :class:`PlanFailed` and the client's errors like :meth:`plan`."""
+        return self._attempts(request, streamed=True)
+
+    async def _attempts(self, request: PlanInput, *, streamed: bool) -> AsyncGenerator[tuple[str, Any], None]:
+        """Both :meth:`plan` and :meth:`stream`: ask, parse, retry on a parse failure. Only a streamed
+        completion yields ``delta`` events."""
         messages = self.messages(request)
         shaping = self.shaping(request)
         seed = request.seed if request.seed is not None else random.randrange(MAX_SEED)
@@ -227,34 +243,16 @@ class Planner:
         error: CanvasParseError | None = None
         for attempt in range(self.attempts):
             params = self._params(request, attempt, seed)
-            completion = await self.client.complete(messages, params, shaping.grammar)
+            if streamed:
+                stream: ChatStream = await self.client.stream(messages, params, shaping.grammar)
+                async for text in stream.deltas():
+                    yield "delta", text
+                completion = stream.completion
+            else:
+                completion = await self.client.complete(messages, params, shaping.grammar)
             tally.add(completion)
             try:
                 parsed, code, truncated = self._parse(completion, shaping)
-            except CanvasParseError as exc:
-                error = exc
-                self._failed(exc, attempt)
-                continue
-            return self._outcome(parsed, code, truncated, attempt, tally, shaping)
-        assert error is not None and tally.last is not None
-        raise PlanFailed(error, tally.last.text, self.attempts)
-
-    async def stream(self, request: PlanInput) -> AsyncGenerator[tuple[str, Any], None]:
-        """Events ``("delta", text)``, ``("retry", info)`` and finally ``("plan", PlanOutcome)``;
-        raises :class:`PlanFailed` and the client's errors like :meth:`plan`."""
-        messages = self.messages(request)
-        shaping = self.shaping(request)
-        seed = request.seed if request.seed is not None else random.randrange(MAX_SEED)
-        tally = _Tally()
-        error: CanvasParseError | None = None
-        for attempt in range(self.attempts):
-            params = self._params(request, attempt, seed)
-            stream: ChatStream = await self.client.stream(messages, params, shaping.grammar)
-            async for text in stream.deltas():
-                yield "delta", text
-            tally.add(stream.completion)
-            try:
-                parsed, code, truncated = self._parse(stream.completion, shaping)
             except CanvasParseError as exc:
                 error = exc
                 self._failed(exc, attempt)
