@@ -56,15 +56,6 @@ def _raise_for_error(response: httpx.Response) -> httpx.Response:
     raise OmostAPIError(response.status_code, str(detail), body)
 
 
-def _finished(job: RenderJob) -> bool:
-    """True once the job has ended well; raises ``RenderFailed`` if it ended otherwise."""
-    if job.status not in TERMINAL_STATUSES:
-        return False
-    if job.status != "succeeded":
-        raise RenderFailed(job)
-    return True
-
-
 def _event(sse: ServerSentEvent) -> JobEvent | None:
     return JobEvent.model_validate_json(sse.data) if sse.data else None
 
@@ -125,12 +116,38 @@ class _Requests:
             body["canvas"] = canvas.model_dump(mode="json")
         return body
 
+    def job(self, job_id_or_url: str) -> str:
+        return self.render(job_id_or_url if "/" in job_id_or_url else f"v1/renders/{job_id_or_url}")
+
     @staticmethod
-    def submission(request: RenderRequest, webhook_url: str | None) -> dict[str, Any]:
+    def submission(request: RenderRequest, idempotency_key: str | None, webhook_url: str | None) -> dict[str, Any]:
+        """The body and headers of ``POST /v1/renders``."""
         body = request.model_dump(mode="json")
         if webhook_url:
             body = RenderSubmission(**body, webhook_url=webhook_url).model_dump(mode="json", exclude_none=True)
-        return body
+        return {"json": body, "headers": {"Idempotency-Key": idempotency_key} if idempotency_key else {}}
+
+
+class _Waiting:
+    """What ``wait`` does with each polled job, and when it gives up."""
+
+    def __init__(self, timeout: float, on_progress: ProgressCallback | None) -> None:
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.on_progress = on_progress
+
+    def ended(self, job: RenderJob, delay: float) -> bool:
+        """Report ``job``; True once it has succeeded (``RenderFailed`` if it ended otherwise).
+        Raises ``TimeoutError`` where the next poll, ``delay`` seconds on, would come too late."""
+        if self.on_progress:
+            self.on_progress(job)
+        if job.status in TERMINAL_STATUSES:
+            if job.status != "succeeded":
+                raise RenderFailed(job)
+            return True
+        if time.monotonic() + delay > self.deadline:
+            raise TimeoutError(f"render {job.id} still {job.status} after {self.timeout} s")
+        return False
 
 
 class OmostClient:
@@ -183,14 +200,12 @@ class OmostClient:
     def submit(
         self, request: RenderRequest, *, idempotency_key: str | None = None, webhook_url: str | None = None
     ) -> RenderAccepted:
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        body = _Requests.submission(request, webhook_url)
-        data = self._json("POST", self._urls.render("v1/renders"), json=body, headers=headers)
+        submission = _Requests.submission(request, idempotency_key, webhook_url)
+        data = self._json("POST", self._urls.render("v1/renders"), **submission)
         return RenderAccepted.model_validate(data)
 
     def get(self, job_id_or_url: str) -> RenderJob:
-        url = job_id_or_url if "/" in job_id_or_url else f"v1/renders/{job_id_or_url}"
-        return RenderJob.model_validate(self._json("GET", self._urls.render(url)))
+        return RenderJob.model_validate(self._json("GET", self._urls.job(job_id_or_url)))
 
     def cancel(self, job_id: str) -> RenderJob:
         return RenderJob.model_validate(self._json("DELETE", self._urls.render(f"v1/renders/{job_id}")))
@@ -199,15 +214,11 @@ class OmostClient:
         self, job_id_or_url: str, *, timeout: float = 3600.0, on_progress: ProgressCallback | None = None
     ) -> RenderJob:
         """Poll until the job ends; raises ``RenderFailed`` unless it succeeded, ``TimeoutError`` if slow."""
-        deadline = time.monotonic() + timeout
+        waiting = _Waiting(timeout, on_progress)
         for delay in poll_delays():
             job = self.get(job_id_or_url)
-            if on_progress:
-                on_progress(job)
-            if _finished(job):
+            if waiting.ended(job, delay):
                 return job
-            if time.monotonic() + delay > deadline:
-                raise TimeoutError(f"render {job.id} still {job.status} after {timeout} s")
             time.sleep(delay)
         raise AssertionError("unreachable")
 
@@ -280,14 +291,12 @@ class AsyncOmostClient:
     async def submit(
         self, request: RenderRequest, *, idempotency_key: str | None = None, webhook_url: str | None = None
     ) -> RenderAccepted:
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        body = _Requests.submission(request, webhook_url)
-        data = await self._json("POST", self._urls.render("v1/renders"), json=body, headers=headers)
+        submission = _Requests.submission(request, idempotency_key, webhook_url)
+        data = await self._json("POST", self._urls.render("v1/renders"), **submission)
         return RenderAccepted.model_validate(data)
 
     async def get(self, job_id_or_url: str) -> RenderJob:
-        url = job_id_or_url if "/" in job_id_or_url else f"v1/renders/{job_id_or_url}"
-        return RenderJob.model_validate(await self._json("GET", self._urls.render(url)))
+        return RenderJob.model_validate(await self._json("GET", self._urls.job(job_id_or_url)))
 
     async def cancel(self, job_id: str) -> RenderJob:
         return RenderJob.model_validate(await self._json("DELETE", self._urls.render(f"v1/renders/{job_id}")))
@@ -295,15 +304,11 @@ class AsyncOmostClient:
     async def wait(
         self, job_id_or_url: str, *, timeout: float = 3600.0, on_progress: ProgressCallback | None = None
     ) -> RenderJob:
-        deadline = time.monotonic() + timeout
+        waiting = _Waiting(timeout, on_progress)
         for delay in poll_delays():
             job = await self.get(job_id_or_url)
-            if on_progress:
-                on_progress(job)
-            if _finished(job):
+            if waiting.ended(job, delay):
                 return job
-            if time.monotonic() + delay > deadline:
-                raise TimeoutError(f"render {job.id} still {job.status} after {timeout} s")
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
