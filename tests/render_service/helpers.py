@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 
+from shared.queue import QueueKeys
 from tests.support import ChildProcess, free_port, python_module, wait_for_http, wait_until
 
 TERMINAL = {"succeeded", "failed", "canceled"}
@@ -71,6 +77,66 @@ class Api:
 def start_worker(redis_url: str, prefix: str, model: Path, log_dir: Path, name: str, **settings: Any) -> ChildProcess:
     env = base_env(redis_url, prefix, model=model, worker_name=name, **settings)
     return ChildProcess(python_module("render_service.worker"), env=env, log_dir=log_dir).start()
+
+
+@dataclass
+class Stack:
+    """A render API and its workers as processes, with what the tests reach them by."""
+
+    redis_url: str
+    prefix: str
+    model: Path
+    log_dir: Path
+    api: Api
+    http: httpx.Client = field(init=False)
+    workers: dict[str, ChildProcess] = field(default_factory=dict)
+
+    @property
+    def keys(self) -> QueueKeys:
+        return QueueKeys(self.prefix)
+
+    @functools.cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url)
+
+    def add_worker(self, name: str, **settings: Any) -> ChildProcess:
+        """Start one more worker; it is stopped (and its log shown on failure) with the others."""
+        worker = start_worker(self.redis_url, self.prefix, self.model, self.log_dir, name, **settings)
+        self.workers[name] = worker
+        return worker
+
+
+@contextlib.contextmanager
+def render_stack(
+    redis_url: str,
+    prefix: str,
+    model: Path,
+    log_dir: Path,
+    workers: dict[str, dict[str, Any]],
+    api_settings: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Iterator[Stack]:
+    """The API and ``workers`` (name -> settings), with every worker heartbeating; all stopped after.
+
+    A failure (in the setup or in the tests using the stack) prints the workers' logs.
+    """
+    stack = Stack(redis_url, prefix, model, log_dir, Api(redis_url, prefix, log_dir, **(api_settings or {})))
+    try:
+        for name, settings in workers.items():
+            stack.add_worker(name, **settings)
+        stack.api.start()
+        with httpx.Client(base_url=stack.api.url, timeout=30, headers=headers) as http:
+            stack.http = http
+            wait_for_workers(http, len(workers))
+            yield stack
+    except BaseException:
+        for name, worker in stack.workers.items():
+            print(f"--- {name}\n{worker.log()[-5000:]}")
+        raise
+    finally:
+        stack.api.stop()
+        for worker in stack.workers.values():
+            worker.stop()
 
 
 def wait_for_workers(client: httpx.Client, count: int, timeout: float = 120.0) -> None:

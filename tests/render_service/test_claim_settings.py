@@ -14,18 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
-from shared.queue import QueueKeys
-from tests.render_service.helpers import (
-    Api,
-    start_worker,
-    submit,
-    unique_prefix,
-    wait_for,
-    wait_for_workers,
-    wait_terminal,
-)
+from tests.render_service.helpers import render_stack, submit, unique_prefix, wait_for, wait_for_workers, wait_terminal
 from tests.support import RedisServer
 
 SLOW = {"claim_idle_seconds": 6.0, "heartbeat_seconds": 3.0, "block_seconds": 0.5}
@@ -39,28 +29,13 @@ pytestmark = pytest.mark.slow
 def env(redis_server: RedisServer, tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     logs = tmp_path_factory.mktemp("claim-logs")
     prefix = unique_prefix("claim")
-    api = Api(redis_server.url, prefix, logs, **SLOW).start()
-    slow = start_worker(redis_server.url, prefix, tiny_model, logs, "slow-beat", **SLOW)
-    workers = [slow]
-    try:
-        with httpx.Client(base_url=api.url, timeout=30) as http:
-            wait_for_workers(http, 1)
-            yield {
-                "http": http,
-                "start_fast": lambda: workers.append(
-                    start_worker(redis_server.url, prefix, tiny_model, logs, "fast-claim", **FAST)
-                ),
-                "keys": QueueKeys(prefix),
-                "redis": redis.Redis.from_url(redis_server.url),
-            }
-    except BaseException:
-        for worker in workers:
-            print(worker.log()[-3000:])
-        raise
-    finally:
-        api.stop()
-        for worker in workers:
-            worker.stop()
+    with render_stack(redis_server.url, prefix, tiny_model, logs, {"slow-beat": SLOW}, SLOW) as stack:
+        yield {
+            "http": stack.http,
+            "start_fast": lambda: stack.add_worker("fast-claim", **FAST),
+            "keys": stack.keys,
+            "redis": stack.redis,
+        }
 
 
 def test_a_short_claim_deadline_does_not_steal_a_beating_owners_job(env: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.render_service.helpers import Api, start_worker, submit, unique_prefix, wait_for_workers, wait_terminal
+from tests.render_service.helpers import render_stack, submit, unique_prefix, wait_terminal
 from tests.support import RedisServer
 
 LIMIT_SECONDS = 2.0
@@ -19,19 +19,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def http(redis_server: RedisServer, tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     logs = tmp_path_factory.mktemp("limit-logs")
-    prefix = unique_prefix("limit")
-    worker = start_worker(redis_server.url, prefix, tiny_model, logs, "limit-worker", max_job_seconds=LIMIT_SECONDS)
-    api = Api(redis_server.url, prefix, logs).start()
-    try:
-        with httpx.Client(base_url=api.url, timeout=30) as client:
-            wait_for_workers(client, 1)
-            yield client
-    except BaseException:
-        print(worker.log()[-5000:])
-        raise
-    finally:
-        api.stop()
-        worker.stop()
+    workers = {"limit-worker": {"max_job_seconds": LIMIT_SECONDS}}
+    with render_stack(redis_server.url, unique_prefix("limit"), tiny_model, logs, workers) as stack:
+        yield stack.http
 
 
 def test_a_job_over_the_time_limit_fails_with_the_reason(http: httpx.Client) -> None:

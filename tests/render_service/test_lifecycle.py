@@ -28,17 +28,7 @@ from shared.queue import (
     initial_record,
     new_job_id,
 )
-from tests.render_service.helpers import (
-    CANVAS,
-    Api,
-    body,
-    start_worker,
-    submit,
-    unique_prefix,
-    wait_for,
-    wait_for_workers,
-    wait_terminal,
-)
+from tests.render_service.helpers import CANVAS, Api, body, render_stack, submit, unique_prefix, wait_for, wait_terminal
 from tests.support import ChildProcess, RedisServer
 
 WEBHOOK_SECRET = "hook-secret"
@@ -89,22 +79,14 @@ class Stack:
 @pytest.fixture(scope="module")
 def env(redis_server: RedisServer, tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     logs = tmp_path_factory.mktemp("lifecycle-logs")
-    prefix = unique_prefix("life")
     settings = {"allow_private_webhooks": "true", "webhook_secret": WEBHOOK_SECRET}
-    worker = start_worker(redis_server.url, prefix, tiny_model, logs, "life-worker", **settings)
-    api = Api(redis_server.url, prefix, logs, **settings).start()
     receiver = Receiver()
     try:
-        with httpx.Client(base_url=api.url, timeout=30) as http:
-            wait_for_workers(http, 1)
-            yield Stack(http, api, worker, QueueKeys(prefix), redis.Redis.from_url(redis_server.url), receiver)
-    except BaseException:
-        print(worker.log()[-5000:])
-        raise
+        workers = {"life-worker": settings}
+        with render_stack(redis_server.url, unique_prefix("life"), tiny_model, logs, workers, settings) as stack:
+            yield Stack(stack.http, stack.api, stack.workers["life-worker"], stack.keys, stack.redis, receiver)
     finally:
         receiver.server.shutdown()
-        api.stop()
-        worker.stop()
 
 
 def sse_events(http: httpx.Client, job_id: str, **headers: str) -> list[tuple[str, str, dict]]:

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.render_service.helpers import Api, body, start_worker, submit, unique_prefix, wait_for_workers, wait_terminal
+from tests.render_service.helpers import body, render_stack, submit, unique_prefix, wait_terminal
 from tests.support import ChildProcess, RedisServer
 
 # Real worker processes (torch, model load): seconds to tens of seconds.
@@ -20,20 +20,12 @@ pytestmark = pytest.mark.slow
 def env(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     logs = tmp_path_factory.mktemp("restart-logs")
     server = RedisServer(persistent=True).start()
-    prefix = unique_prefix("restart")
     settings = {"claim_idle_seconds": 4, "heartbeat_seconds": 0.5, "block_seconds": 0.5}
-    worker = start_worker(server.url, prefix, tiny_model, logs, "restart-worker", **settings)
-    api = Api(server.url, prefix, logs, **settings).start()
     try:
-        with httpx.Client(base_url=api.url, timeout=30) as http:
-            wait_for_workers(http, 1)
-            yield {"http": http, "server": server, "worker": worker}
-    except BaseException:
-        print(worker.log()[-5000:])
-        raise
+        workers = {"restart-worker": settings}
+        with render_stack(server.url, unique_prefix("restart"), tiny_model, logs, workers, settings) as stack:
+            yield {"http": stack.http, "server": server, "worker": stack.workers["restart-worker"]}
     finally:
-        api.stop()
-        worker.stop()
         server.stop()
 
 

@@ -28,7 +28,7 @@ import redis
 
 from shared.client import OmostClient
 from shared.queue import QueueKeys, Rec
-from tests.render_service.helpers import Api, start_worker, submit, unique_prefix, wait_for_workers, wait_terminal
+from tests.render_service.helpers import Api, render_stack, submit, unique_prefix, wait_terminal
 from tests.support import ChildProcess, RedisServer, free_port, wait_for_http, wait_until
 
 BUCKET = "omost-test-images"
@@ -137,38 +137,25 @@ def env(redis_server: RedisServer, tiny_model, tmp_path_factory: pytest.TempPath
         }
         # Workers upload through the proxy; the APIs (and so the presigned URLs) use the store directly.
         worker_settings = {**settings, "s3_endpoint_url": proxy.url}
-        workers = {"w1": start_worker(redis_server.url, prefix, tiny_model, logs, "w1", **worker_settings)}
-        api = Api(redis_server.url, prefix, logs, **settings, api_token=TOKEN).start()
-        streaming = Api(redis_server.url, prefix, logs, **settings, s3_redirect=False).start()
+        streaming = Api(redis_server.url, prefix, logs, **settings, s3_redirect=False)
         try:
-            auth = {"Authorization": f"Bearer {TOKEN}"}
-            with (
-                httpx.Client(base_url=api.url, timeout=30, headers=auth) as http,
-                httpx.Client(base_url=streaming.url) as stream,
-            ):
-                wait_for_workers(http, 1)
+            with render_stack(
+                redis_server.url, prefix, tiny_model, logs, {"w1": worker_settings}, {**settings, "api_token": TOKEN},
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            ) as stack, httpx.Client(base_url=streaming.start().url) as stream:
                 yield {
-                    "http": http,
+                    "http": stack.http,
                     "stream": stream,
                     "s3": s3,
                     "moto": moto,
                     "proxy": proxy,
-                    "workers": workers,
-                    "start_worker": lambda name: start_worker(
-                        redis_server.url, prefix, tiny_model, logs, name, **worker_settings
-                    ),
-                    "keys": QueueKeys(prefix),
-                    "redis": redis.Redis.from_url(redis_server.url),
+                    "workers": stack.workers,
+                    "start_worker": lambda name: stack.add_worker(name, **worker_settings),
+                    "keys": stack.keys,
+                    "redis": stack.redis,
                 }
-        except BaseException:
-            for name, worker in workers.items():
-                print(f"--- {name}\n{worker.log()[-4000:]}")
-            raise
         finally:
-            api.stop()
             streaming.stop()
-            for worker in workers.values():
-                worker.stop()
             moto.stop()
             proxy.close()
 

@@ -17,15 +17,7 @@ import pytest
 import redis
 
 from shared.queue import GROUP, QueueKeys
-from tests.render_service.helpers import (
-    Api,
-    start_worker,
-    submit,
-    unique_prefix,
-    wait_for,
-    wait_for_workers,
-    wait_terminal,
-)
+from tests.render_service.helpers import render_stack, submit, unique_prefix, wait_for, wait_terminal
 from tests.support import ChildProcess, RedisServer
 
 CLAIM_IDLE_SECONDS = 2.0
@@ -43,28 +35,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def env(redis_server: RedisServer, tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     logs = tmp_path_factory.mktemp("workers-logs")
-    prefix = unique_prefix("workers")
-    workers = {
-        name: start_worker(redis_server.url, prefix, tiny_model, logs, name, **SETTINGS) for name in ("w1", "w2", "w3")
-    }
-    api = Api(redis_server.url, prefix, logs, **SETTINGS).start()
-    try:
-        with httpx.Client(base_url=api.url, timeout=30) as http:
-            wait_for_workers(http, 3)
-            yield {
-                "http": http,
-                "workers": workers,
-                "keys": QueueKeys(prefix),
-                "redis": redis.Redis.from_url(redis_server.url),
-            }
-    except BaseException:
-        for name, worker in workers.items():
-            print(f"--- {name}\n{worker.log()[-3000:]}")
-        raise
-    finally:
-        api.stop()
-        for worker in workers.values():
-            worker.stop()
+    workers = {name: SETTINGS for name in ("w1", "w2", "w3")}
+    with render_stack(redis_server.url, unique_prefix("workers"), tiny_model, logs, workers, SETTINGS) as stack:
+        yield {"http": stack.http, "workers": stack.workers, "keys": stack.keys, "redis": stack.redis}
 
 
 def statuses(r: redis.Redis, keys: QueueKeys, job_id: str) -> list[str]:
