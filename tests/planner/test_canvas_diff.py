@@ -7,7 +7,7 @@ from typing import Any
 from shared.canvas import Canvas, LocalDescription
 from shared.canvas_diff import diff_canvases
 from shared.plans import CanvasChanges, RegionChange
-from tests.planner.test_plans_real import EDITED
+from tests.planner.canvases import EDITED
 
 CAT, DOG = EDITED.local_descriptions
 

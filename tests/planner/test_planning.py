@@ -15,7 +15,7 @@ from planner_service.metrics import PlannerMetrics
 from planner_service.planning import PlanFailed, PlanInput, Planner
 from planner_service.settings import PlannerSettings
 from shared.omost_code import canvas_to_code
-from tests.planner.test_plans_real import EDITED
+from tests.planner.canvases import EDITED
 
 GOOD = canvas_to_code(EDITED)
 JUNK = "Sure! Here is a picture of a cat. import os"

@@ -14,6 +14,7 @@ import redis
 
 from shared.canvas import Canvas
 from shared.omost_code import parse_canvas_code
+from tests.planner.canvases import EDITED
 from tests.planner.conftest import RunningPlanner
 
 pytestmark = pytest.mark.slow
@@ -68,46 +69,6 @@ def test_hostile_prompt_still_yields_only_a_canvas(planner: RunningPlanner) -> N
     check_plan(data)
     statements = [line for line in data["code"].splitlines() if line.startswith(("import", "from ", "os.", "print"))]
     assert statements == []
-
-
-EDITED = Canvas.model_validate(
-    {
-        "global_description": {
-            "description": "A cat and a dog on a sofa.",
-            "detailed_descriptions": ["A grey cat and a brown dog rest together on a red sofa."],
-            "tags": "cat, dog, sofa, living room",
-            "HTML_web_color_name": "beige",
-        },
-        "local_descriptions": [
-            {
-                "location": "on the left",
-                "offset": "no offset",
-                "area": "a medium-sized square area",
-                "distance_to_viewer": 3.0,
-                "description": "A grey cat.",
-                "detailed_descriptions": ["The grey cat is curled up asleep."],
-                "tags": "cat, grey, asleep",
-                "atmosphere": "Calm and cosy.",
-                "style": "Soft photo style.",
-                "quality_meta": "High quality photo.",
-                "HTML_web_color_name": "gray",
-            },
-            {
-                "location": "on the right",
-                "offset": "no offset",
-                "area": "a medium-sized square area",
-                "distance_to_viewer": 3.0,
-                "description": "A brown dog.",
-                "detailed_descriptions": ["The brown dog sits and looks at the viewer."],
-                "tags": "dog, brown, sitting",
-                "atmosphere": "Calm and cosy.",
-                "style": "Soft photo style.",
-                "quality_meta": "High quality photo.",
-                "HTML_web_color_name": "saddlebrown",
-            },
-        ],
-    }
-)
 
 
 def test_edit_of_a_given_canvas_keeps_the_untouched_regions(planner: RunningPlanner) -> None:
