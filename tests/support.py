@@ -12,10 +12,23 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
+from pydantic_settings import BaseSettings
 
 from shared.cli.stack import free_port, redis_answers
 
-__all__ = ["ChildProcess", "RedisServer", "free_port", "python_module", "wait_for_http", "wait_until"]
+__all__ = ["ChildProcess", "RedisServer", "env_names", "free_port", "python_module", "wait_for_http", "wait_until"]
+
+
+def env_names(settings: type[BaseSettings]) -> set[str]:
+    """Every environment variable a settings class reads: its prefixed field names and upper-case aliases."""
+    prefix = settings.model_config.get("env_prefix", "")
+    names = set()
+    for name, field in settings.model_fields.items():
+        alias = field.validation_alias
+        choices = getattr(alias, "choices", [alias])
+        names |= {c for c in choices if isinstance(c, str) and c.isupper()}
+        names.add(f"{prefix}{name}".upper())
+    return names
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition") -> None:

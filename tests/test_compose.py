@@ -11,6 +11,7 @@ import yaml
 
 from planner_service.settings import PlannerSettings
 from render_service.settings import RenderSettings
+from tests.support import env_names
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {"OMOST_PLANNER_": PlannerSettings, "OMOST_RENDER_": RenderSettings}
@@ -19,17 +20,6 @@ SETTINGS = {"OMOST_PLANNER_": PlannerSettings, "OMOST_RENDER_": RenderSettings}
 @pytest.fixture(scope="module")
 def compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-
-
-def env_names(settings: type) -> set[str]:
-    prefix = settings.model_config["env_prefix"]
-    names = set()
-    for name, field in settings.model_fields.items():
-        alias = field.validation_alias
-        choices = getattr(alias, "choices", [alias])
-        names |= {c for c in choices if isinstance(c, str) and c.isupper()}
-        names.add(f"{prefix}{name}".upper())
-    return names
 
 
 def test_services_and_commands(compose: dict) -> None:

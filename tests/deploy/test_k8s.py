@@ -31,6 +31,7 @@ from planner_service.settings import PlannerSettings
 from render_service.api import health as render_health
 from render_service.settings import RenderSettings
 from shared.queue import QueueKeys
+from tests.support import env_names
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -91,17 +92,6 @@ def named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     found = [d for d in of_kind(docs, kind) if d["metadata"]["name"] == name]
     assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
     return found[0]
-
-
-def env_names(settings: type[BaseSettings]) -> set[str]:
-    prefix = settings.model_config.get("env_prefix", "")
-    names = set()
-    for name, field in settings.model_fields.items():
-        alias = field.validation_alias
-        choices = getattr(alias, "choices", [alias])
-        names |= {c for c in choices if isinstance(c, str) and c.isupper()}
-        names.add(f"{prefix}{name}".upper())
-    return names
 
 
 def effective_env(docs: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, str | None]:
