@@ -117,6 +117,19 @@ class ThreadServer:
         self.thread.join(10)
 
 
+def drag(page, locator, dx: float, dy: float, handle: str | None = None) -> None:
+    """Drag a box by (dx, dy) pixels in small steps, as a hand would: by the middle of its label (clear of
+    the corner handles), or by its ``handle`` (``"se"``: the south-east corner) to resize it."""
+    target = locator.locator(f".handle.{handle}") if handle else locator.locator(".label")
+    b = target.bounding_box()
+    x, y = b["x"] + b["width"] / 2, b["y"] + b["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for k in range(1, 6):
+        page.mouse.move(x + dx * k / 5, y + dy * k / 5)
+    page.mouse.up()
+
+
 def screenshot(page, name: str, folder: Path, full_page: bool = False) -> Path:
     """Save a screenshot into ``folder`` (the ``screenshots`` fixture: a temporary folder, or docs/img/
     when scripts/docs_images.sh regenerates the documentation's images)."""

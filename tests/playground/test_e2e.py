@@ -19,7 +19,7 @@ import pytest
 
 from shared.layout import placement_rect, rect_distance, snap_to_placement
 from shared.omost_code import canvas_to_code
-from tests.playground.browser import canvas_of, chromium, open_page, require_chromium, screenshot
+from tests.playground.browser import canvas_of, chromium, drag, open_page, require_chromium, screenshot
 from tests.support import ChildProcess, RedisServer, free_port, python_module, wait_for_http
 
 pytestmark = pytest.mark.slow
@@ -112,16 +112,6 @@ def assert_nearest(region, raw: tuple[float, float, float, float]) -> None:
     got = rect_distance(raw, placement_rect(region.location, region.offset, region.area))
     best = rect_distance(raw, placement_rect(*snap_to_placement(raw)))
     assert got <= best + 0.5, (region, raw)
-
-
-def drag(page, locator, dx: float, dy: float) -> None:
-    b = locator.locator(".label").bounding_box()  # the label's middle: clear of the corner handles
-    x, y = b["x"] + b["width"] / 2, b["y"] + b["height"] / 2
-    page.mouse.move(x, y)
-    page.mouse.down()
-    for k in range(1, 6):
-        page.mouse.move(x + dx * k / 5, y + dy * k / 5)
-    page.mouse.up()
 
 
 def test_plan_edit_render_and_cancel_in_the_browser(page, stack: Stack, screenshots: Path) -> None:

@@ -27,7 +27,15 @@ from shared.contract import LOCATIONS
 from shared.jobs import RenderRequest
 from shared.layout import placement_rect, snap_to_placement
 from shared.omost_code import canvas_to_code
-from tests.playground.browser import ThreadServer, canvas_of, chromium, open_page, require_chromium, screenshot
+from tests.playground.browser import (
+    ThreadServer,
+    canvas_of,
+    chromium,
+    drag,
+    open_page,
+    require_chromium,
+    screenshot,
+)
 from tests.support import free_port
 
 pytestmark = pytest.mark.slow
@@ -155,17 +163,6 @@ def test_boxes_code_and_json_agree_with_the_python_contract(page) -> None:
         assert abs(b["height"] - (bottom - top) / 90 * stage["height"]) < 2
 
 
-def _drag(page, locator, dx: float, dy: float, handle: str | None = None) -> None:
-    target = locator.locator(f".handle.{handle}") if handle else locator.locator(".label")
-    b = target.bounding_box()
-    x, y = b["x"] + b["width"] / 2, b["y"] + b["height"] / 2
-    page.mouse.move(x, y)
-    page.mouse.down()
-    for k in range(1, 6):
-        page.mouse.move(x + dx * k / 5, y + dy * k / 5)
-    page.mouse.up()
-
-
 def test_dragging_a_box_snaps_like_the_python_function(page) -> None:
     before = canvas_of(page)
     stage = page.locator("#stage").bounding_box()
@@ -174,7 +171,7 @@ def test_dragging_a_box_snaps_like_the_python_function(page) -> None:
     region = before.local_descriptions[1]
     rect = placement_rect(region.location, region.offset, region.area)
     # Move it by 23 grid cells right and 12 up.
-    _drag(page, box, 23 / 90 * stage["width"], -12 / 90 * stage["height"])
+    drag(page, box, 23 / 90 * stage["width"], -12 / 90 * stage["height"])
     after = canvas_of(page).local_descriptions[1]
     expected = snap_to_placement((rect[0] - 12, rect[1] - 12, rect[2] + 23, rect[3] + 23))
     got = (after.location, after.offset, after.area)
@@ -186,7 +183,7 @@ def test_dragging_a_box_snaps_like_the_python_function(page) -> None:
     # Resize from the bottom-right corner.
     box = page.locator('#boxes .box[data-index="1"]')
     rect2 = placement_rect(*got)
-    _drag(page, box, 20 / 90 * stage["width"], 20 / 90 * stage["height"], handle="se")
+    drag(page, box, 20 / 90 * stage["width"], 20 / 90 * stage["height"], handle="se")
     resized = canvas_of(page).local_descriptions[1]
     want = snap_to_placement((rect2[0], rect2[1] + 20, rect2[2], rect2[3] + 20), prefer=got)
     assert placement_rect(resized.location, resized.offset, resized.area) == placement_rect(*want)
