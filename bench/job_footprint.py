@@ -11,12 +11,8 @@ Run: ``python bench/job_footprint.py`` (needs redis-server on PATH; about a minu
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from queue_bench import CANVAS, free_port, machine, wait_http  # noqa: E402 - needs bench/ on sys.path
+from queue_bench import CANVAS  # noqa: E402 - needs bench/ on sys.path
+from render_stack import machine, render_stack  # noqa: E402
 
 PREFIX = "fp:"
 SHAPES = [
@@ -69,35 +66,10 @@ def run_job(http: httpx.Client, client: redis.Redis, shape: dict[str, int], seed
 
 
 def main() -> int:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        print("redis-server not found on PATH", file=sys.stderr)
-        return 2
-    workdir = Path(tempfile.mkdtemp(prefix="job-footprint-"))
-    redis_port, api_port = free_port(), free_port()
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    api = f"http://127.0.0.1:{api_port}"
-    children: list[subprocess.Popen] = []
-
-    def spawn(args: list[str], env: dict[str, str], name: str) -> subprocess.Popen:
-        log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the child
-        child = subprocess.Popen(args, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        children.append(child)
-        return child
-
-    try:
-        spawn([binary, "--port", str(redis_port), "--save", "", "--appendonly", "no"], {}, "redis")
-        from render_service.engine.tiny import build_tiny_model
-
-        model = str(build_tiny_model(workdir / "tiny-model"))
-        env = {"OMOST_REDIS_URL": redis_url, "OMOST_RENDER_KEY_PREFIX": PREFIX, "OMOST_RENDER_LOG_LEVEL": "WARNING"}
-        spawn([sys.executable, "-m", "render_service"], {**env, "OMOST_RENDER_PORT": str(api_port)}, "api")
-        worker = spawn([sys.executable, "-m", "render_service.worker"], {**env, "OMOST_RENDER_MODEL": model}, "worker")
-        wait_http(f"{api}/healthz")
-        wait_http(f"{api}/readyz", timeout=300)
-        client = redis.Redis.from_url(redis_url)
+    with render_stack("job-footprint", PREFIX) as stack:
+        client = redis.Redis.from_url(stack.redis_url)
         print(f"machine: {machine()}, redis-server {client.info('server')['redis_version']}")
-        with httpx.Client(base_url=api, timeout=60) as http:
+        with httpx.Client(base_url=stack.api, timeout=60) as http:
             for n, shape in enumerate(SHAPES, start=1):
                 run_job(http, client, shape, n)
 
@@ -106,8 +78,8 @@ def main() -> int:
             idle = sum(command_calls(client).values()) / 10
             print(f"idle worker: {idle:.1f} commands/s (XREADGROUP BLOCK, heartbeats, reclaim scans)")
 
-            worker.send_signal(signal.SIGTERM)
-            worker.wait(60)
+            stack.worker.send_signal(signal.SIGTERM)
+            stack.worker.wait(60)
             stream = f"{PREFIX}renders"
             before = client.memory_usage(stream) or 0
             for n in range(100):
@@ -116,11 +88,6 @@ def main() -> int:
             records = [k for k in client.scan_iter(match=f"{PREFIX}render:*", count=1000) if k.count(b":") == 2]
             record = client.memory_usage(records[-1])
             print(f"a queued job: stream entry {(after - before) / 100:.0f} bytes (100 queued), record {record} bytes")
-    finally:
-        for child in reversed(children):
-            if child.poll() is None:
-                child.terminate()
-                child.wait(15)
     return 0
 
 

@@ -16,15 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
-import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,6 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from render_stack import machine, render_stack  # noqa: E402 - bench/ is on sys.path when run as a script
+
 from shared.jobs import RenderRequest  # noqa: E402 - needs the repo root on sys.path first
 from shared.queue import submit  # noqa: E402
 
@@ -42,39 +38,9 @@ CANVAS = {"global_description": {"description": "a lighthouse at dusk", "HTML_we
 BODY = {"canvas": CANVAS, "width": 64, "height": 64, "steps": 2}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).is_success:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(url)
-
-
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}, {platform.system()}"
 
 
 def measure_latency(api: str, jobs: int) -> list[float]:
@@ -142,55 +108,16 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
 
-    binary = shutil.which("redis-server")
-    if binary is None:
-        print("redis-server not found on PATH", file=sys.stderr)
-        return 2
-    workdir = Path(tempfile.mkdtemp(prefix="queue-bench-"))
-    redis_port, api_port = free_port(), free_port()
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    api = f"http://127.0.0.1:{api_port}"
-    prefix = "bench:"
-    children: list[subprocess.Popen] = []
-
-    def spawn(args_: list[str], env: dict[str, str], name: str) -> subprocess.Popen:
-        log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the child
-        child = subprocess.Popen(args_, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        children.append(child)
-        return child
-
-    try:
-        spawn([binary, "--port", str(redis_port), "--save", "", "--appendonly", "no"], {}, "redis")
-        model = args.model
-        if model is None:
-            from render_service.engine.tiny import build_tiny_model
-
-            print("building the tiny model ...", file=sys.stderr)
-            model = str(build_tiny_model(workdir / "tiny-model"))
-        env = {"OMOST_REDIS_URL": redis_url, "OMOST_RENDER_KEY_PREFIX": prefix, "OMOST_RENDER_LOG_LEVEL": "WARNING"}
-        api_env = {**env, "OMOST_RENDER_PORT": str(api_port), "OMOST_RENDER_MAX_QUEUE_DEPTH": "1000000"}
-        spawn([sys.executable, "-m", "render_service"], api_env, "api")
-        worker = spawn(
-            [sys.executable, "-m", "render_service.worker"],
-            {**env, "OMOST_RENDER_MODEL": model, "OMOST_RENDER_BLOCK_SECONDS": "5"},
-            "worker",
-        )
-        wait_http(f"{api}/healthz")
-        print("waiting for the worker to load the model ...", file=sys.stderr)
-        wait_http(f"{api}/readyz", timeout=300)
-
-        measure_latency(api, 2)  # warm-up: first renders pay one-off costs
-        latencies = measure_latency(api, args.latency_jobs)
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(60)
-        api_rate = asyncio.run(measure_api_throughput(api, args.requests, args.concurrency))
-        direct = measure_direct_throughput(redis_url, "bench-direct:", args.requests, args.concurrency)
+    api_env = {"OMOST_RENDER_MAX_QUEUE_DEPTH": "1000000"}
+    worker_env = {"OMOST_RENDER_BLOCK_SECONDS": "5"}
+    with render_stack("queue-bench", "bench:", args.model, api_env, worker_env) as stack:
+        measure_latency(stack.api, 2)  # warm-up: first renders pay one-off costs
+        latencies = measure_latency(stack.api, args.latency_jobs)
+        stack.worker.send_signal(signal.SIGTERM)
+        stack.worker.wait(60)
+        api_rate = asyncio.run(measure_api_throughput(stack.api, args.requests, args.concurrency))
+        direct = measure_direct_throughput(stack.redis_url, "bench-direct:", args.requests, args.concurrency)
         direct_rate = asyncio.run(direct)
-    finally:
-        for child in reversed(children):
-            if child.poll() is None:
-                child.terminate()
-                child.wait(15)
 
     ms = [1000 * x for x in latencies]
     print(f"machine: {machine()}")
