@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU check of the render engine and the full benchmark, in one call on a bare CUDA machine
 # (no internet: torch preinstalled, the other wheels installed by the caller). About 7 minutes on
-# an H200. Figures print as they come and land under $OUT (or ./out/gpu) as logs and JSON.
+# an H200 (--quick: the compiled comparison only, about 3 minutes). Figures print as they come
+# and land under $OUT (or ./out/gpu) as logs and JSON.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-out/gpu}"
@@ -12,6 +13,20 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)" \
   | tee -a "$OUT/machine.txt"
 status=0
+if [ "${1:-}" = "--quick" ]; then
+  # Compiled stock vs ours (FlexAttention and SDPA paths) at 1/5/12 regions, end to end, peak memory,
+  # and flex against the eager SDPA path: three processes compile at once, then time in turns
+  # (bench/gpu_quick.py). About 3 minutes on an H200.
+  rm -f "$OUT"/*.ready "$OUT"/*.done
+  for side in stock flex sdpa; do
+    timeout 420 python3 bench/gpu_quick.py --side "$side" --dir "$OUT" 2>&1 | grep -v Warning \
+      | tee "$OUT/quick_$side.log" &
+  done
+  wait
+  python3 bench/gpu_quick.py summary "$OUT" | tee "$OUT/quick_summary.txt"
+  grep -q '"error"' "$OUT"/stock.json "$OUT"/flex.json "$OUT"/sdpa.json && status=1
+  exit $status
+fi
 echo "== full bench: 1024², 25 steps, fp16, eager and compiled"
 timeout 330 python3 bench/render_bench.py --full --compile --repeats 2 --json "$OUT/bench.json" 2>&1 \
   | grep -v Warning | tee "$OUT/bench.log" || status=1

@@ -9,6 +9,8 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from render_service.engine.attention import (
+    FLEX_BLOCK,
+    FlexMask,
     RegionalCrossAttnProcessor,
     RegionalJob,
     additive_mask,
@@ -245,6 +247,37 @@ def test_layer_inputs_pad_the_masked_group_to_a_bucket(layer: Attention) -> None
     job.bucket_tokens = False  # eager: only aligned to 16
     job.mask_cache.clear()
     assert job.layer_inputs(layer, context, (8, 8), torch.float32)[1][4].shape[3] == 160
+
+
+@pytest.mark.parametrize("rows", [[0, 1], [0, 0, 1, 1]])
+def test_flex_path_equals_the_sdpa_path(layer: Attention, rows: list[int]) -> None:
+    """FlexAttention with a block mask (the compiled CUDA path) computes what the SDPA bias does,
+    for one and two images (rows folded into one query sequence), at sizes that are not multiples
+    of the block, with a region that vanishes at the coarse size."""
+    rects = [(0, GRID, 0, GRID), (0, 45, 0, 30), (30, 90, 50, 90), (44, 46, 44, 46)]
+    gen = torch.Generator().manual_seed(8)
+    context = torch.randn(1, 5 * 9, 24, generator=gen).expand(len(rows), -1, -1)
+    for size in [(16, 24), (4, 4)]:
+        hidden = torch.randn(len(rows), size[0] * size[1], 32, generator=gen)
+        sdpa = run_layer(layer, make_job(rects, 9, rows), size, hidden, context)
+        flex_job = make_job(rects, 9, rows)
+        flex_job.flex = True
+        flex = run_layer(layer, flex_job, size, hidden, context)
+        assert isinstance(flex_job.layer_inputs(layer, context[:1], size, torch.float32)[1][4], FlexMask)
+        torch.testing.assert_close(flex, sdpa, rtol=1e-5, atol=1e-5)
+
+
+def test_flex_block_mask_skips_blocks_no_pixel_sees(layer: Attention) -> None:
+    # Two quarter regions of 128 tokens each at 32x32 (8 query blocks of 4 pixel rows): a region's
+    # token block is computed only for the query blocks of its pixel rows.
+    job = make_job([(0, GRID, 0, GRID), (0, 45, 0, 45), (45, 90, 45, 90)], tokens_per_condition=FLEX_BLOCK, rows=[1])
+    job.flex = True
+    context = torch.randn(1, 4 * FLEX_BLOCK, 24)  # the negative prompt, the global one, two regions
+    mask = job.layer_inputs(layer, context, (32, 32), torch.float32)[0][4]
+    assert isinstance(mask, FlexMask)
+    computed = int(mask.kv_num_blocks.sum() + mask.full_kv_num_blocks.sum())
+    assert int(mask.full_kv_num_blocks.sum()) == 8, "the global prompt's block is full for every query block"
+    assert computed == 8 + 4 + 4, "each region's block only where its rows are, the padding never"
 
 
 def test_token_buckets_are_few_and_cover_every_count() -> None:
