@@ -19,7 +19,7 @@ if [ "${1:-}" = "--quick" ]; then
   # (bench/gpu_quick.py). About 3 minutes on an H200.
   rm -f "$OUT"/*.ready "$OUT"/*.done
   for side in stock flex sdpa; do
-    timeout 420 python3 bench/gpu_quick.py --side "$side" --dir "$OUT" 2>&1 | grep -v Warning \
+    timeout 225 python3 bench/gpu_quick.py --side "$side" --dir "$OUT" 2>&1 | grep -v Warning \
       | tee "$OUT/quick_$side.log" &
   done
   wait

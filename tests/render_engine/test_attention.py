@@ -13,8 +13,13 @@ from render_service.engine.attention import (
     FlexMask,
     RegionalCrossAttnProcessor,
     RegionalJob,
+    _pad_tokens,
     additive_mask,
+    flex_attend,
+    flex_mask,
+    fold_token_scale,
     layer_size,
+    mark_token_dims_dynamic,
     regional_attention,
     token_bucket,
     unet_level,
@@ -314,3 +319,31 @@ def test_layer_sizes_follow_unet_downsampling() -> None:
                                        "up_blocks.0.attentions.2.transformer_blocks.9.attn2")] == [1, 2, 2]  # fmt: skip
     with pytest.raises(ValueError):
         unet_level("encoder.attn2", 3)
+
+
+def test_inductor_compiles_flex_attention_once_for_every_bucket() -> None:
+    """The real compiler (inductor, CPU kernel) on :func:`flex_attend` with the token dimensions
+    marked dynamic as the engine marks them: one graph for canvases in two buckets with different
+    condition counts, each equal to the formula. (About 30 s: one small kernel.)"""
+    torch._dynamo.reset()
+    graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    compiled = torch.compile(flex_attend, fullgraph=True)
+    gen = torch.Generator().manual_seed(9)
+    rows, heads, pixels, dim = 1, 2, 16 * 16, 16
+    for conditions, per_condition, bucket in ((3, 40, 256), (6, 60, 384)):
+        covered = torch.rand(conditions, pixels, generator=gen) > 0.5
+        covered[0] = True
+        condition = torch.arange(conditions).repeat_interleave(per_condition)
+        q = torch.randn(rows, heads, pixels, dim, generator=gen)
+        k, v = (torch.randn(1, heads, len(condition), dim, generator=gen) for _ in range(2))
+        token_scale = (torch.rand(conditions, generator=gen) * 4 + 1)[condition]
+        mask = flex_mask(covered, condition, rows, bucket)
+        key = _pad_tokens(fold_token_scale(k, token_scale, 1 / math.sqrt(dim)), bucket)
+        value = _pad_tokens(v, bucket)
+        mark_token_dims_dynamic({"layer": ((0, rows, key, value, mask),)})
+        with torch.inference_mode():
+            out = compiled(q, key, value, mask)
+        expected = formula(q, k, v, covered[condition].T, token_scale)
+        torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before == 1
+    torch._dynamo.reset()
