@@ -209,7 +209,7 @@ class RenderEngine:
         return cls(pipeline, model_name=model_name, device=device, dtype=dtype, offloaded=cpu_offload)
 
     def compile_unet(
-        self, *, backend: str | Callable[..., Any] = "inductor", mode: str | None = None, flex: bool | None = None
+        self, *, backend: str | Callable[..., Any] = "inductor", mode: str | None = None, flex: bool = False
     ) -> None:
         """``torch.compile`` the UNet as one graph (``fullgraph``: a graph break is an error).
 
@@ -217,8 +217,8 @@ class RenderEngine:
         dynamic, so one graph per latent size and batch serves every canvas. Compiling happens on
         the first call of each size: call :meth:`warm_up` before taking jobs. ``flex``: regional
         attention through FlexAttention with a block mask, which skips the blocks of pixels x tokens
-        that no pixel may see (default: on CUDA only, where its kernel is generated; on the CPU
-        the SDPA path is kept).
+        that no pixel may see. Off by default: on an H200 at 1024² it was slower than the SDPA path
+        (docs/render-engine.md), so it stays an option to re-measure, not the default.
         """
         if self._offloaded:
             raise ValueError("compile and cpu_offload do not mix: offload hooks move weights inside the graph")
@@ -228,7 +228,7 @@ class RenderEngine:
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         self._unet_call = torch.compile(self.unet, backend=backend, mode=mode, fullgraph=True)
         self.compiled = True
-        self.flex = self._exec_device.type == "cuda" if flex is None else flex
+        self.flex = flex
 
     def warm_up(
         self, sizes: Sequence[tuple[int, int]] = ((1024, 1024),), *, num_images: int = 1, steps: int = 2

@@ -256,7 +256,7 @@ def test_layer_inputs_pad_the_masked_group_to_a_bucket(layer: Attention) -> None
 
 @pytest.mark.parametrize("rows", [[0, 1], [0, 0, 1, 1]])
 def test_flex_path_equals_the_sdpa_path(layer: Attention, rows: list[int]) -> None:
-    """FlexAttention with a block mask (the compiled CUDA path) computes what the SDPA bias does,
+    """FlexAttention with a block mask (``compile_unet(flex=True)``) computes what the SDPA bias does,
     for one and two images (rows folded into one query sequence), at sizes that are not multiples
     of the block, with a region that vanishes at the coarse size."""
     rects = [(0, GRID, 0, GRID), (0, 45, 0, 30), (30, 90, 50, 90), (44, 46, 44, 46)]
