@@ -11,6 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from render_service.api import health, renders
 from render_service.api.errors import DOMAIN_ERRORS, TRANSLATED
+from render_service.images import S3Images
 from render_service.settings import RenderSettings
 from render_service.store import JobStore
 from shared.service.app import service_app
@@ -27,7 +28,8 @@ def create_app(settings: RenderSettings | None = None) -> FastAPI:
             settings.redis_url, protocol=2, socket_timeout=15, socket_connect_timeout=5, health_check_interval=30
         )
         app.state.redis = client
-        app.state.store = JobStore(client, settings.keys)
+        images = S3Images(settings) if settings.image_store == "s3" else None
+        app.state.store = JobStore(client, settings.keys, images, redirect=settings.s3_redirect)
         try:
             yield
         finally:
