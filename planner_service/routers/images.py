@@ -38,7 +38,7 @@ from shared.client import poll_delays
 from shared.contract import RENDER_DEFAULTS
 from shared.jobs import MAX_IMAGES, TERMINAL_STATUSES, RenderJob, RenderRequest
 from shared.plans import MAX_PROMPT_CHARS
-from shared.queue import QueueKeys, decode_hash, job_urls, record_to_job
+from shared.queue import QueueKeys, Rec, decode_hash, job_urls, record_to_job
 from shared.service.auth import require_token
 from shared.service.routing import StrictRoute
 
@@ -296,6 +296,11 @@ async def wait_for_job(redis: Redis, keys: QueueKeys, job_id: str, timeout: floa
 async def read_png(redis: Redis, keys: QueueKeys, job_id: str, index: int) -> bytes:
     # The app's client decodes replies to str; PNG bytes must come back raw.
     data = await redis.execute_command("GET", keys.image(job_id, index), **{NEVER_DECODE: True})
+    if data is None and await redis.hexists(keys.job(job_id), Rec.IMAGE_KEYS):
+        # The planner never imports the render service, so it cannot read an object store; the render
+        # API's image URLs redirect to it.
+        raise ImagesAPIError(400, "this deployment keeps images in object storage (OMOST_RENDER_IMAGE_STORE=s3): "
+                             "ask with response_format=url", param="response_format", code="b64_unavailable")
     if data is None:
         raise ImagesAPIError(502, f"image {index} of render job {job_id} is missing", type_="server_error",
                              code="image_missing")
