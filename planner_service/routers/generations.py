@@ -47,7 +47,12 @@ def _render_request(render: dict, canvas: Canvas) -> RenderRequest:
     status_code=202,
     response_model=GenerationAccepted,
     response_model_by_alias=True,
-    responses={429: {"description": "The planner is at its limit of plans in flight, or the render queue is full."}},
+    responses={
+        404: {"description": "Unknown or expired conversation_id."},
+        429: {"description": "The planner is at its limit of plans in flight, or the render queue is full."},
+        502: {"description": "The LLM's answers did not parse (parse error and raw text included)."},
+        503: {"description": "The LLM server (or Redis) is unreachable."},
+    },
 )
 async def create_generation(
     body: GenerationRequest,

@@ -43,6 +43,6 @@ async def readyz(llm: LLMDep, redis_client: RedisDep) -> JSONResponse:
     return JSONResponse({"status": "ready" if ready else "not ready", **checks}, status_code=200 if ready else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 async def metrics(planner_metrics: MetricsDep) -> Response:
     return Response(generate_latest(planner_metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -19,11 +19,26 @@ from shared.service.routing import StrictRoute
 router = APIRouter(prefix="/v1", tags=["plans"], dependencies=[Depends(require_token)], route_class=StrictRoute)
 
 
+# One Server-Sent Event: ``data`` is JSON ({"text"} for delta, the PlanResponse for plan, a problem
+# for error, {"attempt", "error"} for retry).
+_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["delta", "retry", "plan", "error"]},
+        "data": {"type": "string"},
+    },
+}
+
+
 @router.post(
     "/plans",
     response_model=PlanResponse,
     responses={
-        200: {"description": "The canvas; with stream=true, Server-Sent Events (delta, retry, plan or error)."},
+        200: {
+            "description": "The canvas; with stream=true, Server-Sent Events (delta, retry, plan or error).",
+            "content": {"text/event-stream": {"schema": _EVENT}},
+        },
         400: {"description": "The request does not fit the model's context."},
         404: {"description": "Unknown or expired conversation_id."},
         429: {"description": "The planner is at its limit of plans in flight; retry after `Retry-After`."},

@@ -38,6 +38,18 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+# One Server-Sent Event of a job: ``data`` is a JobEvent as JSON; ``id`` resumes via Last-Event-ID.
+_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["queued", "running", "progress", "succeeded", "failed", "canceled"]},
+        "data": {"type": "string"},
+        "id": {"type": "string"},
+    },
+}
+
+
 class ImageUnavailable(ServiceError):
     def __init__(self, http_status: int, detail: str) -> None:
         super().__init__(detail)
@@ -87,6 +99,9 @@ async def create_render(
             )
         except WebhookRefused as exc:
             error = {"type": "value_error", "loc": ("body", "webhook_url"), "msg": str(exc)}
+            raise RequestValidationError([error]) from None
+        except UnicodeError:  # the resolver's IDNA encoding of a host such as "a..b" or "\x80"
+            error = {"type": "value_error", "loc": ("body", "webhook_url"), "msg": "the host is not a valid host name"}
             raise RequestValidationError([error]) from None
     owner = token_owner(request)
     job_id, created = await submit_render(
@@ -172,7 +187,7 @@ async def get_image(
     response_class=EventSourceResponse,
     responses={
         **_ERRORS,
-        200: {"content": {"text/event-stream": {}}},
+        200: {"content": {"text/event-stream": {"schema": _EVENT}}},
         429: {"description": "Too many open event streams (this client's, or the server's)."},
     },
 )

@@ -17,13 +17,17 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.support import ChildProcess, free_port, python_module, wait_for_http
 
 CODE = (Path(__file__).resolve().parents[1] / "fixtures" / "omost_outputs" / "01_dragon_battle.md").read_text()
 CHUNKS = 20
@@ -91,6 +95,32 @@ def build_app(delay: float) -> Starlette:
             Route("/stats", get_stats),
         ]
     )
+
+
+@dataclass
+class SlowLLM:
+    """A running slow_llm process (see :func:`start_slow_llm`)."""
+
+    url: str
+    child: ChildProcess
+
+    def stats(self) -> dict[str, int]:
+        return httpx.get(f"{self.url}/stats", timeout=5).json()
+
+    def stop(self) -> None:
+        self.child.stop()
+
+
+def start_slow_llm(delay: float) -> SlowLLM:
+    port = free_port()
+    child = ChildProcess(python_module("tests.planner.slow_llm", "--port", str(port), "--delay", str(delay))).start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/v1/models", timeout=30, process=child.process)
+    except Exception:
+        child.stop()
+        raise
+    return SlowLLM(url, child)
 
 
 def main() -> None:

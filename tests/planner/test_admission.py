@@ -10,40 +10,26 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import httpx
 import pytest
 import redis
 
 from tests.planner.conftest import RunningPlanner, start_planner
+from tests.planner.slow_llm import SlowLLM, start_slow_llm
 from tests.render_service.helpers import Api
-from tests.support import ChildProcess, RedisServer, free_port, python_module, wait_for_http, wait_until
+from tests.support import RedisServer, wait_until
 
 LIMIT = 2
 DELAY = 3.0
 TOKEN = "planner-token"
 
 
-@dataclass
-class SlowLLM:
-    url: str
-    child: ChildProcess
-
-    def stats(self) -> dict[str, int]:
-        return httpx.get(f"{self.url}/stats", timeout=5).json()
-
-
 @pytest.fixture(scope="module")
 def slow_llm() -> Iterator[SlowLLM]:
-    port = free_port()
-    child = ChildProcess(python_module("tests.planner.slow_llm", "--port", str(port), "--delay", str(DELAY))).start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/v1/models", timeout=30, process=child.process)
-        yield SlowLLM(url, child)
-    finally:
-        child.stop()
+    running = start_slow_llm(DELAY)
+    yield running
+    running.stop()
 
 
 @pytest.fixture(scope="module")
