@@ -110,7 +110,8 @@ def fuzz(schema: schemathesis.Schema) -> list[str]:
             except Unsatisfiable:
                 continue  # nothing to spoil: an operation without parameters or body has no invalid input
             except (Exception, FailureGroup) as exc:  # the failures say what and how to reproduce
-                failures.append(f"{operation.label} ({mode.value}): {exc}")
+                found = [str(e) for e in getattr(exc, "exceptions", ())] or [str(exc)]
+                failures.append(f"{operation.label} ({mode.value}): " + "\n".join(found))
     return failures
 
 
