@@ -140,6 +140,11 @@ class EventHub:
                     return
             if len(entries) < READ_COUNT:
                 break
+        if await self._ended(job_id):
+            # A resumed stream of a finished job (Last-Event-ID at its end): nothing to wait for.
+            for entry_id, event in await self._read_now(key, cursor):
+                yield entry_id, event
+            return
         watch = _Watch(key, cursor)
         self._add(watch)
         try:
@@ -147,13 +152,12 @@ class EventHub:
                 try:
                     item = await asyncio.wait_for(watch.queue.get(), IDLE_CHECK_SECONDS)
                 except TimeoutError:
-                    status = await self.pool_client.hget(self.keys.job(job_id), "status")
-                    if status is not None and text(status) not in TERMINAL_STATUSES:
+                    if not await self._ended(job_id):
                         continue
                     # Ended (or expired) without the hub seeing the terminal event: read once
                     # more, in case it was written meanwhile, then stop.
-                    for cursor, event in await self._read_now(key, watch.cursor):
-                        yield cursor, event
+                    for entry_id, event in await self._read_now(key, watch.cursor):
+                        yield entry_id, event
                     return
                 if isinstance(item, BaseException):
                     raise item
@@ -164,6 +168,11 @@ class EventHub:
                         return
         finally:
             self._remove(watch)
+
+    async def _ended(self, job_id: str) -> bool:
+        """Terminal or expired. (A terminal status and its event are written in one transaction.)"""
+        status = await self.pool_client.hget(self.keys.job(job_id), "status")
+        return status is None or text(status) in TERMINAL_STATUSES
 
     async def _read_now(self, key: str, cursor: str) -> list[tuple[str, JobEvent]]:
         answer = await self.pool_client.xread({key: cursor}, count=READ_COUNT)
