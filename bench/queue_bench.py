@@ -7,7 +7,7 @@ Starts a private redis-server, the render API and one worker (tiny random-weight
    before the HTTP POST to the worker's ``started_at`` (same machine, same clock);
 2. throughput: stops the worker and POSTs ``--requests`` jobs from ``--concurrency`` concurrent
    connections, reporting accepted submissions per second (and, for reference, the same through
-   ``shared.queue.enqueue_render`` without HTTP).
+   ``shared.queue.submit`` without HTTP).
 
 Run: ``python bench/queue_bench.py`` (needs redis-server on PATH).
 """
@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from shared.jobs import RenderRequest  # noqa: E402 - needs the repo root on sys.path first
-from shared.queue import enqueue_render  # noqa: E402
+from shared.queue import submit  # noqa: E402
 
 CANVAS = {"global_description": {"description": "a lighthouse at dusk", "HTML_web_color_name": "navy"}}
 BODY = {"canvas": CANVAS, "width": 64, "height": 64, "steps": 2}
@@ -125,7 +125,7 @@ async def measure_direct_throughput(redis_url: str, prefix: str, requests: int, 
 
     async def one() -> None:
         async with semaphore:
-            await enqueue_render(client, request, prefix=prefix)
+            await submit(client, request, prefix=prefix)
 
     started = time.perf_counter()
     await asyncio.gather(*(one() for _ in range(requests)))
@@ -199,7 +199,7 @@ def main() -> int:
         f"p95 {percentile(ms, 0.95):.1f} ms, max {max(ms):.1f} ms"
     )
     print(f"API submissions/s ({args.requests} POST /v1/renders, {args.concurrency} concurrent): {api_rate:.0f}")
-    print(f"enqueue_render() calls/s without HTTP ({args.concurrency} concurrent): {direct_rate:.0f}")
+    print(f"submit() calls/s without HTTP ({args.concurrency} concurrent): {direct_rate:.0f}")
     return 0
 
 

@@ -23,7 +23,7 @@ from planner_service.llm.embedded import EmbeddedLlamaServer
 from planner_service.metrics import PlannerMetrics
 from planner_service.planning import Planner
 from planner_service.playground import mount_playground
-from planner_service.routers import conversations, generations, health, plans
+from planner_service.routers import conversations, generations, health, images, plans
 from planner_service.service import PlanService
 from planner_service.settings import PlannerSettings
 from shared.service.app import service_app
@@ -113,6 +113,7 @@ def create_app(settings: PlannerSettings | None = None) -> FastAPI:
     app.include_router(plans.router)
     app.include_router(generations.router)
     app.include_router(conversations.router)
+    app.include_router(images.router)
     app.include_router(health.router)
     if settings.playground:
         mount_playground(app, settings.playground_render_url or settings.render_api_url)

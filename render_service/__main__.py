@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import uvicorn
 from fastapi import FastAPI
 
@@ -19,7 +21,7 @@ def app_factory() -> FastAPI:
 def main() -> None:
     settings = RenderSettings()
     configure_logging(settings)
-    options = {
+    options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         # log_config=None keeps our (JSON) logging instead of uvicorn's default formatters.

@@ -68,6 +68,15 @@ class RenderSettings(ServiceSettings):
     device: str = "auto"
     dtype: str = "auto"
     cpu_offload: bool = False
+    vae: str | None = Field(
+        default=None, description="A VAE instead of the checkpoint's, e.g. the fp16-safe madebyollin/sdxl-vae-fp16-fix."
+    )
+    compile: bool = Field(
+        default=False, description="torch.compile the UNet (GPU); compiled at worker start for warm_up_sizes."
+    )
+    warm_up_sizes: str = Field(
+        default="1024x1024", description="WIDTHxHEIGHT,... rendered once at worker start when compile is on."
+    )
     worker_name: str | None = Field(default=None, description="Consumer name; hostname-pid-random if unset.")
     claim_idle_seconds: float = Field(
         default=60.0, gt=0, description="A job whose worker sent no heartbeat for this long is reclaimed."
@@ -77,6 +86,9 @@ class RenderSettings(ServiceSettings):
     block_seconds: float = Field(default=1.0, gt=0, description="How long an idle worker waits per read.")
     shutdown_grace_seconds: float = Field(
         default=30.0, ge=0, description="On SIGTERM, finish the current job if done within this; else requeue."
+    )
+    max_job_seconds: float | None = Field(
+        default=None, gt=0, description="A job still rendering after this long fails with a reason; unset: no limit."
     )
     redis_retry_seconds: float = Field(
         default=600.0, gt=0, description="How long a worker retries writing a result through a Redis outage."

@@ -1,6 +1,6 @@
-"""The API's reads and writes of job state in Redis (the worker has its own, synchronous, side).
+"""The API's reads of job state in Redis; its one write, cancel, is :func:`shared.queue.request_cancel`.
 
-All key names and record shapes come from :mod:`shared.queue`, so both sides agree by construction.
+All key names and record fields come from :mod:`shared.queue`, so both sides agree by construction.
 """
 
 from __future__ import annotations
@@ -11,34 +11,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio
-from redis.exceptions import ResponseError, WatchError
+from redis.exceptions import ResponseError
 
 from shared.jobs import TERMINAL_STATUSES, JobEvent
 from shared.queue import (
     EVENT_FIELD,
     JOB_ID_PATTERN,
+    JobFinished,
+    JobNotFound,
     QueueKeys,
+    Rec,
+    atransact,
     decode_hash,
-    queue_terminal,
+    request_cancel,
     text,
 )
 
-
-class JobNotFound(LookupError):
-    http_status = 404  # read by the API's problem handler
-
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"no render job with id {job_id!r} (unknown, or expired after its TTL)")
-
-
-class JobFinished(Exception):
-    """Cancel of a job that already ended."""
-
-    http_status = 409
-
-    def __init__(self, job_id: str, status: str) -> None:
-        super().__init__(f"render job {job_id} already ended ({status}); nothing to cancel")
-        self.status = status
+__all__ = ["JobFinished", "JobNotFound", "JobStore", "QueueStats"]
 
 
 @dataclass
@@ -69,31 +58,11 @@ class JobStore:
         return bytes(data) if data is not None else None
 
     async def cancel(self, job_id: str) -> dict[str, str]:
-        """Cancel a queued job at once; ask a running job's worker to stop at its next step."""
-        job_key = self.keys.job(job_id)
-        await self.record(job_id)  # 404 before anything else
-        async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(job_key)
-                    record = decode_hash(await pipe.hgetall(job_key))
-                    if not record:
-                        raise JobNotFound(job_id)
-                    status = record.get("status", "queued")
-                    if status in TERMINAL_STATUSES:
-                        await pipe.unwatch()
-                        raise JobFinished(job_id, status)
-                    ttl = int(record.get("ttl_seconds") or 86400)
-                    pipe.multi()
-                    pipe.hset(job_key, "cancel_requested", "1")
-                    if status == "queued":
-                        # Nobody is rendering it: settle now. Its stream entry stays until a worker
-                        # meets it, sees "canceled", acks it and sends the webhook.
-                        queue_terminal(pipe, self.keys, job_id, "canceled", ttl, message="canceled while queued")
-                    await pipe.execute()
-                    break
-                except WatchError:
-                    continue
+        """Apply :func:`shared.queue.request_cancel` and return the record as it then stands."""
+        await self.record(job_id)  # 404 (and the id check) before anything else
+        await atransact(
+            self.redis, self.keys, job_id, lambda pipe, record: request_cancel(pipe, self.keys, job_id, record)
+        )
         return await self.record(job_id)
 
     async def events(
@@ -107,7 +76,7 @@ class JobStore:
             answer = await self.redis.xread({key: cursor}, count=100, block=block)
             block = block_ms
             if not answer:
-                status = await self.redis.hget(self.keys.job(job_id), "status")
+                status = await self.redis.hget(self.keys.job(job_id), Rec.STATUS)
                 if status is not None and text(status) not in TERMINAL_STATUSES:
                     continue
                 # Ended (or expired) without us seeing the terminal event: read once more, in case

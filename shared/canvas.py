@@ -9,7 +9,7 @@ regions of 5-8 details) but bound the work one request can cause in the renderer
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -20,10 +20,18 @@ MAX_DETAILED_DESCRIPTIONS = 16
 MAX_STRING_LENGTH = 1000
 MAX_DISTANCE_TO_VIEWER = 1e6
 
-Location = Literal[tuple(LOCATIONS)]  # type: ignore[valid-type]
-Offset = Literal[tuple(OFFSETS)]  # type: ignore[valid-type]
-Area = Literal[tuple(AREAS)]  # type: ignore[valid-type]
-ColorName = Literal[tuple(COLORS)]  # type: ignore[valid-type]
+if TYPE_CHECKING:
+    # A type checker cannot read a Literal built from a file at run time, so to it these are plain strings;
+    # pydantic, which does read them, holds every value to its table.
+    Location: TypeAlias = str
+    Offset: TypeAlias = str
+    Area: TypeAlias = str
+    ColorName: TypeAlias = str
+else:
+    Location = Literal[tuple(LOCATIONS)]
+    Offset = Literal[tuple(OFFSETS)]
+    Area = Literal[tuple(AREAS)]
+    ColorName = Literal[tuple(COLORS)]
 
 Text = Annotated[str, StringConstraints(max_length=MAX_STRING_LENGTH)]
 

@@ -16,17 +16,23 @@ from typing import Any
 def contract() -> dict[str, Any]:
     """The whole contract file, parsed once."""
     text = resources.files("shared").joinpath("omost_contract.json").read_text(encoding="utf-8")
-    return json.loads(text)
+    parsed: dict[str, Any] = json.loads(text)
+    return parsed
 
 
-def _table(key: str) -> dict[str, tuple[int, ...]]:
-    return {name: tuple(value) for name, value in contract()[key].items()}
+# Unpacking each entry checks its arity as the file loads, and gives the tables exact tuple types.
+def _pairs(key: str) -> dict[str, tuple[int, int]]:
+    return {name: (a, b) for name, (a, b) in contract()[key].items()}
 
 
-LOCATIONS: dict[str, tuple[int, ...]] = _table("locations_xy_center_in_90_grid")
-OFFSETS: dict[str, tuple[int, ...]] = _table("offsets_dxdy_in_90_grid")
-AREAS: dict[str, tuple[int, ...]] = _table("areas_wh_in_90_grid")
-COLORS: dict[str, tuple[int, ...]] = _table("html_web_colors_rgb")
+def _triples(key: str) -> dict[str, tuple[int, int, int]]:
+    return {name: (a, b, c) for name, (a, b, c) in contract()[key].items()}
+
+
+LOCATIONS: dict[str, tuple[int, int]] = _pairs("locations_xy_center_in_90_grid")
+OFFSETS: dict[str, tuple[int, int]] = _pairs("offsets_dxdy_in_90_grid")
+AREAS: dict[str, tuple[int, int]] = _pairs("areas_wh_in_90_grid")
+COLORS: dict[str, tuple[int, int, int]] = _triples("html_web_colors_rgb")
 
 SYSTEM_PROMPT: str = contract()["system_prompt"]
 RENDER_DEFAULTS: dict[str, Any] = contract()["render_defaults"]

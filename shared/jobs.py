@@ -6,7 +6,7 @@ engine's input, so a request that passes here can always be rendered.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -192,4 +192,4 @@ class ApiError(BaseModel):
     """Every 4xx/5xx body: ``detail`` says what was wrong (for 422, also per-field ``errors``)."""
 
     detail: str
-    errors: list[dict] | None = None
+    errors: list[dict[str, Any]] | None = None

@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
 from shared.canvas import Canvas, LocalDescription
 from shared.contract import AREAS, COLORS, GRID, LOCATIONS, OFFSETS
@@ -37,7 +38,7 @@ def placement_rect(location: str, offset: str, area: str) -> Rect:
     return top, bottom, left, right
 
 
-def nearest_exact_indices(source: int, target: int) -> np.ndarray:
+def nearest_exact_indices(source: int, target: int) -> npt.NDArray[np.int64]:
     """Source indices that ``torch.nn.functional.interpolate(mode="nearest-exact")`` samples.
 
     Mirrors torch's CPU kernel arithmetic (a float32 scale, the product rounded to float32 before
@@ -45,7 +46,8 @@ def nearest_exact_indices(source: int, target: int) -> np.ndarray:
     """
     scale = np.float32(source) / np.float32(target)
     products = ((np.arange(target, dtype=np.float64) + 0.5) * np.float64(scale)).astype(np.float32)
-    return np.minimum(np.floor(products).astype(np.int64), source - 1)
+    indices: npt.NDArray[np.int64] = np.minimum(np.floor(products).astype(np.int64), source - 1)
+    return indices
 
 
 @dataclass(frozen=True)
@@ -66,18 +68,19 @@ class Condition:
     """Index into ``canvas.local_descriptions``; None for the global condition."""
 
     @property
-    def grid_mask(self) -> np.ndarray:
+    def grid_mask(self) -> npt.NDArray[np.float32]:
         """The 90x90 float32 0/1 mask."""
         top, bottom, left, right = self.rect
         mask = np.zeros((GRID, GRID), dtype=np.float32)
         mask[top:bottom, left:right] = 1.0
         return mask
 
-    def mask(self, height: int, width: int) -> np.ndarray:
+    def mask(self, height: int, width: int) -> npt.NDArray[np.float32]:
         """The mask at any resolution, sampled nearest-exact from the 90-grid, float32 0/1."""
         rows = nearest_exact_indices(GRID, height)
         cols = nearest_exact_indices(GRID, width)
-        return self.grid_mask[np.ix_(rows, cols)]
+        sampled: npt.NDArray[np.float32] = self.grid_mask[np.ix_(rows, cols)]
+        return sampled
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ class CanvasLayout:
     global_color: tuple[int, int, int]
 
     @cached_property
-    def _initial_grid(self) -> np.ndarray:
+    def _initial_grid(self) -> npt.NDArray[np.uint8]:
         # Omost's exact arithmetic and dtypes: float32 canvas, uint8 colours, a float64 blend
         # stored back into float32, then clip and truncate to uint8.
         image = np.zeros((GRID, GRID, 3), dtype=np.float32) + np.array([[self.global_color]], dtype=np.uint8)
@@ -98,12 +101,15 @@ class CanvasLayout:
             image[top:bottom, left:right] = 0.7 * color + 0.3 * image[top:bottom, left:right]
         return image.clip(0, 255).astype(np.uint8)
 
-    def initial_image(self, height: int = GRID, width: int = GRID) -> np.ndarray:
+    def initial_image(self, height: int = GRID, width: int = GRID) -> npt.NDArray[np.uint8]:
         """The colour composition as uint8 RGB ``(height, width, 3)``, nearest-exact from the 90-grid."""
         grid = self._initial_grid
         if (height, width) == (GRID, GRID):
-            return grid.copy()
-        return grid[np.ix_(nearest_exact_indices(GRID, height), nearest_exact_indices(GRID, width))]
+            return np.copy(grid)
+        rows = nearest_exact_indices(GRID, height)
+        cols = nearest_exact_indices(GRID, width)
+        sampled: npt.NDArray[np.uint8] = grid[np.ix_(rows, cols)]
+        return sampled
 
 
 def _local_condition(canvas: Canvas, index: int, region: LocalDescription) -> Condition:
@@ -115,7 +121,7 @@ def _local_condition(canvas: Canvas, index: int, region: LocalDescription) -> Co
             normalise_subprompt(region.description),
         ),
         suffixes=tuple(normalise_subprompt(s) for s in suffixes),
-        color=COLORS[region.HTML_web_color_name],  # type: ignore[arg-type]
+        color=COLORS[region.HTML_web_color_name],
         distance_to_viewer=region.distance_to_viewer,
         region_index=index,
     )
@@ -128,7 +134,7 @@ def layout_canvas(canvas: Canvas) -> CanvasLayout:
         rect=(0, GRID, 0, GRID),
         prefixes=(normalise_subprompt(glob.description),),
         suffixes=tuple(normalise_subprompt(s) for s in [*glob.detailed_descriptions, glob.tags]),
-        color=COLORS[glob.HTML_web_color_name],  # type: ignore[arg-type]
+        color=COLORS[glob.HTML_web_color_name],
         distance_to_viewer=None,
         region_index=None,
     )
@@ -175,19 +181,19 @@ def snap_to_placement(
     ``p``, ``placement_rect(*snap_to_placement(placement_rect(*p))) == placement_rect(*p)``.
     The playground's ``layout.js`` (``snapToPlacement``) mirrors this function exactly.
     """
-    rect = tuple(float(v) for v in rect)  # type: ignore[assignment]
-    if len(rect) != 4 or not all(math.isfinite(v) for v in rect):
-        raise ValueError(f"rect must be four finite numbers (top, bottom, left, right), got {rect!r}")
+    edges = tuple(float(v) for v in rect)
+    if len(edges) != 4 or not all(math.isfinite(v) for v in edges):
+        raise ValueError(f"rect must be four finite numbers (top, bottom, left, right), got {edges!r}")
     best: Placement | None = None
     best_distance = math.inf
     for placement, candidate in _PLACEMENT_RECTS:
-        distance = rect_distance(rect, candidate)
+        distance = rect_distance(edges, candidate)
         if distance < best_distance:
             best, best_distance = placement, distance
     assert best is not None
     if prefer is not None:
         preferred = Placement(*prefer)
-        if preferred in _PLACEMENT_SET and rect_distance(rect, placement_rect(*preferred)) == best_distance:
+        if preferred in _PLACEMENT_SET and rect_distance(edges, placement_rect(*preferred)) == best_distance:
             return preferred
     return best
 

@@ -140,8 +140,8 @@ class _Reader:
             )
 
     def assignment(self, node: ast.Assign) -> None:
-        target_ok = len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
-        target_ok = target_ok and node.targets[0].id == CANVAS_NAME  # type: ignore[attr-defined]
+        target = node.targets[0] if len(node.targets) == 1 else None
+        target_ok = isinstance(target, ast.Name) and target.id == CANVAS_NAME
         value = node.value
         value_ok = (
             isinstance(value, ast.Call)
@@ -183,7 +183,7 @@ class _Reader:
         if len(call.args) > len(names):
             raise self.error(call, f"{method} takes {len(names)} arguments, got {len(call.args)}")
         values: dict[str, Any] = {}
-        nodes: dict[str, ast.AST] = {}
+        nodes: dict[str, ast.expr] = {}
         for name, node in zip(names, call.args, strict=False):
             if isinstance(node, ast.Starred):
                 raise self.error(node, "*arguments are not allowed")
@@ -205,7 +205,7 @@ class _Reader:
                 values[name] = self.enum(nodes[name], name, values[name], options)
         return values
 
-    def literal(self, node: ast.AST, name: str) -> Any:
+    def literal(self, node: ast.expr, name: str) -> Any:
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             return node.value
         if isinstance(node, ast.Constant) and type(node.value) in (int, float):
@@ -222,7 +222,7 @@ class _Reader:
         kind = type(node).__name__
         raise self.error(node, f"{name} must be a literal string, number or list of strings, not {kind}")
 
-    def enum(self, node: ast.AST, name: str, value: Any, options: tuple[str, ...]) -> Any:
+    def enum(self, node: ast.expr, name: str, value: Any, options: tuple[str, ...]) -> Any:
         if not isinstance(value, str) or value in options:
             return value  # wrong types are reported by the model's validation
         closest = _closest(value, options)
@@ -230,7 +230,7 @@ class _Reader:
             shown = ", ".join(repr(o) for o in options[:12]) + (", ..." if len(options) > 12 else "")
             hint = f"; did you mean {closest!r}?" if closest else ""
             raise self.error(node, f"{name} {value!r} is not one of {shown}{hint}")
-        self.corrections.append(Correction(node.lineno + self.line_offset, name, value, closest))  # type: ignore[attr-defined]
+        self.corrections.append(Correction(node.lineno + self.line_offset, name, value, closest))
         return closest
 
     def build(self) -> Canvas:
@@ -307,12 +307,12 @@ def parse_canvas_code(text: str, strict: bool = False, allow_partial: bool = Fal
     except CanvasParseError as error:
         if not _looks_truncated(code, error, line_offset, fence_open):
             raise
-        module = _complete_prefix(code, line_offset, error.line)
+        prefix = _complete_prefix(code, line_offset, error.line)
         reader = _Reader(line_offset, strict)
-        if module is not None:
-            for statement in module.body:
+        if prefix is not None:
+            for statement in prefix.body:
                 reader.statement(statement)
-        if not allow_partial or module is None or reader.global_args is None:
+        if not allow_partial or prefix is None or reader.global_args is None:
             last = reader.last_call
             message = "the code stops in the middle of a call, as output cut off by a token limit does; "
             message += f"the last complete call is {last}" if last else "no call was completed"

@@ -1,12 +1,30 @@
-"""The render queue's Redis protocol: key names, the JSON message, job records and events.
+"""The render job's state machine in Redis: key names, the JSON message, the record and every transition.
 
 Everything here is plain Redis (hashes, strings, streams with one consumer group) so that any
-language can enqueue a job; ``docs/queue-protocol.md`` is the prose version of this module and
-must stay in step with it. No torch or FastAPI here: the planner service imports this module.
+language can enqueue a job; ``docs/queue-protocol.md`` is the prose version of this module, section
+by section, and must stay in step with it. No torch or FastAPI here: the planner imports this module.
 
-The pipeline helpers (``queue_*``) only *buffer* commands on a pipeline, which works the same on a
-synchronous ``redis.Redis`` pipeline (the worker) and a ``redis.asyncio`` one (the API), so both
-sides write records and events in exactly the same shape.
+A job moves ``queued -> running -> succeeded | failed | canceled`` (and ``running -> queued`` when a
+stopping worker gives it back). Each transition is one function below, side by side:
+
+=================  =====================================================  ==========================
+transition         what it writes, in one Redis transaction               who calls it
+=================  =====================================================  ==========================
+:func:`submit`     record, ``queued`` event, stream entry (Lua script:    API, planner, any client
+                   idempotency and queue-depth checks are atomic with it)
+:func:`claim`      ``running`` + fresh owner token, or settle at once      worker, after XREADGROUP
+:func:`progress`   step counters and a ``progress`` event                  worker, each step
+:func:`request_cancel`  ``cancel_requested``; a queued job ends at once    API (DELETE)
+:func:`finish`     terminal record + event, XACK + XDEL                    worker
+:func:`fail`       :func:`finish` as ``failed`` plus a dead-letter copy    worker
+:func:`requeue`    a fresh entry, the old one acked, record ``queued``     worker on shutdown
+:func:`dead_letter`  a message nobody can run, acked and copied aside      worker
+=================  =====================================================  ==========================
+
+Except :func:`submit`, a transition only *buffers* commands on a ``MULTI`` pipeline: the same
+function serves the synchronous worker and the asyncio API. Transitions that depend on the record
+run inside :func:`transact` / :func:`atransact`, which ``WATCH`` the record, read it, and retry
+the whole decision if it changed before ``EXEC``.
 """
 
 from __future__ import annotations
@@ -16,10 +34,11 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
+import redis
 import redis.asyncio
 from pydantic import BaseModel, Field
 from redis.exceptions import WatchError
@@ -43,6 +62,9 @@ MESSAGE_FIELD = "message"
 """Stream entries carry one field, ``message``, holding the JSON :class:`QueueMessage`."""
 EVENT_FIELD = "event"
 """Event-stream entries carry one field, ``event``, holding a JSON :class:`shared.jobs.JobEvent`."""
+
+DEAD_LETTER_MAXLEN = 10_000
+"""The dead-letter stream is capped (approximately, which is cheap) so a flood of bad jobs can't grow it."""
 
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 """Ids we mint are 32 hex chars; other enqueuers may pick any id matching this."""
@@ -96,6 +118,51 @@ class QueueKeys:
     def idempotency(self, key: str) -> str:
         # Hashed so that any client-chosen string (spaces, 10 kB, ...) makes a sane key.
         return f"{self.prefix}idempotency:{hashlib.sha256(key.encode()).hexdigest()}"
+
+    @property
+    def webhook_outbox(self) -> str:
+        """List of job ids whose webhook is due but whose stream entry is gone (canceled while queued);
+        any worker pops it and delivers."""
+        return f"{self.prefix}webhooks:outbox"
+
+
+class Rec:
+    """Field names of the job record hash ``{p}render:{id}``. Every value is a string:
+
+    times are Unix seconds as ``repr(float)``; counts are decimal integers; ``request``, ``seeds`` and
+    ``timings`` are JSON; ``cancel_requested`` is ``"1"`` once set. Absent fields read as unset.
+    """
+
+    ID = "id"
+    STATUS = "status"
+    REQUEST = "request"
+    CREATED_AT = "created_at"
+    STARTED_AT = "started_at"
+    FINISHED_AT = "finished_at"
+    TTL_SECONDS = "ttl_seconds"
+    DELIVERIES = "deliveries"
+    NUM_IMAGES = "num_images"
+    WEBHOOK_URL = "webhook_url"
+    WEBHOOK_STATUS = "webhook_status"
+    WORKER = "worker"
+    OWNER = "owner"
+    ENTRY_ID = "entry_id"
+    PROGRESS_STEP = "progress_step"
+    PROGRESS_TOTAL = "progress_total"
+    CANCEL_REQUESTED = "cancel_requested"
+    ERROR = "error"
+    SEEDS = "seeds"
+    TIMINGS = "timings"
+    MODEL = "model"
+    DEVICE = "device"
+
+
+def encode_time(seconds: float) -> str:
+    return repr(float(seconds))
+
+
+def decode_time(value: str | None) -> float | None:
+    return float(value) if value not in (None, "") else None
 
 
 class QueueMessage(BaseModel):
@@ -164,16 +231,16 @@ def decode_message(fields: Mapping[Any, Any]) -> QueueMessage:
 def initial_record(message: QueueMessage) -> dict[str, str]:
     """The job record hash as first written (status ``queued``). Absent fields read as unset."""
     record = {
-        "id": message.job_id,
-        "status": "queued",
-        "request": message.request.model_dump_json(),
-        "created_at": repr(message.enqueued_at),
-        "ttl_seconds": str(message.ttl_seconds),
-        "deliveries": "0",
-        "num_images": "0",
+        Rec.ID: message.job_id,
+        Rec.STATUS: "queued",
+        Rec.REQUEST: message.request.model_dump_json(),
+        Rec.CREATED_AT: encode_time(message.enqueued_at),
+        Rec.TTL_SECONDS: str(message.ttl_seconds),
+        Rec.DELIVERIES: "0",
+        Rec.NUM_IMAGES: "0",
     }
     if message.webhook_url:
-        record["webhook_url"] = message.webhook_url
+        record[Rec.WEBHOOK_URL] = message.webhook_url
     return record
 
 
@@ -187,17 +254,17 @@ def queue_event(pipe: Any, keys: QueueKeys, job_id: str, event: JobEvent, ttl_se
     pipe.expire(keys.events(job_id), ttl_seconds)
 
 
-def queue_new_job(pipe: Any, keys: QueueKeys, message: QueueMessage) -> None:
-    """Buffer the commands that create a queued job: record, first event, stream entry."""
-    job_key = keys.job(message.job_id)
-    pipe.hset(job_key, mapping=initial_record(message))
-    pipe.expire(job_key, message.ttl_seconds)
-    queue_event(pipe, keys, message.job_id, make_event("queued"), message.ttl_seconds)
-    pipe.xadd(keys.stream, encode_message(message))
-    pipe.hincrby(keys.metrics, "jobs_submitted_total", 1)
+def queue_observe(pipe: Any, keys: QueueKeys, name: str, value: float, buckets: tuple[float, ...]) -> None:
+    """Count ``value`` into a cumulative Prometheus-style histogram kept in the metrics hash."""
+    for bound in buckets:
+        if value <= bound:
+            pipe.hincrby(keys.metrics, f"{name}_bucket:{bound}", 1)
+    pipe.hincrby(keys.metrics, f"{name}_bucket:+Inf", 1)
+    pipe.hincrby(keys.metrics, f"{name}_count", 1)
+    pipe.hincrbyfloat(keys.metrics, f"{name}_sum", value)
 
 
-def queue_terminal(
+def _queue_terminal(
     pipe: Any,
     keys: QueueKeys,
     job_id: str,
@@ -211,9 +278,9 @@ def queue_terminal(
 ) -> None:
     """Buffer a transition to a terminal status; the TTL restarts so results live ``ttl`` after the end."""
     assert status in TERMINAL_STATUSES
-    fields: dict[str, str] = {"status": status, "finished_at": repr(time.time())}
+    fields: dict[str, str] = {Rec.STATUS: status, Rec.FINISHED_AT: encode_time(time.time())}
     if error:
-        fields["error"] = error
+        fields[Rec.ERROR] = error
     fields.update(record or {})
     pipe.hset(keys.job(job_id), mapping=fields)
     pipe.expire(keys.job(job_id), ttl_seconds)
@@ -221,14 +288,99 @@ def queue_terminal(
     pipe.hincrby(keys.metrics, f"jobs_total:{status}", 1)
 
 
-def queue_observe(pipe: Any, keys: QueueKeys, name: str, value: float, buckets: tuple[float, ...]) -> None:
-    """Count ``value`` into a cumulative Prometheus-style histogram kept in the metrics hash."""
-    for bound in buckets:
-        if value <= bound:
-            pipe.hincrby(keys.metrics, f"{name}_bucket:{bound}", 1)
-    pipe.hincrby(keys.metrics, f"{name}_bucket:+Inf", 1)
-    pipe.hincrby(keys.metrics, f"{name}_count", 1)
-    pipe.hincrbyfloat(keys.metrics, f"{name}_sum", value)
+def _queue_ack(pipe: Any, keys: QueueKeys, entry_id: str) -> None:
+    """The entry is done with: off the group's pending list and off the stream (so it stops counting)."""
+    pipe.xack(keys.stream, keys.group, entry_id)
+    pipe.xdel(keys.stream, entry_id)
+
+
+# --- running a transition ------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def transact(client: redis.Redis, keys: QueueKeys, job_id: str, build: Callable[[Any, dict[str, str]], T]) -> T:
+    """Run ``build(pipe, record)`` as one MULTI/EXEC that applies only if the record did not change
+    since it was read (``WATCH``); otherwise read again and rebuild. For the synchronous worker."""
+    job_key = keys.job(job_id)
+    with client.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(job_key)
+                record = decode_hash(pipe.hgetall(job_key))
+                pipe.multi()
+                result = build(pipe, record)
+                pipe.execute()
+                return result
+            except WatchError:
+                continue
+
+
+async def atransact(
+    client: redis.asyncio.Redis, keys: QueueKeys, job_id: str, build: Callable[[Any, dict[str, str]], T]
+) -> T:
+    """:func:`transact` for an asyncio client (the API)."""
+    job_key = keys.job(job_id)
+    async with client.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await pipe.watch(job_key)
+                record = decode_hash(await pipe.hgetall(job_key))
+                pipe.multi()
+                result = build(pipe, record)
+                await pipe.execute()
+                return result
+            except WatchError:
+                continue
+
+
+# --- submit --------------------------------------------------------------------------------------
+
+SUBMIT_SCRIPT = """
+local has_key = ARGV[5] ~= ''
+if has_key then
+  local existing = redis.call('GET', KEYS[5])
+  if existing then
+    local job_id, fingerprint = string.match(existing, '^([^:]*):(.*)$')
+    if job_id and redis.call('EXISTS', ARGV[6] .. job_id) == 1 then
+      return {'replay', job_id, fingerprint}
+    end
+  end
+end
+local limit = tonumber(ARGV[1])
+if limit > 0 then
+  local depth = redis.call('XLEN', KEYS[1])
+  if depth >= limit then return {'full', tostring(depth)} end
+end
+local ttl = tonumber(ARGV[2])
+local entry = redis.call('XADD', KEYS[1], '*', '$MESSAGE_FIELD', ARGV[3])
+local record = {}
+for i = 8, #ARGV do record[#record + 1] = ARGV[i] end
+record[#record + 1] = '$ENTRY_ID'
+record[#record + 1] = entry
+redis.call('HSET', KEYS[2], unpack(record))
+redis.call('EXPIRE', KEYS[2], ttl)
+redis.call('XADD', KEYS[3], '*', '$EVENT_FIELD', ARGV[4])
+redis.call('EXPIRE', KEYS[3], ttl)
+redis.call('HINCRBY', KEYS[4], 'jobs_submitted_total', 1)
+if has_key then redis.call('SET', KEYS[5], ARGV[5], 'EX', ttl) end
+return {'created', entry}
+""".replace("$MESSAGE_FIELD", MESSAGE_FIELD).replace("$EVENT_FIELD", EVENT_FIELD).replace("$ENTRY_ID", Rec.ENTRY_ID)
+"""The Lua script of :func:`submit`, for enqueuers in any language (``EVAL SUBMIT_SCRIPT 5 ...``).
+
+One script, so "is the key already used / is the queue full" and the enqueue are one atomic step:
+concurrent submits can neither overshoot the depth limit nor both create a job for one key.
+KEYS: stream, job record, job events, metrics, idempotency key (any key, e.g. the stream, if none).
+ARGV: max depth (0: no limit), ttl, message JSON, ``queued`` event JSON, idempotency value
+``{id}:{fingerprint}`` ("" if none), job key prefix ``{p}render:``, fingerprint, then the record's
+field/value pairs. Answers ``created, <entry id>`` / ``replay, <job id>, <fingerprint>`` / ``full, <depth>``.
+"""
+
+
+class Submitted(NamedTuple):
+    job_id: str
+    created: bool
+    """False: an idempotent replay of an earlier submit; ``job_id`` is that job's."""
 
 
 def _request_fingerprint(request: RenderRequest, webhook_url: str | None) -> str:
@@ -236,8 +388,8 @@ def _request_fingerprint(request: RenderRequest, webhook_url: str | None) -> str
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-async def submit_render(
-    redis_client: redis.asyncio.Redis,
+async def submit(
+    client: redis.asyncio.Redis,
     request: RenderRequest,
     *,
     prefix: str = DEFAULT_PREFIX,
@@ -245,88 +397,306 @@ async def submit_render(
     idempotency_key: str | None = None,
     webhook_url: str | None = None,
     max_queue_depth: int | None = None,
-) -> tuple[str, bool]:
-    """Like :func:`enqueue_render` but also says whether a job was created (False: idempotent replay)."""
+) -> Submitted:
+    """Queue a render job: record (status ``queued``), first event and stream entry, all at once.
+
+    With ``idempotency_key``, a second call with the same key and request returns the first job
+    (``created`` False) without queueing again, and raises :class:`IdempotencyConflict` if the
+    request differs. Raises :class:`QueueFull` when ``max_queue_depth`` is given and the stream
+    already holds that many jobs. Both checks run inside the same Lua script as the enqueue.
+    """
     keys = QueueKeys(prefix)
     message = QueueMessage(job_id=new_job_id(), request=request, webhook_url=webhook_url, ttl_seconds=ttl_seconds)
-
-    async def check_depth(reader: Any) -> None:
-        if max_queue_depth is not None:
-            depth = int(await reader.xlen(keys.stream))
-            if depth >= max_queue_depth:
-                raise QueueFull(depth, max_queue_depth)
-
-    if idempotency_key is None:
-        await check_depth(redis_client)
-        async with redis_client.pipeline(transaction=True) as pipe:
-            queue_new_job(pipe, keys, message)
-            await pipe.execute()
-        return message.job_id, True
-
-    idem_key = keys.idempotency(idempotency_key)
-    fingerprint = _request_fingerprint(request, webhook_url)
-    async with redis_client.pipeline(transaction=True) as pipe:
-        while True:
-            try:
-                # WATCH makes "key unused -> create job" atomic against a concurrent retry of the
-                # same request: the loser's EXEC fails and it then finds the winner's job.
-                await pipe.watch(idem_key)
-                existing = await pipe.get(idem_key)
-                if existing is not None:
-                    job_id, _, stored_fingerprint = text(existing).partition(":")
-                    if await pipe.exists(keys.job(job_id)):
-                        await pipe.unwatch()
-                        if stored_fingerprint != fingerprint:
-                            raise IdempotencyConflict(job_id)
-                        return job_id, False
-                    # The job expired (or was never written): the key no longer protects anything.
-                await check_depth(pipe)
-                pipe.multi()
-                pipe.set(idem_key, f"{message.job_id}:{fingerprint}", ex=ttl_seconds)
-                queue_new_job(pipe, keys, message)
-                await pipe.execute()
-                return message.job_id, True
-            except WatchError:
-                continue
-
-
-async def enqueue_render(
-    redis: redis.asyncio.Redis,
-    request: RenderRequest,
-    *,
-    prefix: str = DEFAULT_PREFIX,
-    ttl_seconds: int = DEFAULT_TTL_SECONDS,
-    idempotency_key: str | None = None,
-    webhook_url: str | None = None,
-    max_queue_depth: int | None = None,
-) -> str:
-    """Queue a render job and return its id.
-
-    Writes the job record (status ``queued``) and its first event, then XADDs the message, all in
-    one MULTI/EXEC so a job is either fully queued or not at all. With ``idempotency_key``, a second
-    call with the same key and request returns the first job's id without queueing again, and
-    raises :class:`IdempotencyConflict` if the request differs. Raises :class:`QueueFull` when
-    ``max_queue_depth`` is given and the stream already holds that many jobs.
-    """
-    job_id, _ = await submit_render(
-        redis,
-        request,
-        prefix=prefix,
-        ttl_seconds=ttl_seconds,
-        idempotency_key=idempotency_key,
-        webhook_url=webhook_url,
-        max_queue_depth=max_queue_depth,
+    fingerprint = _request_fingerprint(request, webhook_url) if idempotency_key is not None else ""
+    idem_key = keys.idempotency(idempotency_key) if idempotency_key is not None else keys.stream
+    record = [part for pair in initial_record(message).items() for part in pair]
+    event = make_event("queued").model_dump_json(exclude_none=True)
+    answer = await client.eval(  # type: ignore[misc]
+        SUBMIT_SCRIPT,
+        5,
+        keys.stream,
+        keys.job(message.job_id),
+        keys.events(message.job_id),
+        keys.metrics,
+        idem_key,
+        max_queue_depth or 0,
+        ttl_seconds,
+        message.model_dump_json(),
+        event,
+        f"{message.job_id}:{fingerprint}" if idempotency_key is not None else "",
+        keys.job(""),
+        fingerprint,
+        *record,
     )
-    return job_id
+    outcome = [text(part) for part in answer]
+    if outcome[0] == "full":
+        raise QueueFull(int(outcome[1]), max_queue_depth or 0)
+    if outcome[0] == "replay":
+        if outcome[2] != fingerprint:
+            raise IdempotencyConflict(outcome[1])
+        return Submitted(outcome[1], False)
+    return Submitted(message.job_id, True)
+
+
+# --- claim ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What :func:`claim` decided for one delivery of a job."""
+
+    deliveries: int
+    token: str | None = None
+    """The fencing token of this delivery when the job is now ``running`` on the claimer."""
+    settled: JobStatus | None = None
+    """Set when the job ended without rendering (canceled, or too many deliveries)."""
+    notify: bool = False
+    """Whether the claimer should send the webhook (not yet sent for this terminal status)."""
+
+
+def claim(
+    pipe: Any,
+    keys: QueueKeys,
+    record: Mapping[str, str],
+    *,
+    entry_id: str,
+    message: QueueMessage,
+    worker: str,
+    token: str,
+    max_deliveries: int,
+) -> Claim:
+    """A worker took stream entry ``entry_id``: mark the job ``running`` under ``token``, or settle it.
+
+    ``record`` is the job record as read under WATCH (empty for a job enqueued with XADD alone,
+    whose record the claimer then writes). A record already terminal (canceled while queued, or
+    finished by a worker that died before its XACK) or with ``cancel_requested`` is settled and
+    acked; past ``max_deliveries`` the job fails and is dead-lettered.
+    """
+    job_id, ttl = message.job_id, message.ttl_seconds
+    current = dict(record) or initial_record(message)
+    if not record:
+        pipe.hset(keys.job(job_id), mapping=current)
+        # Every job's history starts with "queued", however it was enqueued.
+        queue_event(pipe, keys, job_id, make_event("queued"), ttl)
+    status = current.get(Rec.STATUS, "queued")
+    deliveries = int(current.get(Rec.DELIVERIES) or 0) + 1
+    settled: JobStatus | None = None
+    if status in TERMINAL_STATUSES:
+        settled = status  # type: ignore[assignment]
+    elif current.get(Rec.CANCEL_REQUESTED) == "1":
+        # Canceled while running on a worker that then died.
+        _queue_terminal(pipe, keys, job_id, "canceled", ttl, message="canceled", worker=worker)
+        settled = "canceled"
+    elif deliveries > max_deliveries:
+        reason = (
+            f"gave up after {deliveries - 1} deliveries: each worker that took this job "
+            f"stopped responding before finishing it (limit {max_deliveries})"
+        )
+        _queue_terminal(pipe, keys, job_id, "failed", ttl, error=reason, worker=worker)
+        _queue_dead_letter(pipe, keys, entry_id, message.model_dump_json(), reason, job_id)
+        settled = "failed"
+    if settled is not None:
+        _queue_ack(pipe, keys, entry_id)
+        # Canceled while queued with its entry id recorded: request_cancel put it in the webhook outbox.
+        via_outbox = status == "canceled" and bool(current.get(Rec.ENTRY_ID)) and not current.get(Rec.WORKER)
+        notify = status not in TERMINAL_STATUSES or not (current.get(Rec.WEBHOOK_STATUS) or via_outbox)
+        return Claim(deliveries=deliveries - 1, settled=settled, notify=notify)
+    pipe.hset(
+        keys.job(job_id),
+        mapping={
+            Rec.STATUS: "running",
+            Rec.STARTED_AT: encode_time(time.time()),
+            Rec.WORKER: worker,
+            Rec.OWNER: token,
+            Rec.DELIVERIES: str(deliveries),
+            Rec.ENTRY_ID: entry_id,
+            Rec.PROGRESS_STEP: "0",
+            Rec.PROGRESS_TOTAL: str(message.request.steps),
+        },
+    )
+    pipe.expire(keys.job(job_id), ttl)
+    queue_event(pipe, keys, job_id, make_event("running", worker=worker, message=f"delivery {deliveries}"), ttl)
+    return Claim(deliveries=deliveries, token=token)
+
+
+# --- progress ------------------------------------------------------------------------------------
+
+
+def progress(
+    pipe: Any, keys: QueueKeys, job_id: str, ttl_seconds: int, *, done: int, total: int, step_seconds: float
+) -> None:
+    """Steps done so far: record counters, a ``progress`` event, the step-time histogram.
+
+    Best effort and unfenced (a plain pipeline is enough): a lost progress update is harmless.
+    """
+    pipe.hset(keys.job(job_id), mapping={Rec.PROGRESS_STEP: str(done), Rec.PROGRESS_TOTAL: str(total)})
+    queue_event(pipe, keys, job_id, make_event("running", "progress", step=done, total=total), ttl_seconds)
+    queue_observe(pipe, keys, "step_seconds", step_seconds, STEP_SECONDS_BUCKETS)
+
+
+# --- request_cancel ------------------------------------------------------------------------------
+
+
+class JobNotFound(LookupError):
+    http_status = 404  # read by the API's problem handler
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no render job with id {job_id!r} (unknown, or expired after its TTL)")
+
+
+class JobFinished(Exception):
+    """Cancel of a job that already ended."""
+
+    http_status = 409
+
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(f"render job {job_id} already ended ({status}); nothing to cancel")
+        self.status = status
+
+
+def request_cancel(pipe: Any, keys: QueueKeys, job_id: str, record: Mapping[str, str]) -> None:
+    """Ask for a job to stop: a queued job is ``canceled`` at once, a running one at its worker's next check.
+
+    A queued job also leaves the stream at once (``XDEL`` of the entry the record names), so it no
+    longer counts toward the queue-depth limit; its webhook goes through the outbox instead of
+    waiting for a worker to meet the entry. Raises :class:`JobNotFound` / :class:`JobFinished`.
+    """
+    if not record:
+        raise JobNotFound(job_id)
+    status = record.get(Rec.STATUS, "queued")
+    if status in TERMINAL_STATUSES:
+        raise JobFinished(job_id, status)
+    ttl = int(record.get(Rec.TTL_SECONDS) or DEFAULT_TTL_SECONDS)
+    pipe.hset(keys.job(job_id), Rec.CANCEL_REQUESTED, "1")
+    if status != "queued":
+        return
+    _queue_terminal(pipe, keys, job_id, "canceled", ttl, message="canceled while queued")
+    entry_id = record.get(Rec.ENTRY_ID)
+    if not entry_id:
+        # Enqueued without the entry id in its record (a plain-Redis client): the entry stays until
+        # a worker meets it, sees "canceled", acks it and sends the webhook.
+        return
+    # The entry may already be in a worker's pending list (read, not yet claimed): that worker's
+    # claim then finds it terminal and acks; XDEL here is what makes it stop counting.
+    pipe.xdel(keys.stream, entry_id)
+    if record.get(Rec.WEBHOOK_URL):
+        pipe.rpush(keys.webhook_outbox, job_id)
+
+
+# --- finish / fail / requeue / dead_letter -------------------------------------------------------
+
+
+class Delivery(NamedTuple):
+    """The delivery a worker is running: the terminal transitions are fenced by its ``token``."""
+
+    entry_id: str
+    message: QueueMessage
+    token: str
+    deliveries: int
+
+    @property
+    def job_id(self) -> str:
+        return self.message.job_id
+
+
+def owns(record: Mapping[str, str], delivery: Delivery) -> bool:
+    """Whether ``delivery`` still owns the job; if not, another worker reclaimed it and its run wins."""
+    return record.get(Rec.OWNER) == delivery.token
+
+
+def finish(
+    pipe: Any,
+    keys: QueueKeys,
+    record: Mapping[str, str],
+    delivery: Delivery,
+    status: JobStatus,
+    *,
+    worker: str,
+    fields: Mapping[str, str] | None = None,
+    render_seconds: float | None = None,
+    error: str | None = None,
+    message: str | None = None,
+) -> bool:
+    """End the job (``succeeded`` or ``canceled``): terminal record and event, metrics, XACK + XDEL.
+
+    Images must be stored before (see :func:`store_images`): once the record says ``succeeded``,
+    every image it counts is readable. False, with nothing buffered, when the delivery no longer
+    owns the job (it was reclaimed, so this entry is in another worker's pending list: no ack).
+    """
+    if not owns(record, delivery):
+        return False
+    ttl = delivery.message.ttl_seconds
+    _queue_terminal(
+        pipe, keys, delivery.job_id, status, ttl, record=fields, error=error, message=message, worker=worker
+    )
+    if render_seconds is not None:
+        queue_observe(pipe, keys, "render_seconds", render_seconds, RENDER_SECONDS_BUCKETS)
+    _queue_ack(pipe, keys, delivery.entry_id)
+    return True
+
+
+def fail(
+    pipe: Any, keys: QueueKeys, record: Mapping[str, str], delivery: Delivery, error: str, *, worker: str
+) -> bool:
+    """:func:`finish` as ``failed`` with ``error``, plus a copy of the message on the dead-letter stream."""
+    if not finish(pipe, keys, record, delivery, "failed", worker=worker, error=error):
+        return False
+    _queue_dead_letter(pipe, keys, delivery.entry_id, delivery.message.model_dump_json(), error, delivery.job_id)
+    return True
+
+
+def requeue(
+    pipe: Any, keys: QueueKeys, record: Mapping[str, str], delivery: Delivery, *, worker: str
+) -> bool:
+    """Give the job back (its worker is shutting down): a fresh stream entry, the old one acked, the
+    record ``queued`` again. A shutdown is not the job's fault, so this delivery does not count."""
+    if not owns(record, delivery):
+        return False
+    job_key = keys.job(delivery.job_id)
+    _queue_ack(pipe, keys, delivery.entry_id)
+    pipe.xadd(keys.stream, encode_message(delivery.message))
+    pipe.hset(
+        job_key,
+        mapping={
+            Rec.STATUS: "queued",
+            Rec.OWNER: "",
+            Rec.WORKER: "",
+            Rec.PROGRESS_STEP: "0",
+            Rec.DELIVERIES: str(delivery.deliveries - 1),
+        },
+    )
+    # The new entry's id is known only after the XADD; without it a cancel leaves the entry to a worker.
+    pipe.hdel(job_key, Rec.STARTED_AT, Rec.ENTRY_ID)
+    event = make_event("queued", message=f"requeued: worker {worker} shut down")
+    queue_event(pipe, keys, delivery.job_id, event, delivery.message.ttl_seconds)
+    return True
+
+
+def _queue_dead_letter(
+    pipe: Any, keys: QueueKeys, entry_id: str, raw_message: str, reason: str, job_id: str | None
+) -> None:
+    fields = {MESSAGE_FIELD: raw_message, "reason": reason[:2000], "entry_id": entry_id, "failed_at": repr(time.time())}
+    if job_id is not None:
+        fields["job_id"] = job_id
+    pipe.xadd(keys.dead_letter, fields, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
+
+
+def dead_letter(pipe: Any, keys: QueueKeys, entry_id: str, fields: Mapping[Any, Any], reason: str) -> None:
+    """A stream entry no worker can run (malformed, unknown version): copy it aside with ``reason``, ack it."""
+    raw = decode_hash(fields)
+    _queue_dead_letter(pipe, keys, entry_id, raw.get(MESSAGE_FIELD, json.dumps(raw)), reason, None)
+    _queue_ack(pipe, keys, entry_id)
+
+
+def store_images(pipe: Any, keys: QueueKeys, job_id: str, pngs: list[bytes], ttl_seconds: int) -> None:
+    """Buffer the PNGs of a finished render (written before :func:`finish`, outside its transaction)."""
+    for index, png in enumerate(pngs):
+        pipe.set(keys.image(job_id, index), png, ex=ttl_seconds)
 
 
 def job_urls(job_id: str, num_images: int, base_url: str = "") -> RenderJobUrls:
     base = f"{base_url.rstrip('/')}/v1/renders/{job_id}"
     return RenderJobUrls(self_=base, events=f"{base}/events", images=[f"{base}/images/{n}" for n in range(num_images)])
-
-
-def _float(value: str | None) -> float | None:
-    return float(value) if value not in (None, "") else None
 
 
 def record_to_job(record: Mapping[str, str], base_url: str = "") -> RenderJob:
@@ -340,9 +710,9 @@ def record_to_job(record: Mapping[str, str], base_url: str = "") -> RenderJob:
     return RenderJob(
         id=job_id,
         status=status,  # type: ignore[arg-type]
-        created_at=_float(record.get("created_at")) or 0.0,
-        started_at=_float(record.get("started_at")),
-        finished_at=_float(record.get("finished_at")),
+        created_at=decode_time(record.get("created_at")) or 0.0,
+        started_at=decode_time(record.get("started_at")),
+        finished_at=decode_time(record.get("finished_at")),
         progress=progress,
         timings=json.loads(record.get("timings") or "{}"),
         error=record.get("error") or None,

@@ -19,7 +19,7 @@ from planner_service.settings import PlannerSettings
 from shared.canvas import Canvas, GlobalDescription
 from shared.jobs import RenderRequest, over_budget
 from shared.plans import GenerationAccepted
-from shared.queue import QueueKeys, enqueue_render, job_urls
+from shared.queue import QueueKeys, job_urls, submit
 from shared.service.auth import require_token, token_owner
 from shared.service.ownership import record_owner
 from shared.service.problems import field_errors
@@ -86,7 +86,7 @@ async def _plan_and_queue(
     plan = await service.plan(body.model_copy(update={"stream": False}))
     render_request = _render_request(body.render, plan.canvas)
     try:
-        job_id = await enqueue_render(
+        job_id, _ = await submit(
             redis_client,
             render_request,
             prefix=settings.key_prefix,

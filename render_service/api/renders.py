@@ -16,9 +16,10 @@ from render_service.api.deps import HubDep, RedisDep, SettingsDep, StoreDep, bas
 from render_service.api.event_hub import REDIS_ERRORS
 from render_service.api.listing import CURSOR_PATTERN, MAX_PAGE, RenderPage, find_by_idempotency_key, list_jobs
 from render_service.store import JobNotFound, JobStore
-from render_service.worker.webhooks import WebhookRefused, check_webhook_url
+from render_service.webhooks import WebhookRefused, check_webhook_url
 from shared.jobs import JobStatus, RenderAccepted, RenderJob, RenderSubmission, over_budget
-from shared.queue import job_urls, record_to_job, submit_render
+from shared.queue import job_urls, record_to_job
+from shared.queue import submit as submit_render
 from shared.service.auth import PUBLIC_OWNER, may_see, require_token, token_owner
 from shared.service.ownership import OWNER_FIELD, idempotency_scope, record_owner
 from shared.service.problems import ServiceError

@@ -7,9 +7,13 @@ the per-token factor is folded into the keys instead -- (q · (s_t k_t)) = s_t (
 whole thing is a single ``scaled_dot_product_attention`` call with a boolean mask, and PyTorch is
 free to pick a fused kernel.
 
-The processors get the latent size from an explicit :class:`RegionalAttentionState` that the
-sampling loop sets before each UNet call; nothing in diffusers is patched. Text key/value
-projections depend only on the text, so they are computed once per job and reused every step.
+Everything a job contributes reaches the processors as tensors passed through the UNet call
+(``cross_attention_kwargs={"regional": ...}``, diffusers' own channel to processors), never as
+Python state the processors read: text key/value projections and additive masks are made once per
+job and pass (:meth:`RegionalJob.unet_inputs`), and the processors only slice, expand and call
+SDPA. That is what lets ``torch.compile`` trace the UNet in one graph with no data-dependent
+branch, and reuse that graph for any canvas (token counts are padded to a few buckets and marked
+dynamic). Nothing in diffusers is patched.
 """
 
 from __future__ import annotations
@@ -28,14 +32,16 @@ except ImportError:  # pragma: no cover - diffusers is a render extra
     AttnProcessor2_0 = None  # type: ignore[misc,assignment]
 
 __all__ = [
-    "RegionalAttentionState",
     "RegionalCrossAttnProcessor",
     "RegionalJob",
+    "RegionalSelfAttnProcessor",
     "additive_mask",
     "attend",
     "fold_token_scale",
     "install_regional_processors",
+    "layer_size",
     "regional_attention",
+    "token_bucket",
 ]
 
 
@@ -91,22 +97,39 @@ def regional_attention(
 
 
 MASK_ALIGNMENT = 16
-"""Token counts of masked groups are padded to this: CUDA's memory-efficient SDPA kernel wants the
-mask's last dimension aligned and would otherwise pad (copy) the mask on every call."""
+"""Token counts of masked groups are padded to at least this multiple: CUDA's memory-efficient SDPA
+kernel wants the mask's last dimension aligned and would otherwise pad (copy) the mask every call."""
+
+TOKEN_BUCKET_BASE = 256
 
 
-def additive_mask(token_mask: torch.Tensor, dtype: torch.dtype, align: int = 1) -> torch.Tensor | None:
-    """SDPA's float form of a bool mask (0 or -inf), made once per job instead of by SDPA every call.
+def token_bucket(tokens: int) -> int:
+    """The padded length of a masked token group: 256·2^k or 384·2^k, the next one up.
 
-    None when nothing is masked, which lets SDPA pick its fastest (flash) kernel. With ``align`` the
-    token dimension is padded with masked columns to a multiple of it (see :data:`MASK_ALIGNMENT`).
+    Padding (masked, so results are unchanged) keeps the number of distinct shapes a compiled UNet
+    sees small -- 9 buckets cover 1 to 6,144 tokens, i.e. up to 79 bags -- at a cost of at most a
+    third more masked tokens (12 Omost regions: 2,849 positive tokens -> 3,072).
     """
-    if bool(token_mask.all()):
-        return None
-    tokens = token_mask.shape[-1]
-    padded = -(-tokens // align) * align
+    bucket = TOKEN_BUCKET_BASE
+    while True:
+        for size in (bucket, bucket * 3 // 2):
+            if size >= tokens:
+                return size
+        bucket *= 2
+
+
+def additive_mask(token_mask: torch.Tensor, dtype: torch.dtype, tokens: int | None = None) -> torch.Tensor:
+    """SDPA's float form of a bool mask (0 where allowed, -inf elsewhere), made once per job.
+
+    Pure tensor ops with no data-dependent branch. ``tokens`` pads the last dimension with masked
+    columns to that length (see :func:`token_bucket`).
+    """
+    count = token_mask.shape[-1]
+    padded = count if tokens is None else tokens
+    if padded < count:
+        raise ValueError(f"cannot pad {count} tokens to {padded}")
     bias = torch.full((*token_mask.shape[:-1], padded), float("-inf"), dtype=dtype, device=token_mask.device)
-    bias[..., :tokens].masked_fill_(token_mask, 0.0)
+    bias[..., :count].masked_fill_(token_mask, 0.0)
     return bias
 
 
@@ -114,6 +137,32 @@ def _pad_tokens(tensor: torch.Tensor, tokens: int) -> torch.Tensor:
     """Zero keys/values for the masked padding columns of :func:`additive_mask`."""
     missing = tokens - tensor.shape[-2]
     return F.pad(tensor, (0, 0, 0, missing)) if missing > 0 else tensor
+
+
+def layer_size(latent_size: tuple[int, int], level: int) -> tuple[int, int]:
+    """The (height, width) at UNet level ``level`` of a latent: each downsample is ceil(size / 2)."""
+    height, width = latent_size
+    for _ in range(level):
+        height, width = -(-height // 2), -(-width // 2)
+    return height, width
+
+
+def unet_level(name: str, levels: int) -> int:
+    """The resolution level of an attention layer from its module name in a diffusers UNet."""
+    parts = name.split(".")
+    if parts[0] == "down_blocks":
+        return int(parts[1])
+    if parts[0] == "mid_block":
+        return levels - 1
+    if parts[0] == "up_blocks":
+        return levels - 1 - int(parts[1])
+    raise ValueError(f"cannot tell the resolution of attention layer {name!r}")
+
+
+GroupInputs = tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor | None]
+"""One group's share of a cross-attention call: (first row, end row, folded keys ``(1, heads, T, d)``,
+values, additive mask ``(1, 1, N, T)`` or None)."""
+LayerInputs = tuple[GroupInputs, ...]
 
 
 @dataclass
@@ -124,6 +173,8 @@ class _Group:
     tokens: slice
     conditions: torch.Tensor
     """(T_k,) the condition of each of these tokens."""
+    masked: bool
+    """False only for the negative prompt's group: one condition that covers every pixel."""
 
 
 @dataclass
@@ -145,8 +196,9 @@ class RegionalJob:
     """(C,) long: which row kind (0 negative, 1 positive) may see the condition's tokens."""
     row_kind: torch.Tensor
     """(B,) long: the kind of each row of the UNet batch; rows and tokens of a kind are contiguous."""
-    cache_text_kv: bool = True
-    kv_cache: dict[tuple[str, int, int], list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
+    bucket_tokens: bool = True
+    """Pad masked token groups to a :func:`token_bucket` (for a compiled UNet) rather than only to
+    :data:`MASK_ALIGNMENT` (eager: fewer masked tokens to attend over)."""
     mask_cache: dict[tuple[int, int, torch.dtype], list[tuple[torch.Tensor | None, torch.Tensor]]] = field(
         default_factory=dict
     )
@@ -163,9 +215,13 @@ class RegionalJob:
                 if index[-1] - index[0] + 1 != len(index):
                     raise ValueError("rows and tokens of one kind must be contiguous")
             token_slice = slice(int(tokens[0]), int(tokens[-1]) + 1)
-            groups.append(
-                _Group(slice(int(rows[0]), int(rows[-1]) + 1), token_slice, self.token_condition[token_slice])
-            )
+            conditions = self.token_condition[token_slice]
+            unique = torch.unique(conditions)
+            # Decided once per job in Python, never inside the UNet: a group is unmasked only when
+            # it is one condition covering everything (the negative prompt), so the positive group's
+            # graph is the same for every canvas.
+            masked = kind != 0 or len(unique) != 1 or not bool(self.condition_grids[unique[0]].all())
+            groups.append(_Group(slice(int(rows[0]), int(rows[-1]) + 1), token_slice, conditions, masked))
         self.groups = groups
 
     def masks_at(self, height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,7 +250,7 @@ class RegionalJob:
     def group_masks(
         self, height: int, width: int, device: torch.device, dtype: torch.dtype
     ) -> list[tuple[torch.Tensor | None, torch.Tensor]]:
-        """Per group: (SDPA mask ``(1, 1, N, T_k)`` or None, token scale ``(T_k,)``), cached per size."""
+        """Per group: (SDPA mask ``(1, 1, N, T_bucket)`` or None, token scale ``(T_k,)``), cached per size."""
         key = (height, width, dtype)
         cached = self.mask_cache.get(key)
         if cached is None:
@@ -202,64 +258,24 @@ class RegionalJob:
             cached = []
             for group in self.groups:
                 conditions = group.conditions.to(device)
-                mask = additive_mask(covered[conditions].T[None, None], dtype, align=MASK_ALIGNMENT)
+                mask = None
+                if group.masked:
+                    count = len(conditions)
+                    tokens = token_bucket(count) if self.bucket_tokens else -(-count // MASK_ALIGNMENT) * MASK_ALIGNMENT
+                    mask = additive_mask(covered[conditions].T[None, None], dtype, tokens)
                 cached.append((mask, scale[conditions]))
             self.mask_cache[key] = cached
         return cached
 
+    def layer_inputs(
+        self, attn: Attention, context: torch.Tensor, size: tuple[int, int], dtype: torch.dtype
+    ) -> LayerInputs:
+        """What one cross-attention layer needs at one resolution, per group (see :data:`GroupInputs`).
 
-class RegionalAttentionState:
-    """What the sampling loop tells the processors: the current job and the latent size.
-
-    Without an active job the processors behave exactly like diffusers' stock SDPA processor, so a
-    UNet with them installed can still be driven by a stock pipeline (the benchmark does this).
-    """
-
-    def __init__(self) -> None:
-        self.job: RegionalJob | None = None
-        self.latent_size: tuple[int, int] | None = None
-
-    def attention_size(self, tokens: int) -> tuple[int, int]:
-        """The (height, width) of an attention layer that sees ``tokens`` pixels.
-
-        Each UNet downsample is a stride-2 convolution with padding 1, i.e. ceil(size / 2).
+        Keys carry every score factor folded in. They depend only on the text and the layer's
+        resolution, so they are made once per job and pass, not once per step: with many regions
+        these projections cost more than the attention itself. ``context`` is one row ``(1, T, c)``.
         """
-        if self.latent_size is None:
-            raise RuntimeError("regional attention used without a latent size; set state.latent_size first")
-        height, width = self.latent_size
-        factor = 1
-        while factor <= 64:
-            size = (-(-height // factor), -(-width // factor))
-            if size[0] * size[1] == tokens:
-                return size
-            factor *= 2
-        raise RuntimeError(f"no UNet level of a {height}x{width} latent has {tokens} pixels")
-
-
-class RegionalCrossAttnProcessor:
-    """A diffusers attention processor for cross-attention layers (``attn2``) with Omost's regions."""
-
-    def __init__(self, state: RegionalAttentionState, name: str) -> None:
-        self.state = state
-        self.name = name
-        self._stock = AttnProcessor2_0()
-
-    def _text_kv(
-        self, attn: Attention, context: torch.Tensor, job: RegionalJob, size: tuple[int, int], dtype: torch.dtype
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per group: keys with every score factor folded in, and values, both ``(1, heads, T_k, d)``.
-
-        They depend only on the text and this layer's resolution, so they are made once per job
-        and pass, not once per step: with many regions these projections cost more than the
-        attention itself.
-        """
-        cache_key = (self.name, *size)
-        cached = job.kv_cache.get(cache_key) if job.cache_text_kv else None
-        if cached is not None:
-            return cached
-        # Every row of the batch carries the same token sequence (rows differ only by mask), so
-        # one row is projected and the result shared.
-        context = context[:1]
         if attn.norm_cross:
             context = attn.norm_encoder_hidden_states(context)
         key = attn.to_k(context)
@@ -269,18 +285,70 @@ class RegionalCrossAttnProcessor:
         value = value.view(1, -1, attn.heads, head_dim).transpose(1, 2)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
-        masks = job.group_masks(*size, device=key.device, dtype=dtype)
+        masks = self.group_masks(*size, device=key.device, dtype=dtype)
         result = []
-        for group, (attn_mask, token_scale) in zip(job.groups, masks, strict=True):
+        for group, (attn_mask, token_scale) in zip(self.groups, masks, strict=True):
             folded = fold_token_scale(key[:, :, group.tokens], token_scale, attn.scale)
             group_value = value[:, :, group.tokens]
             if attn_mask is not None:
                 folded = _pad_tokens(folded, attn_mask.shape[-1])
                 group_value = _pad_tokens(group_value, attn_mask.shape[-1])
-            result.append((folded.contiguous(), group_value.contiguous()))
-        if job.cache_text_kv:
-            job.kv_cache[cache_key] = result
-        return result
+            start, stop = group.rows.start, group.rows.stop
+            result.append((start, stop, folded.contiguous(), group_value.contiguous(), attn_mask))
+        return tuple(result)
+
+    def unet_inputs(
+        self, unet: torch.nn.Module, context: torch.Tensor, latent_size: tuple[int, int], dtype: torch.dtype
+    ) -> dict[str, LayerInputs]:
+        """:meth:`layer_inputs` of every cross-attention layer of ``unet`` for one latent size, by
+        processor name: the ``regional`` entry of the UNet's ``cross_attention_kwargs``."""
+        levels = len(unet.config.block_out_channels)  # type: ignore[union-attr]
+        inputs = {}
+        for name, module in unet.named_modules():
+            if name.endswith("attn2") and isinstance(module, Attention):
+                size = layer_size(latent_size, unet_level(name, levels))
+                inputs[f"{name}.processor"] = self.layer_inputs(module, context[:1], size, dtype)
+        return inputs
+
+
+def mark_token_dims_dynamic(inputs: dict[str, LayerInputs]) -> None:
+    """Tell ``torch.compile`` that masked token counts vary, so one graph serves every bucket."""
+    for layer in inputs.values():
+        for _, _, key, value, attn_mask in layer:
+            if attn_mask is not None:
+                for tensor in (key, value, attn_mask):
+                    torch._dynamo.maybe_mark_dynamic(tensor, tensor.dim() - 2 if tensor is not attn_mask else 3)
+
+
+class RegionalSelfAttnProcessor(AttnProcessor2_0 if AttnProcessor2_0 is not None else object):  # type: ignore[misc]
+    """Stock SDPA self-attention that accepts (and ignores) the ``regional`` inputs.
+
+    diffusers hands every processor the same ``cross_attention_kwargs`` and logs a warning for each
+    one a processor does not declare -- once per layer per step, and a graph break when compiled.
+    """
+
+    def __call__(  # type: ignore[override]
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        regional: dict[str, LayerInputs] | None = None,
+    ) -> torch.Tensor:
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+
+class RegionalCrossAttnProcessor:
+    """A diffusers attention processor for cross-attention layers (``attn2``) with Omost's regions.
+
+    Without ``regional`` inputs it is diffusers' stock SDPA processor, so a UNet with these
+    installed can still be driven by a stock pipeline (the benchmark does this).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._stock = AttnProcessor2_0()
 
     def __call__(
         self,
@@ -289,12 +357,11 @@ class RegionalCrossAttnProcessor:
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
-        *args: Any,
-        **kwargs: Any,
+        regional: dict[str, LayerInputs] | None = None,
     ) -> torch.Tensor:
-        job = self.state.job
-        if job is None or encoder_hidden_states is None:
+        if regional is None or encoder_hidden_states is None:
             return self._stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        groups = regional[self.name]
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -304,9 +371,7 @@ class RegionalCrossAttnProcessor:
             hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        batch, pixels, _ = hidden_states.shape
-        if batch != len(job.row_kind):
-            raise RuntimeError(f"regional job has {len(job.row_kind)} rows but the UNet batch has {batch}")
+        batch = hidden_states.shape[0]
 
         query = attn.to_q(hidden_states)
         head_dim = query.shape[-1] // attn.heads
@@ -314,13 +379,10 @@ class RegionalCrossAttnProcessor:
         if attn.norm_q is not None:
             query = attn.norm_q(query)
 
-        size = self.state.attention_size(pixels)
-        kv = self._text_kv(attn, encoder_hidden_states, job, size, query.dtype)
-        masks = job.group_masks(*size, device=query.device, dtype=query.dtype)
         outputs = []
-        for group, (key, value), (attn_mask, _) in zip(job.groups, kv, masks, strict=True):
-            rows = query[group.rows]
-            count = rows.shape[0]
+        for start, stop, key, value, attn_mask in groups:
+            count = stop - start
+            rows = query[start:stop]
             outputs.append(attend(rows, key.expand(count, -1, -1, -1), value.expand(count, -1, -1, -1), attn_mask))
         out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
@@ -334,16 +396,18 @@ class RegionalCrossAttnProcessor:
         return out / attn.rescale_output_factor
 
 
-def install_regional_processors(unet: torch.nn.Module, state: RegionalAttentionState) -> int:
+def install_regional_processors(unet: torch.nn.Module) -> int:
     """Give every cross-attention layer (``attn2``) a regional processor; return how many.
 
-    Self-attention layers keep whatever processor they had (stock SDPA).
+    Self-attention layers get stock SDPA that tolerates the ``regional`` keyword.
     """
     processors: dict[str, Any] = dict(unet.attn_processors)  # type: ignore[attr-defined]
     count = 0
     for name in processors:
         if name.endswith("attn2.processor"):
-            processors[name] = RegionalCrossAttnProcessor(state, name)
+            processors[name] = RegionalCrossAttnProcessor(name)
             count += 1
+        else:
+            processors[name] = RegionalSelfAttnProcessor()
     unet.set_attn_processor(processors)  # type: ignore[attr-defined]
     return count

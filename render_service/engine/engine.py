@@ -13,8 +13,9 @@ import inspect
 import secrets
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,8 +23,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from render_service.engine.attention import RegionalAttentionState, RegionalJob, install_regional_processors
-from render_service.engine.loading import load_pipeline, resolve_device, resolve_dtype
+from render_service.engine.attention import (
+    LayerInputs,
+    RegionalJob,
+    install_regional_processors,
+    mark_token_dims_dynamic,
+)
+from render_service.engine.loading import load_pipeline, load_vae, resolve_device, resolve_dtype
 from render_service.engine.schedulers import make_scheduler
 from render_service.engine.text import EncodedText, OmostTextEncoder
 from render_service.engine.types import RenderCanceled, RenderResult
@@ -36,6 +42,33 @@ ShouldCancel = Callable[[], bool]
 INITIAL_LATENT_BLUR = 40
 """Omost blurs its 90x90 colour composition with an 81x81 box (reflect-padded) before encoding."""
 MAX_HIRES_SIDE = 4096
+DECODE_TILE = 512
+"""Pixel tile of the fp32 VAE decode of an fp16 model: the full-size VAE's activations at 1024² in
+fp32 are the whole render's memory peak; tiles of 512 (25 % overlap, blended) bound them."""
+WARM_UP_CANVAS = {
+    "global_description": {"description": "A warm-up render.", "HTML_web_color_name": "gray"},
+    "local_descriptions": [
+        {
+            "location": "in the center",
+            "offset": "no offset",
+            "area": "a small square area",
+            "distance_to_viewer": 1.0,
+            "description": "A small box.",
+            "HTML_web_color_name": "white",
+        }
+    ],
+}
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """``"1024x1024,896x1152"`` -> ``[(1024, 1024), (896, 1152)]`` (width x height)."""
+    sizes = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        width, sep, height = item.lower().partition("x")
+        if not sep or not width.isdigit() or not height.isdigit():
+            raise ValueError(f"size {item!r} is not WIDTHxHEIGHT")
+        sizes.append((int(width), int(height)))
+    return sizes
 
 
 @dataclass
@@ -47,10 +80,51 @@ class _Pass:
     begin: int
 
 
+class _Timer:
+    """Seconds per phase of a render; the device is synchronized at each edge so GPU work lands in
+    the phase that queued it."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds = {"encode": 0.0, "denoise": 0.0, "decode": 0.0}
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = self._now()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += self._now() - start
+
+
+@dataclass
+class _Prepared:
+    """Everything a render needs after its text is encoded: the output of :meth:`RenderEngine._prepare`."""
+
+    request: RenderRequest
+    seeds: list[int]
+    generators: list[torch.Generator]
+    encoded: EncodedText
+    job: RegionalJob
+    cfg: bool
+    size: tuple[int, int]
+    """(height, width) of the base pass in pixels."""
+    hires_size: tuple[int, int] | None
+    passes: list[_Pass]
+    start: torch.Tensor | None = None
+    """The initial latent (``initial_latent_strength``), else None: start from noise."""
+    progress: Any = field(default=None)
+
+
 class RenderEngine:
     """One loaded SDXL model that renders Omost canvases, one job at a time."""
 
-    _loaded: ClassVar[dict[tuple[str, str, str, bool, str | None], RenderEngine]] = {}
+    _loaded: ClassVar[dict[tuple[Any, ...], RenderEngine]] = {}
     _load_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, pipeline: Any, *, model_name: str, device: str, dtype: torch.dtype, offloaded: bool) -> None:
@@ -63,12 +137,17 @@ class RenderEngine:
         self.text = OmostTextEncoder(
             pipeline.tokenizer, pipeline.tokenizer_2, pipeline.text_encoder, pipeline.text_encoder_2
         )
-        self.attention_state = RegionalAttentionState()
-        install_regional_processors(self.unet, self.attention_state)
-        self.cache_text_kv = True
-        """Reuse the text key/value projections across steps (off only to measure what it saves)."""
+        install_regional_processors(self.unet)
+        self.compiled = False
+        self._unet_call: Callable[..., Any] = self.unet
         self._offloaded = offloaded
         self._render_lock = threading.Lock()
+        self._cancel_check: Callable[[], None] | None = None
+        self._install_cancel_hooks()
+        self.tiled_decode = self.vae.dtype == torch.float32 and dtype != torch.float32
+        """An fp16/bf16 model whose VAE had to stay fp32 decodes in tiles (memory); see DECODE_TILE."""
+        if self.tiled_decode:
+            self.set_decode_tile(DECODE_TILE)
 
     # ------------------------------------------------------------------ loading
 
@@ -81,22 +160,31 @@ class RenderEngine:
         dtype: str = "auto",
         cpu_offload: bool = False,
         config: str | None = None,
+        vae: str | None = None,
+        compile: bool = False,
     ) -> RenderEngine:
         """Load ``model`` (hub id, diffusers folder or single .safetensors file) once per process.
 
         ``config`` only matters for single files: a diffusers folder or hub id with SDXL's
-        component configs. Raises :class:`ModelNotFoundError` when the model cannot be found.
+        component configs. ``vae`` replaces the checkpoint's VAE (a hub id or diffusers folder of an
+        ``AutoencoderKL``, e.g. the fp16-safe ``madebyollin/sdxl-vae-fp16-fix``). ``compile``
+        compiles the UNet (see :meth:`compile_unet`). Raises :class:`ModelNotFoundError` when the
+        model cannot be found.
         """
         resolved_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, resolved_device)
-        key = (str(model), resolved_device, str(torch_dtype), cpu_offload, config)
+        key = (str(model), resolved_device, str(torch_dtype), cpu_offload, config, vae, compile)
         with cls._load_lock:
             engine = cls._loaded.get(key)
             if engine is None:
                 pipeline = load_pipeline(str(model), torch_dtype, config=config)
+                if vae is not None:
+                    pipeline.vae = load_vae(vae, torch_dtype)
                 engine = cls.from_pipeline(
                     pipeline, model_name=str(model), device=resolved_device, dtype=torch_dtype, cpu_offload=cpu_offload
                 )
+                if compile:
+                    engine.compile_unet()
                 cls._loaded[key] = engine
             return engine
 
@@ -108,7 +196,8 @@ class RenderEngine:
         if pipeline.unet.dtype != dtype:
             pipeline.to(dtype=dtype)
         if dtype == torch.float16 and getattr(pipeline.vae.config, "force_upcast", False):
-            # SDXL's VAE overflows in fp16 (NaN images); keep it in fp32 like diffusers does.
+            # SDXL's VAE overflows in fp16 (NaN images); keep it in fp32 like diffusers does. An
+            # fp16-safe VAE (force_upcast false in its config) stays fp16.
             pipeline.vae.to(torch.float32)
         if cpu_offload and torch.device(device).type != "cpu":
             # accelerate hooks move each model to the device only while it runs.
@@ -116,6 +205,44 @@ class RenderEngine:
         else:
             pipeline.to(device)
         return cls(pipeline, model_name=model_name, device=device, dtype=dtype, offloaded=cpu_offload)
+
+    def compile_unet(self, *, backend: str | Callable[..., Any] = "inductor", mode: str | None = None) -> None:
+        """``torch.compile`` the UNet as one graph (``fullgraph``: a graph break is an error).
+
+        The regional inputs are tensors passed through the call and their token dimension is
+        dynamic, so one graph per latent size and batch serves every canvas. Compiling happens on
+        the first call of each size: call :meth:`warm_up` before taking jobs.
+        """
+        if self._offloaded:
+            raise ValueError("compile and cpu_offload do not mix: offload hooks move weights inside the graph")
+        # Each (latent size, batch) is its own static graph; without this dynamo would turn the
+        # latent size symbolic after the second size and slow every later call down.
+        torch._dynamo.config.automatic_dynamic_shapes = False
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        self._unet_call = torch.compile(self.unet, backend=backend, mode=mode, fullgraph=True)
+        self.compiled = True
+
+    def warm_up(self, sizes: Sequence[tuple[int, int]] = ((1024, 1024),), *, num_images: int = 1) -> float:
+        """Render a two-step job at each (width, height) so compilation and kernel selection happen
+        now, not on a user's first job; return the seconds it took. A worker calls this before it
+        claims jobs."""
+        started = time.perf_counter()
+        for width, height in sizes:
+            request = RenderRequest.model_validate(
+                {"canvas": WARM_UP_CANVAS, "width": width, "height": height, "steps": 2, "seed": 0,
+                 "num_images": num_images}
+            )  # fmt: skip
+            self.render(request)
+        return time.perf_counter() - started
+
+    def set_decode_tile(self, tile: int | None) -> None:
+        """Decode (and encode) in tiles of ``tile`` pixels with blended overlaps; None: whole images."""
+        if tile is None:
+            self.vae.disable_tiling()
+            return
+        self.vae.enable_tiling()
+        self.vae.tile_sample_min_size = tile
+        self.vae.tile_latent_min_size = tile // self._vae_factor
 
     # ------------------------------------------------------------------ rendering
 
@@ -128,15 +255,35 @@ class RenderEngine:
     ) -> RenderResult:
         """Render ``request``; ``on_step(done, total)`` after every step of every pass.
 
-        ``should_cancel()`` is asked before every step; when it says yes the job stops there and
-        :class:`RenderCanceled` is raised.
+        ``should_cancel()`` is asked before every step and, in an eager UNet, before each of its
+        blocks, so a cancel takes effect within one UNet call at any size: :class:`RenderCanceled`.
         """
+        timer = _Timer(self._exec_device)
+        started = time.perf_counter()
+        with self._render_lock, torch.inference_mode():
+            with timer("encode"):
+                prepared = self._prepare(request)
+            prepared.progress = _Progress(sum(len(p.timesteps) for p in prepared.passes), on_step, should_cancel)
+            self._cancel_check = prepared.progress.check_cancel
+            try:
+                latents = self._base_pass(prepared, timer)
+                if prepared.hires_size is not None:
+                    latents = self._hires_pass(prepared, latents, timer)
+            finally:
+                self._cancel_check = None
+            with timer("decode"):
+                images = [_to_pil(p) for p in self._decode(latents)]
+        timings = {**timer.seconds, "total": time.perf_counter() - started}
+        return RenderResult(images=images, seeds=prepared.seeds, timings=timings)
+
+    # ------------------------------------------------------------------ the steps of a render
+
+    def _prepare(self, request: RenderRequest) -> _Prepared:
+        """Check sizes, pick seeds, plan the passes, encode the text and the initial latent."""
         width, height = request.width, request.height
         for name, side in (("width", width), ("height", height)):
             if side % 8 or side < 64:
                 raise ValueError(f"{name} must be a multiple of 8 and at least 64; got {side}")
-        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED - request.num_images + 2)
-        seeds = [seed + i for i in range(request.num_images)]
         hires = request.hires_fix
         hires_size = None
         if hires is not None:
@@ -145,61 +292,47 @@ class RenderEngine:
                 raise ValueError(
                     f"hires fix would render {hires_size[1]}x{hires_size[0]}; the limit is {MAX_HIRES_SIDE} a side"
                 )
+        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED - request.num_images + 2)
+        seeds = [seed + i for i in range(request.num_images)]
+        passes = [self._plan(request.sampler, request.steps, request.initial_latent_strength)]
+        if hires is not None:
+            passes.append(self._plan(request.sampler, hires.steps, hires.denoise))
 
-        timings = {"encode": 0.0, "denoise": 0.0, "decode": 0.0, "total": 0.0}
-        started = time.perf_counter()
-        with self._render_lock, torch.inference_mode():
-            layout = layout_canvas(request.canvas)
-            passes = [self._plan(request.sampler, request.steps, request.initial_latent_strength)]
-            if hires is not None:
-                passes.append(self._plan(request.sampler, hires.steps, hires.denoise))
-            progress = _Progress(sum(len(p.timesteps) for p in passes), on_step, should_cancel)
+        layout = layout_canvas(request.canvas)
+        encoded = self.text.encode(layout, request.negative_prompt, self.dtype)
+        cfg = request.guidance_scale > 1.0
+        start = None
+        if request.initial_latent_strength is not None:
+            start = self._initial_latent(layout, height, width).expand(len(seeds), -1, -1, -1)
+        return _Prepared(
+            request=request,
+            seeds=seeds,
+            generators=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+            encoded=encoded,
+            job=self._job(encoded, len(seeds), cfg),
+            cfg=cfg,
+            size=(height, width),
+            hires_size=hires_size,
+            passes=passes,
+            start=start,
+        )
 
-            mark = self._sync_time()
-            encoded = self.text.encode(layout, request.negative_prompt, self.dtype)
-            generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-            latent_h, latent_w = height // self._vae_factor, width // self._vae_factor
-            start = None
-            if request.initial_latent_strength is not None:
-                start = self._initial_latent(layout, height, width).expand(len(seeds), -1, -1, -1)
-            timings["encode"] += self._sync_time() - mark
+    def _base_pass(self, prepared: _Prepared, timer: _Timer) -> torch.Tensor:
+        height, width = prepared.size
+        latent_size = (height // self._vae_factor, width // self._vae_factor)
+        with timer("denoise"):
+            return self._denoise(prepared, prepared.passes[0], prepared.start, latent_size, prepared.size)
 
-            cfg = request.guidance_scale > 1.0
-            job = self._job(encoded, len(seeds), cfg)
-            try:
-                self.attention_state.job = job
-                mark = self._sync_time()
-                latents = self._denoise(
-                    passes[0], start, (latent_h, latent_w), generators, encoded, request.guidance_scale, cfg,
-                    (height, width), progress,
-                )  # fmt: skip
-                timings["denoise"] += self._sync_time() - mark
-                if hires is not None and hires_size is not None:
-                    # New resolutions: the base pass's projections and masks are of no further use.
-                    job.kv_cache.clear()
-                    job.mask_cache.clear()
-                    mark = self._sync_time()
-                    pixels = self._decode(latents)
-                    timings["decode"] += self._sync_time() - mark
-                    mark = self._sync_time()
-                    pixels = F.interpolate(pixels, size=hires_size, mode="bicubic", align_corners=False).clamp(-1, 1)
-                    hires_start = self._encode(pixels)
-                    timings["encode"] += self._sync_time() - mark
-                    mark = self._sync_time()
-                    latents = self._denoise(
-                        passes[1], hires_start, tuple(hires_start.shape[-2:]), generators, encoded,
-                        request.guidance_scale, cfg, hires_size, progress,
-                    )  # fmt: skip
-                    timings["denoise"] += self._sync_time() - mark
-            finally:
-                # Drop the job (and its cached projections) even when canceled or failed.
-                self.attention_state.job = None
-                self.attention_state.latent_size = None
-            mark = self._sync_time()
-            images = [_to_pil(p) for p in self._decode(latents)]
-            timings["decode"] += self._sync_time() - mark
-        timings["total"] = time.perf_counter() - started
-        return RenderResult(images=images, seeds=seeds, timings=timings)
+    def _hires_pass(self, prepared: _Prepared, latents: torch.Tensor, timer: _Timer) -> torch.Tensor:
+        """Omost's hires fix: decode, bicubic upscale, encode, then an img2img pass at the new size."""
+        assert prepared.hires_size is not None
+        with timer("decode"):
+            pixels = self._decode(latents)
+        with timer("encode"):
+            pixels = F.interpolate(pixels, size=prepared.hires_size, mode="bicubic", align_corners=False).clamp(-1, 1)
+            start = self._encode(pixels)
+        with timer("denoise"):
+            return self._denoise(prepared, prepared.passes[1], start, tuple(start.shape[-2:]), prepared.hires_size)
 
     # ------------------------------------------------------------------ pieces
 
@@ -212,10 +345,23 @@ class RenderEngine:
         # With CPU offload the models live on the CPU between calls; inputs still go to the GPU.
         return torch.device(self.device)
 
-    def _sync_time(self) -> float:
-        if torch.device(self.device).type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter()
+    def _install_cancel_hooks(self) -> None:
+        """Ask ``should_cancel`` before each UNet block, so one huge UNet call cannot outlive a cancel.
+
+        Inside a compiled graph the check is skipped (a Python callback there would break the
+        graph); compiled calls are short, and the check before every step still holds.
+        """
+
+        def check(module: torch.nn.Module, args: Any) -> None:
+            if torch.compiler.is_compiling():
+                return
+            if self._cancel_check is not None:
+                self._cancel_check()
+
+        blocks = [*self.unet.down_blocks, self.unet.mid_block, *self.unet.up_blocks]
+        for block in blocks:
+            if block is not None:
+                block.register_forward_pre_hook(check)
 
     def _plan(self, sampler: str, steps: int, strength: float | None) -> _Pass:
         """Timesteps of one pass. With a strength below 1 this is Omost's img2img schedule: the
@@ -240,8 +386,22 @@ class RenderEngine:
             condition_grids=encoded.condition_grids,
             condition_kind=encoded.condition_kind,
             row_kind=torch.tensor(kinds, dtype=torch.long),
-            cache_text_kv=self.cache_text_kv,
+            bucket_tokens=self.compiled,
         )
+
+    def _regional_inputs(
+        self, job: RegionalJob, context: torch.Tensor, latent_size: tuple[int, int]
+    ) -> dict[str, LayerInputs]:
+        """The per-job tensors every cross-attention layer gets through the UNet call (one pass)."""
+        hook = getattr(self.unet, "_hf_hook", None)
+        if hook is not None:
+            # cpu_offload: the projections use the UNet's weights, which accelerate moves to the
+            # device only in its pre-forward hook; run that hook now.
+            hook.pre_forward(self.unet)
+        inputs = job.unet_inputs(self.unet, context, latent_size, self.dtype)
+        if self.compiled:
+            mark_token_dims_dynamic(inputs)
+        return inputs
 
     def _noise(self, generators: list[torch.Generator], shape: tuple[int, int]) -> torch.Tensor:
         # Drawn on the CPU in fp32 so that a seed gives the same image on any device.
@@ -251,17 +411,15 @@ class RenderEngine:
 
     def _denoise(
         self,
+        prepared: _Prepared,
         plan: _Pass,
         start: torch.Tensor | None,
         latent_size: tuple[int, int],
-        generators: list[torch.Generator],
-        encoded: EncodedText,
-        guidance_scale: float,
-        cfg: bool,
         pixel_size: tuple[int, int],
-        progress: _Progress,
     ) -> torch.Tensor:
         scheduler, timesteps = plan.scheduler, plan.timesteps
+        generators, encoded, cfg = prepared.generators, prepared.encoded, prepared.cfg
+        guidance_scale = prepared.request.guidance_scale
         images = len(generators)
         noise = self._noise(generators, latent_size)
         if start is None:
@@ -271,7 +429,8 @@ class RenderEngine:
             latents = scheduler.add_noise(start.to(noise), noise, first)
 
         rows = 2 * images if cfg else images
-        context = encoded.tokens.to(self._exec_device).expand(rows, -1, -1)
+        tokens = encoded.tokens.to(self._exec_device)
+        context = tokens.expand(rows, -1, -1)
         pooled = torch.cat(([encoded.pooled_negative] * images if cfg else []) + [encoded.pooled_positive] * images).to(
             self._exec_device
         )
@@ -283,14 +442,20 @@ class RenderEngine:
         if "generator" in inspect.signature(scheduler.step).parameters:
             step_kwargs["generator"] = generators  # ancestral samplers: per-image noise streams
 
-        self.attention_state.latent_size = latent_size
+        regional = {"regional": self._regional_inputs(prepared.job, tokens, latent_size)}
+        if self.compiled:
+            # The processors read the text through ``regional``; the raw sequence still passes
+            # through the UNet's signature, so its length must not be a guard either.
+            torch._dynamo.maybe_mark_dynamic(context, 1)
+        progress = prepared.progress
         for t in timesteps:
             progress.check_cancel()
             model_input = torch.cat([latents, latents]) if cfg else latents
             model_input = scheduler.scale_model_input(model_input, t).to(self.dtype)
-            prediction = self.unet(
-                model_input, t, encoder_hidden_states=context, added_cond_kwargs=added, return_dict=False
-            )[0].float()
+            prediction = self._unet_call(
+                model_input, t, encoder_hidden_states=context, added_cond_kwargs=added,
+                cross_attention_kwargs=regional, return_dict=False,
+            )[0].float()  # fmt: skip
             if cfg:
                 negative, positive = prediction.chunk(2)
                 prediction = negative + guidance_scale * (positive - negative)

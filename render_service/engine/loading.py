@@ -133,3 +133,24 @@ def load_pipeline(model: str, torch_dtype: torch.dtype, *, config: str | None = 
             f"be loaded from the Hugging Face hub or its cache at {_hub_cache()}"
             f"{' (HF_HUB_OFFLINE is set)' if offline else ''} ({_short(exc)}). {HOW_TO_PROVIDE}"
         ) from None
+
+
+def load_vae(vae: str, torch_dtype: torch.dtype) -> Any:
+    """An ``AutoencoderKL`` from a hub id or diffusers folder, to replace a checkpoint's VAE.
+
+    A folder may hold the VAE itself (``config.json``) or a whole pipeline (its ``vae/`` is used).
+    """
+    from diffusers import AutoencoderKL
+
+    path = Path(vae).expanduser()
+    source, subfolder = str(vae), None
+    if path.is_dir():
+        source = str(path)
+        subfolder = "vae" if not (path / "config.json").is_file() and (path / "vae").is_dir() else None
+    elif not HUB_ID.match(vae):
+        raise ModelNotFoundError(f"VAE {vae!r} not found: no folder at {path.resolve()} and not a hub id 'owner/name'")
+    try:
+        with _quiet_dtype_rename():
+            return AutoencoderKL.from_pretrained(source, subfolder=subfolder, torch_dtype=torch_dtype)
+    except Exception as exc:  # hub and file errors come in many classes
+        raise ModelNotFoundError(f"VAE {vae!r} could not be loaded ({_short(exc)})") from None

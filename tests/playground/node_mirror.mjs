@@ -1,4 +1,4 @@
-// Runs the playground's ES modules under node for tests/test_placement.py: reads a JSON job on stdin,
+// Runs the playground's ES modules under node for tests/shared/test_placement.py: reads a JSON job on stdin,
 // answers what layout.js and omost.js compute for it as JSON on stdout.
 import { makeLayout } from "../../planner_service/static/playground/layout.js";
 import { canvasToCode, parseCanvasCode } from "../../planner_service/static/playground/omost.js";

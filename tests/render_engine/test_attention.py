@@ -9,10 +9,13 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from render_service.engine.attention import (
-    RegionalAttentionState,
     RegionalCrossAttnProcessor,
     RegionalJob,
+    additive_mask,
+    layer_size,
     regional_attention,
+    token_bucket,
+    unet_level,
 )
 from shared.contract import GRID
 from shared.layout import Condition
@@ -157,27 +160,31 @@ def layer() -> Attention:
     return Attention(query_dim=32, cross_attention_dim=24, heads=2, dim_head=16)
 
 
-def run_layer(layer: Attention, state: RegionalAttentionState, hidden: torch.Tensor, context: torch.Tensor):
-    layer.set_processor(RegionalCrossAttnProcessor(state, "test.attn2.processor"))
+def run_layer(
+    layer: Attention, job: RegionalJob | None, size: tuple[int, int], hidden: torch.Tensor, context: torch.Tensor
+) -> torch.Tensor:
+    """One call of ``layer`` with our processor, the job's inputs made as the engine makes them."""
+    name = "test.attn2.processor"
+    layer.set_processor(RegionalCrossAttnProcessor(name))
     with torch.no_grad():
-        return layer(hidden, encoder_hidden_states=context)
+        if job is None:
+            return layer(hidden, encoder_hidden_states=context)
+        regional = {name: job.layer_inputs(layer, context[:1], size, hidden.dtype)}
+        return layer(hidden, encoder_hidden_states=context, regional=regional)
 
 
 def test_processor_keeps_regions_apart(layer: Attention) -> None:
-    state = RegionalAttentionState()
     left_half = (0, GRID, 0, GRID // 2)
-    state.job = make_job([(0, GRID, 0, GRID), left_half], tokens_per_condition=4, rows=[0, 1])
-    state.latent_size = (8, 8)
+    job = make_job([(0, GRID, 0, GRID), left_half], tokens_per_condition=4, rows=[0, 1])
     gen = torch.Generator().manual_seed(4)
     hidden = torch.randn(2, 64, 32, generator=gen)
     context = torch.randn(1, 12, 24, generator=gen).expand(2, -1, -1)
-    before = run_layer(layer, state, hidden, context)
+    before = run_layer(layer, job, (8, 8), hidden, context)
 
-    # Change only the left region's tokens, with a fresh job so nothing cached is reused.
+    # Change only the left region's tokens.
     changed = context.clone()
     changed[:, 8:12] += 3.0
-    state.job = make_job([(0, GRID, 0, GRID), left_half], tokens_per_condition=4, rows=[0, 1])
-    after = run_layer(layer, state, hidden, changed)
+    after = run_layer(layer, job, (8, 8), hidden, changed)
 
     left = torch.zeros(8, 8, dtype=torch.bool)
     left[:, :4] = True
@@ -191,7 +198,7 @@ def test_processor_without_job_is_stock(layer: Attention) -> None:
     gen = torch.Generator().manual_seed(5)
     hidden = torch.randn(2, 16, 32, generator=gen)
     context = torch.randn(2, 7, 24, generator=gen)
-    ours = run_layer(layer, RegionalAttentionState(), hidden, context)
+    ours = run_layer(layer, None, (4, 4), hidden, context)
     layer.set_processor(AttnProcessor2_0())
     with torch.no_grad():
         stock = layer(hidden, encoder_hidden_states=context)
@@ -199,37 +206,59 @@ def test_processor_without_job_is_stock(layer: Attention) -> None:
 
 
 def test_processor_with_one_region_everywhere_equals_plain_attention(layer: Attention) -> None:
-    # A global-only canvas with no negative row is exactly ordinary cross-attention.
-    state = RegionalAttentionState()
-    state.job = make_job([(0, GRID, 0, GRID)], tokens_per_condition=5, rows=[1])
-    state.latent_size = (4, 6)
+    # A global-only canvas with no negative row is exactly ordinary cross-attention: the bucket's
+    # padding tokens are masked and change nothing.
+    job = make_job([(0, GRID, 0, GRID)], tokens_per_condition=5, rows=[1])
     gen = torch.Generator().manual_seed(6)
     hidden = torch.randn(1, 24, 32, generator=gen)
     context = torch.randn(1, 10, 24, generator=gen)
-    ours = run_layer(layer, state, hidden, context)
+    ours = run_layer(layer, job, (4, 6), hidden, context)
     layer.set_processor(AttnProcessor2_0())
     with torch.no_grad():
         stock = layer(hidden, encoder_hidden_states=context[:, 5:])
     torch.testing.assert_close(ours, stock, rtol=1e-5, atol=1e-5)
 
 
-def test_vanishing_region_gives_no_nan_and_kv_is_cached(layer: Attention) -> None:
-    state = RegionalAttentionState()
+def test_vanishing_region_gives_no_nan(layer: Attention) -> None:
     tiny_region = (44, 46, 44, 46)  # 2x2 cells of 90: gone at 4x4, present at 64x64
-    state.job = make_job([(0, GRID, 0, GRID), tiny_region], tokens_per_condition=3, rows=[0, 1])
+    job = make_job([(0, GRID, 0, GRID), tiny_region], tokens_per_condition=3, rows=[0, 1])
     gen = torch.Generator().manual_seed(7)
     context = torch.randn(1, 9, 24, generator=gen).expand(2, -1, -1)
     for size in [(4, 4), (2, 2), (64, 64)]:
-        state.latent_size = size
         hidden = torch.randn(2, size[0] * size[1], 32, generator=gen)
-        out = run_layer(layer, state, hidden, context)
+        out = run_layer(layer, job, size, hidden, context)
         assert torch.isfinite(out).all(), size
-    mask, scale = state.job.masks_at(4, 4, torch.device("cpu"))
+    mask, scale = job.masks_at(4, 4, torch.device("cpu"))
     assert not mask[:, :, 6:].any() and torch.isfinite(scale).all()
-    _, scale = state.job.masks_at(64, 64, torch.device("cpu"))
+    _, scale = job.masks_at(64, 64, torch.device("cpu"))
     assert scale[6] > 100  # a small region gets a large factor where it exists
-    # Projections are cached per layer and resolution: once per job and pass, not once per step.
-    assert set(state.job.kv_cache) == {("test.attn2.processor", h, w) for h, w in [(4, 4), (2, 2), (64, 64)]}
+
+
+def test_layer_inputs_pad_the_masked_group_to_a_bucket(layer: Attention) -> None:
+    job = make_job([(0, GRID, 0, GRID), (0, 45, 0, 45)], tokens_per_condition=77, rows=[0, 0, 1, 1])
+    context = torch.randn(1, 3 * 77, 24)
+    negative, positive = job.layer_inputs(layer, context, (8, 8), torch.float32)
+    assert negative[:2] == (0, 2) and negative[2].shape[2] == 77 and negative[4] is None, "negative: stock"
+    start, stop, key, value, bias = positive
+    assert (start, stop) == (2, 4) and key.shape[2] == value.shape[2] == bias.shape[3] == 256
+    assert torch.isinf(bias[..., 154:]).all() and not key[:, :, 154:].any(), "padding is masked and zero"
+    job.bucket_tokens = False  # eager: only aligned to 16
+    job.mask_cache.clear()
+    assert job.layer_inputs(layer, context, (8, 8), torch.float32)[1][4].shape[3] == 160
+
+
+def test_token_buckets_are_few_and_cover_every_count() -> None:
+    buckets = {token_bucket(77 * bags) for bags in range(1, 80)}
+    assert buckets == {256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144}
+    assert all(token_bucket(n) >= n for n in range(1, 7000, 13))
+    assert token_bucket(2849) == 3072  # 12 Omost regions: 8 % padding
+
+
+def test_additive_mask_is_branch_free() -> None:
+    # No data-dependent None: an all-True mask still gives a (zero) bias, so the compiled graph
+    # is the same for every canvas.
+    bias = additive_mask(torch.ones(1, 1, 4, 3, dtype=torch.bool), torch.float16, tokens=8)
+    assert bias.shape == (1, 1, 4, 8) and not bias[..., :3].any() and torch.isinf(bias[..., 3:]).all()
 
 
 @pytest.mark.parametrize("size", [(8, 8), (13, 7), (45, 90), (128, 96)])
@@ -243,11 +272,12 @@ def test_masks_agree_with_shared_layout(size: tuple[int, int]) -> None:
         assert torch.equal(mask[0, :, index], want), (size, rect)
 
 
-def test_attention_size_follows_unet_downsampling() -> None:
-    state = RegionalAttentionState()
-    state.latent_size = (13, 9)
-    assert state.attention_size(13 * 9) == (13, 9)
-    assert state.attention_size(7 * 5) == (7, 5)
-    assert state.attention_size(4 * 3) == (4, 3)
-    with pytest.raises(RuntimeError):
-        state.attention_size(11)
+def test_layer_sizes_follow_unet_downsampling() -> None:
+    assert layer_size((13, 9), 0) == (13, 9)
+    assert layer_size((13, 9), 1) == (7, 5)
+    assert layer_size((13, 9), 2) == (4, 3)
+    assert [unet_level(n, 3) for n in ("down_blocks.1.attentions.0.transformer_blocks.0.attn2",
+                                       "mid_block.attentions.0.transformer_blocks.0.attn2",
+                                       "up_blocks.0.attentions.2.transformer_blocks.9.attn2")] == [1, 2, 2]  # fmt: skip
+    with pytest.raises(ValueError):
+        unet_level("encoder.attn2", 3)

@@ -74,17 +74,23 @@ def test_random_seed_when_none(engine: RenderEngine) -> None:
     assert result.seeds[0] >= 0 and result.seeds[1] <= 2**32 - 1
 
 
-def test_regional_attention_is_engaged_and_released(engine: RenderEngine) -> None:
-    seen = []
+def test_regional_attention_is_engaged_and_released(engine: RenderEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    from render_service.engine.attention import RegionalCrossAttnProcessor
 
-    def on_step(done: int, total: int) -> None:
-        job = engine.attention_state.job
-        seen.append((done, total, job is not None and len(job.kv_cache)))
+    calls: list[bool] = []
+    stock_call = RegionalCrossAttnProcessor.__call__
 
-    engine.render(request(), on_step=on_step)
-    assert [(d, t) for d, t, _ in seen] == [(1, 3), (2, 3), (3, 3)]
-    assert all(cached > 0 for _, _, cached in seen), "cross-attention ran through the regional processors"
-    assert engine.attention_state.job is None
+    def spy(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, regional=None):
+        calls.append(regional is not None and self.name in regional)
+        return stock_call(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb, regional)
+
+    monkeypatch.setattr(RegionalCrossAttnProcessor, "__call__", spy)
+    progress = []
+    engine.render(request(), on_step=lambda done, total: progress.append((done, total)))
+    assert progress == [(1, 3), (2, 3), (3, 3)]
+    layers = sum(name.endswith("attn2.processor") for name in engine.unet.attn_processors)
+    assert calls and len(calls) == 3 * layers and all(calls), "every cross-attention got the job's inputs"
+    assert engine._cancel_check is None, "nothing of the job is left on the engine"
 
 
 def test_hires_and_initial_latent(engine: RenderEngine) -> None:
@@ -105,7 +111,7 @@ def test_cancel_stops_cleanly(engine: RenderEngine) -> None:
             request(steps=6), on_step=lambda d, t: progress.append(d), should_cancel=lambda: len(progress) >= 2
         )
     assert progress == [1, 2]
-    assert engine.attention_state.job is None
+    assert engine._cancel_check is None
     assert len(engine.render(request()).images) == 1, "the engine renders again after a cancel"
 
 

@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -16,7 +17,7 @@ import redis
 from httpx_sse import connect_sse
 from PIL import Image
 
-from render_service.worker.webhooks import sign
+from render_service.webhooks import sign
 from shared.jobs import RenderRequest
 from shared.queue import (
     GROUP,
@@ -73,8 +74,20 @@ class Receiver:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
+@dataclass
+class Stack:
+    """One API and one worker as processes, with what the tests reach them by."""
+
+    http: httpx.Client
+    api: Api
+    worker: ChildProcess
+    keys: QueueKeys
+    redis: redis.Redis
+    receiver: Receiver
+
+
 @pytest.fixture(scope="module")
-def env(redis_server: RedisServer, tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def env(redis_server: RedisServer, tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     logs = tmp_path_factory.mktemp("lifecycle-logs")
     prefix = unique_prefix("life")
     settings = {"allow_private_webhooks": "true", "webhook_secret": WEBHOOK_SECRET}
@@ -84,14 +97,7 @@ def env(redis_server: RedisServer, tiny_model, tmp_path_factory: pytest.TempPath
     try:
         with httpx.Client(base_url=api.url, timeout=30) as http:
             wait_for_workers(http, 1)
-            yield {
-                "http": http,
-                "api": api,
-                "worker": worker,
-                "keys": QueueKeys(prefix),
-                "redis": redis.Redis.from_url(redis_server.url),
-                "receiver": receiver,
-            }
+            yield Stack(http, api, worker, QueueKeys(prefix), redis.Redis.from_url(redis_server.url), receiver)
     except BaseException:
         print(worker.log()[-5000:])
         raise
@@ -106,65 +112,111 @@ def sse_events(http: httpx.Client, job_id: str, **headers: str) -> list[tuple[st
         return [(e.id, e.event, json.loads(e.data)) for e in source.iter_sse()]
 
 
-def test_full_lifecycle(env: dict[str, Any]) -> None:
-    http: httpx.Client = env["http"]
-    answer = http.post("/v1/renders", json=body(num_images=2, seed=42, steps=3))
-    assert answer.status_code == 202
-    accepted = answer.json()
-    job_id = accepted["id"]
+@dataclass
+class FinishedJob:
+    """A job of 2 images (seed 42, 3 steps) followed from submit to success; the claims below read it."""
+
+    answer: httpx.Response
+    job_id: str
+    live: list[tuple[str, str, dict]]
+    """Its events as a subscriber that connected right after the submit saw them."""
+    record: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def finished(env: Stack) -> FinishedJob:
+    answer = env.http.post("/v1/renders", json=body(num_images=2, seed=42, steps=3))
+    assert answer.status_code == 202, answer.text
+    job_id = answer.json()["id"]
+    live = sse_events(env.http, job_id)  # subscribes right away and follows the job to its end
+    return FinishedJob(answer, job_id, live, wait_terminal(env.http, job_id))
+
+
+def test_submit_answers_queued_with_its_urls(finished: FinishedJob) -> None:
+    accepted, job_id = finished.answer.json(), finished.job_id
     assert accepted["status"] == "queued"
-    assert accepted["urls"]["self"] == answer.headers["location"]
+    assert accepted["urls"]["self"] == finished.answer.headers["location"]
     assert accepted["urls"]["self"].endswith(f"/v1/renders/{job_id}")
     assert accepted["urls"]["events"].endswith(f"/v1/renders/{job_id}/events")
 
-    live = sse_events(http, job_id)  # subscribes right away and follows the job to its end
-    names = [name for _, name, _ in live]
+
+def test_events_run_from_queued_through_running_to_succeeded(finished: FinishedJob) -> None:
+    names = [name for _, name, _ in finished.live]
     assert names[0] == "queued" and names[1] == "running" and names[-1] == "succeeded"
-    progress = [data for _, name, data in live if name == "progress"]
+
+
+def test_progress_events_count_every_step(finished: FinishedJob) -> None:
+    progress = [data for _, name, data in finished.live if name == "progress"]
     assert [p["step"] for p in progress] == list(range(1, progress[-1]["total"] + 1))
 
-    record = wait_terminal(http, job_id)
-    assert record["status"] == "succeeded", record
-    assert record["seeds"] == [42, 43]
+
+def test_the_job_succeeds_with_one_seed_per_image(finished: FinishedJob) -> None:
+    assert finished.record["status"] == "succeeded", finished.record
+    assert finished.record["seeds"] == [42, 43]
+
+
+def test_the_record_says_who_rendered_it_and_how(finished: FinishedJob) -> None:
+    record = finished.record
     assert record["progress"]["step"] == record["progress"]["total"] > 0
     assert record["model"] and record["device"] == "cpu" and record["worker"] == "life-worker"
     assert record["timings"]["worker_total"] > 0 and record["deliveries"] == 1
+
+
+def test_timestamps_are_in_order(finished: FinishedJob) -> None:
+    record = finished.record
     assert record["finished_at"] >= record["started_at"] >= record["created_at"]
-    assert len(record["urls"]["images"]) == 2
-    for url in record["urls"]["images"]:
-        image = http.get(url)
+
+
+def test_each_image_is_a_png_of_the_requested_size(env: Stack, finished: FinishedJob) -> None:
+    assert len(finished.record["urls"]["images"]) == 2
+    for url in finished.record["urls"]["images"]:
+        image = env.http.get(url)
         assert image.status_code == 200 and image.headers["content-type"] == "image/png"
         assert Image.open(io.BytesIO(image.content)).size == (64, 64)
-    assert http.get(f"/v1/renders/{job_id}/images/2").status_code == 404
+    assert env.http.get(f"/v1/renders/{finished.job_id}/images/2").status_code == 404
 
-    # A late subscriber gets the same history, and Last-Event-ID resumes without repeats.
-    late = sse_events(http, job_id)
-    assert late == live
-    resumed = sse_events(http, job_id, **{"Last-Event-ID": live[1][0]})
-    assert resumed == live[2:]
+
+def test_a_late_subscriber_gets_the_same_history(env: Stack, finished: FinishedJob) -> None:
+    assert sse_events(env.http, finished.job_id) == finished.live
+
+
+def test_last_event_id_resumes_without_repeats(env: Stack, finished: FinishedJob) -> None:
+    live = finished.live
+    assert sse_events(env.http, finished.job_id, **{"Last-Event-ID": live[1][0]}) == live[2:]
+
+
+def test_a_stream_resumed_after_the_end_closes_at_once(env: Stack, finished: FinishedJob) -> None:
     started = time.monotonic()
-    assert sse_events(http, job_id, **{"Last-Event-ID": live[-1][0]}) == []
-    assert time.monotonic() - started < 2  # nothing left to wait for: the stream closes at once
+    assert sse_events(env.http, finished.job_id, **{"Last-Event-ID": finished.live[-1][0]}) == []
+    assert time.monotonic() - started < 2  # nothing left to wait for
 
-    # Results and records carry the TTL.
-    keys: QueueKeys = env["keys"]
-    r: redis.Redis = env["redis"]
+
+def test_record_events_and_images_expire(env: Stack, finished: FinishedJob) -> None:
+    keys, job_id = env.keys, finished.job_id
     for key in (keys.job(job_id), keys.events(job_id), keys.image(job_id, 0)):
-        assert 0 < r.ttl(key) <= 24 * 3600
+        assert 0 < env.redis.ttl(key) <= 24 * 3600
 
-    metrics = http.get("/metrics").text
+
+def test_metrics_count_the_job_and_its_steps(env: Stack, finished: FinishedJob) -> None:
+    metrics = env.http.get("/metrics").text
     assert 'omost_render_jobs_finished_total{status="succeeded"}' in metrics
     assert "omost_render_duration_seconds_count" in metrics
     assert "omost_render_step_seconds_bucket" in metrics and "omost_render_queue_depth" in metrics
     step_count = next(line for line in metrics.splitlines() if line.startswith("omost_render_step_seconds_count"))
     assert float(step_count.split()[-1]) >= 3
-    assert "/v1/renders/{job_id}/events" in http.get("/openapi.json").json()["paths"]
-    ready = http.get("/readyz")
+
+
+def test_openapi_documents_the_event_stream(env: Stack) -> None:
+    assert "/v1/renders/{job_id}/events" in env.http.get("/openapi.json").json()["paths"]
+
+
+def test_readyz_counts_the_live_worker(env: Stack) -> None:
+    ready = env.http.get("/readyz")  # status only: names, hosts and pids are in the admin view
     assert ready.status_code == 200 and ready.json()["workers"] == 1 and "life-worker" not in ready.text
 
 
-def test_idempotency_key(env: dict[str, Any]) -> None:
-    http: httpx.Client = env["http"]
+def test_idempotency_key(env: Stack) -> None:
+    http = env.http
     headers = {"Idempotency-Key": f"order-{time.monotonic_ns()}"}
     first = http.post("/v1/renders", json=body(seed=7), headers=headers)
     second = http.post("/v1/renders", json=body(seed=7), headers=headers)
@@ -176,9 +228,8 @@ def test_idempotency_key(env: dict[str, Any]) -> None:
     assert wait_terminal(http, first.json()["id"])["status"] == "succeeded"
 
 
-def test_webhook_called_with_retries(env: dict[str, Any]) -> None:
-    http: httpx.Client = env["http"]
-    receiver: Receiver = env["receiver"]
+def test_webhook_called_with_retries(env: Stack) -> None:
+    http, receiver = env.http, env.receiver
     job_id = submit(http, webhook_url=receiver.url)
     assert wait_terminal(http, job_id)["status"] == "succeeded"
     record = wait_for(http, job_id, lambda r: r["webhook"] is not None, 60, "webhook outcome")
@@ -190,11 +241,11 @@ def test_webhook_called_with_retries(env: dict[str, Any]) -> None:
     assert headers["X-Omost-Signature"] == sign(data, WEBHOOK_SECRET)
 
 
-def test_cancel_queued_and_running(env: dict[str, Any]) -> None:
-    http: httpx.Client = env["http"]
+def test_cancel_queued_and_running(env: Stack) -> None:
+    http = env.http
     long_id = submit(http, steps=150)
     wait_for(http, long_id, lambda r: r["status"] == "running" and r["progress"]["step"] >= 1, 120, "rendering")
-    queued_id = submit(http, webhook_url=env["receiver"].url)  # waits behind the long job
+    queued_id = submit(http, webhook_url=env.receiver.url)  # waits behind the long job
 
     answer = http.delete(f"/v1/renders/{queued_id}")
     assert answer.status_code == 202 and answer.json()["status"] == "canceled"
@@ -211,15 +262,12 @@ def test_cancel_queued_and_running(env: dict[str, Any]) -> None:
     # The worker skips the canceled entry (and reports it by webhook), then carries on.
     wait_for(http, queued_id, lambda r: r["webhook"] is not None, 60, "webhook of the canceled job")
     assert wait_terminal(http, submit(http))["status"] == "succeeded"
-    keys: QueueKeys = env["keys"]
-    wait_for(http, long_id, lambda _: env["redis"].xlen(keys.stream) == 0, 30, "stream drained")
+    wait_for(http, long_id, lambda _: env.redis.xlen(env.keys.stream) == 0, 30, "stream drained")
 
 
-def test_plain_redis_enqueue(env: dict[str, Any]) -> None:
+def test_plain_redis_enqueue(env: Stack) -> None:
     """docs/queue-protocol.md: a client with only a Redis library can queue a job."""
-    http: httpx.Client = env["http"]
-    r: redis.Redis = env["redis"]
-    keys: QueueKeys = env["keys"]
+    http, r, keys = env.http, env.redis, env.keys
     # Minimal form: XADD the message alone; the worker creates the record.
     job_id = new_job_id()
     message = {"v": 1, "job_id": job_id, "request": {"canvas": CANVAS, "width": 64, "height": 64, "steps": 2}}
@@ -239,10 +287,8 @@ def test_plain_redis_enqueue(env: dict[str, Any]) -> None:
     assert wait_terminal(http, msg.job_id)["status"] == "succeeded"
 
 
-def test_dead_letters(env: dict[str, Any]) -> None:
-    http: httpx.Client = env["http"]
-    r: redis.Redis = env["redis"]
-    keys: QueueKeys = env["keys"]
+def test_dead_letters(env: Stack) -> None:
+    http, r, keys = env.http, env.redis, env.keys
     r.xadd(keys.stream, {"message": "{not json"})
     # A job whose record says it was already delivered max_deliveries (3) times fails, not renders.
     msg = QueueMessage(job_id=new_job_id(), request=RenderRequest.model_validate(body()), ttl_seconds=600)
@@ -258,7 +304,7 @@ def test_dead_letters(env: dict[str, Any]) -> None:
     assert r.xpending(keys.stream, GROUP)["pending"] == 0
 
 
-def test_worker_stays_healthy(env: dict[str, Any]) -> None:
-    worker: ChildProcess = env["worker"]
+def test_worker_stays_healthy(env: Stack) -> None:
+    worker = env.worker
     assert worker.process is not None and worker.process.poll() is None
     assert "Traceback" not in worker.log()

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import shared.queue
 from shared.jobs import JobEvent, RenderRequest
-from shared.queue import EVENT_FIELD, GROUP, MESSAGE_FIELD, QueueKeys, QueueMessage, initial_record
+from shared.queue import EVENT_FIELD, GROUP, MESSAGE_FIELD, QueueKeys, QueueMessage, Rec, initial_record
+
+TRANSITIONS = ("submit", "claim", "progress", "request_cancel", "finish", "fail", "requeue", "dead_letter")
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "queue-protocol.md").read_text()
 
@@ -22,6 +25,7 @@ def test_key_names_match() -> None:
         keys.image("{id}", "{n}"),  # type: ignore[arg-type]
         keys.worker("{name}"),
         f"{keys.prefix}idempotency:{{sha256(key)}}",
+        keys.webhook_outbox,
     ]
     for name in names:
         assert f"`{name}`" in DOC, name
@@ -37,6 +41,22 @@ def test_message_and_record_fields_are_documented() -> None:
         assert f"`{name}`" in DOC, name
     for name in JobEvent.model_fields:
         assert f'"{name}"' in DOC or f"`{name}`" in DOC, name
+
+
+def test_every_record_field_is_documented() -> None:
+    fields = [value for name, value in vars(Rec).items() if name.isupper()]
+    assert len(fields) > 15
+    for field in fields:
+        assert f"`{field}`" in DOC, field
+
+
+def test_every_transition_is_a_function_the_doc_describes() -> None:
+    """The *Transitions* table names each function of the state machine, and each exists in shared.queue."""
+    table = DOC.split("## Transitions", 1)[1].split("\n## ", 1)[0]
+    for name in TRANSITIONS:
+        assert callable(getattr(shared.queue, name)), name
+        assert f"| `{name}` |" in table, name
+    assert "`SUBMIT_SCRIPT`" in DOC and shared.queue.SUBMIT_SCRIPT.strip()
 
 
 def _canvas() -> dict:

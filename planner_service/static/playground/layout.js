@@ -1,7 +1,7 @@
 // Omost layout maths for the playground, mirroring shared/layout.py exactly:
 // placement_rect, all_placements, rect_distance, snap_to_placement and the colour composition
 // (CanvasLayout.initial_image at the 90-grid). The tables come from the server's config
-// (shared.contract), so nothing here restates the contract. tests/test_placement.py runs this
+// (shared.contract), so nothing here restates the contract. tests/shared/test_placement.py runs this
 // file under node and checks it against the Python functions on all 729 placements.
 
 export const GRID = 90;

@@ -1,5 +1,5 @@
 // The Omost code form of a canvas in the browser: canvasToCode mirrors shared.omost_code.canvas_to_code
-// (tests/test_placement.py checks it against Python under node), and parseCanvasCode reads the same
+// (tests/shared/test_placement.py checks it against Python under node), and parseCanvasCode reads the same
 // whitelisted form the server accepts (canvas = Canvas(), the two method calls with literal arguments,
 // comments) without evaluating anything. The server stays the judge: the render API and the planner
 // validate whatever the page sends.

@@ -13,7 +13,7 @@ from shared import layout_canvas
 from shared.canvas import Canvas, GlobalDescription, LocalDescription
 from shared.contract import contract
 from shared.layout import nearest_exact_indices, normalise_subprompt, placement_rect
-from tests.canvas_strategies import canvases
+from tests.shared.canvas_strategies import canvases
 
 
 def omost_process(canvas: Canvas) -> dict:

@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from shared.canvas import ENUM_TABLES, GLOBAL_ARGUMENTS, LOCAL_ARGUMENTS, Canvas
 from shared.grammar import PROFILES, ContentLimits, omost_grammar
 from shared.omost_code import canvas_to_code, parse_canvas_code
-from tests.canvas_strategies import canvases
+from tests.shared.canvas_strategies import canvases
 
 xgrammar = pytest.importorskip("xgrammar")
 
-FIXTURES = sorted((Path(__file__).parent / "fixtures" / "omost_outputs").glob("*.md"))
+FIXTURES = sorted((Path(__file__).parents[1] / "fixtures" / "omost_outputs").glob("*.md"))
 OMOST_DETAILS = {"max_detailed_descriptions": 8}
 """Real Omost answers carry up to 8 details; the strict profile's default of 5 is for small models."""
 

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 
 from shared import CanvasParseError, CanvasTruncatedError, canvas_to_code, parse_canvas_code
 from shared.canvas import MAX_LOCAL_DESCRIPTIONS, Canvas
-from tests.canvas_strategies import canvases
+from tests.shared.canvas_strategies import canvases
 
-FIXTURES = Path(__file__).parent / "fixtures" / "omost_outputs"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "omost_outputs"
 
 HEADER = "canvas = Canvas()\n"
 GLOBAL = (
@@ -163,13 +163,63 @@ HOSTILE = {
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE))
-def test_hostile_code_is_rejected_quickly_without_side_effects(name: str, tmp_path: Path) -> None:
+def test_hostile_code_is_rejected_quickly_with_a_message(name: str) -> None:
     started = time.perf_counter()
     with pytest.raises(CanvasParseError) as info:
         parse_canvas_code(HOSTILE[name])  # type: ignore[arg-type]
     assert time.perf_counter() - started < 2.0, "the parser must bound its work"
     assert isinstance(info.value, ValueError)
     assert str(info.value)  # a message a user can act on
+
+
+# Code that leaves a trace if anything runs it: each writes the file named by {marker} at a different point
+# (an import, an argument, an f-string, a default, a class body, a statement after valid calls, ...).
+TOUCH = "__import__('pathlib').Path({marker}).touch()"
+CANARIES = {
+    "import": "import pathlib\npathlib.Path({marker}).touch()\n" + HEADER + GLOBAL,
+    "call as argument": HEADER + GLOBAL.replace("'cat'", f"{TOUCH} or 'cat'"),
+    "f-string": HEADER + GLOBAL.replace("'A cat.'", f'f"{{{TOUCH}}} A cat."'),
+    "lambda": HEADER + GLOBAL.replace("'cat'", f"(lambda: {TOUCH} or 'cat')()"),
+    "comprehension": HEADER + GLOBAL.replace("['Fluffy.']", f"[{TOUCH} or 'Fluffy.' for _ in 'a']"),
+    "walrus": HEADER + GLOBAL.replace("'cat'", f"(t := {TOUCH} or 'cat')"),
+    "with open": "with open({marker}, 'w'):\n    pass\n" + HEADER + GLOBAL,
+    "default argument": f"def f(x={TOUCH}):\n    pass\n" + HEADER + GLOBAL,
+    "class body": f"class A:\n    {TOUCH}\n" + HEADER + GLOBAL,
+    "after valid calls": HEADER + GLOBAL + LOCAL + f"{TOUCH}\n",
+    "attribute of the canvas": HEADER + GLOBAL + f"canvas.__class__.__name__ and {TOUCH}\n",
+}
+TRUNCATED_TAIL = "canvas.add_local_description(location='on th"
+
+
+def _canary(name: str, marker: Path) -> str:
+    return CANARIES[name].replace("{marker}", repr(str(marker)))
+
+
+@pytest.mark.parametrize("name", sorted(CANARIES))
+def test_parsing_code_never_runs_it(name: str, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    with pytest.raises(CanvasParseError):
+        parse_canvas_code(_canary(name, marker))
+    # Output cut off by a token limit takes another path: the statements before the cut are read on their own.
+    with pytest.raises(CanvasParseError):
+        parse_canvas_code(_canary(name, marker) + TRUNCATED_TAIL, allow_partial=True)
+    assert not marker.exists(), "the parser ran part of the code"
+
+
+@pytest.mark.parametrize("name", sorted(CANARIES))
+def test_the_canaries_leave_their_trace_when_run(name: str, tmp_path: Path) -> None:
+    """The control for the test above: run as Omost runs model output, each canary does write its file."""
+
+    class Canvas:
+        def set_global_description(self, **arguments: object) -> None:
+            pass
+
+        def add_local_description(self, **arguments: object) -> None:
+            pass
+
+    marker = tmp_path / "ran"
+    exec(_canary(name, marker), {"Canvas": Canvas})  # test-written code, never model output
+    assert marker.exists()
 
 
 def test_error_names_line_and_column() -> None:

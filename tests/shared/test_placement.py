@@ -32,7 +32,7 @@ from shared.layout import (
 )
 from shared.omost_code import canvas_to_code, parse_canvas_code
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "omost_outputs"
 NODE = shutil.which("node")
 

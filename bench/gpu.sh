@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Every GPU check of the render engine and the full benchmark, in one call on a bare CUDA machine
+# (no internet: torch preinstalled, the other wheels installed by the caller). About 7 minutes on
+# an H200. Figures print as they come and land under $OUT (or ./out/gpu) as logs and JSON.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-out/gpu}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" TOKENIZERS_PARALLELISM=false
+export HF_HUB_OFFLINE=1 PYTHONWARNINGS=ignore
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/machine.txt"
+python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)" \
+  | tee -a "$OUT/machine.txt"
+status=0
+echo "== full bench: 1024², 25 steps, fp16, eager and compiled"
+timeout 330 python3 bench/render_bench.py --full --compile --repeats 2 --json "$OUT/bench.json" 2>&1 \
+  | grep -v Warning | tee "$OUT/bench.log" || status=1
+echo "== CUDA checks (tiny model)"
+timeout 80 python3 bench/gpu_checks.py "$OUT/checks.json" 2>&1 | grep -v Warning | tee "$OUT/checks.log" || status=1
+echo "== end to end with an fp16-safe VAE (eager, 5 regions)"
+timeout 50 python3 bench/render_bench.py --full --fp16-vae --regions 5 --repeats 2 --json "$OUT/bench_fp16vae.json" \
+  2>&1 | grep -v Warning | tee "$OUT/bench_fp16vae.log" || status=1
+exit $status

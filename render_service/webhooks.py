@@ -1,0 +1,189 @@
+"""Webhook targets: refuse internal addresses (SSRF), then POST the job to the address that was vetted.
+
+A webhook is a request our servers make on a user's behalf, so by default it may only go to
+publicly routable addresses; operators opt in to private ones (``allow_private_webhooks``).
+The API vets the URL at submission (an early, clear 422); the worker vets it again before each
+attempt and then connects to *the address it vetted* (Host header and TLS SNI keep the name), so
+a DNS answer that changes between the check and the connection (rebinding) cannot redirect the
+POST to loopback or the private network. Both the API and the worker use this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+log = logging.getLogger("render_service.webhooks")
+
+SIGNATURE_HEADER = "X-Omost-Signature"
+
+Resolver = Callable[[str, int], list[str]]
+"""``(host, port) -> addresses``; the default asks the system resolver (``getaddrinfo``)."""
+
+# IPv6 forms that carry an IPv4 address a gateway may forward to: NAT64, 6to4 and the deprecated
+# IPv4-compatible ::a.b.c.d. Python calls most of them "global", whatever IPv4 address they embed.
+_IPV4_EMBEDDING = (
+    ipaddress.ip_network("64:ff9b::/96"),
+    ipaddress.ip_network("64:ff9b:1::/48"),
+    ipaddress.ip_network("2002::/16"),
+    ipaddress.ip_network("::/96"),
+)
+
+
+class WebhookRefused(ValueError):
+    """The URL is malformed or points at an address the settings do not allow."""
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+def _is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone id
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback too
+        elif any(ip in network for network in _IPV4_EMBEDDING):
+            return False
+    # is_global excludes loopback, private, link-local, CGNAT, reserved and unspecified ranges.
+    return ip.is_global and not ip.is_multicast
+
+
+@dataclass(frozen=True)
+class Target:
+    """A vetted webhook URL and the one address to connect to."""
+
+    url: str
+    address: str
+
+
+def _host_and_port(url: str) -> tuple[str, int]:
+    """The URL's host and port, or :class:`WebhookRefused` if it is not a plain http(s) URL with a valid host."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise WebhookRefused("webhook_url must be an http:// or https:// URL")
+    if not parts.hostname:
+        raise WebhookRefused("webhook_url has no host")
+    if parts.username or parts.password:
+        raise WebhookRefused("webhook_url must not contain credentials")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise WebhookRefused(f"webhook_url has a bad port: {exc}") from exc
+    try:
+        # Empty labels ("a..b", ".x") and labels over 63 characters are not host names at all.
+        parts.hostname.encode("idna")
+    except UnicodeError as exc:
+        raise WebhookRefused(f"webhook_url host {parts.hostname!r} is not a valid host name: {exc}") from exc
+    return parts.hostname, port
+
+
+def vet_webhook_url(url: str, *, allow_private: bool, resolver: Resolver = system_resolver) -> Target:
+    """Resolve ``url``'s host once and check every address; raise :class:`WebhookRefused` saying why not.
+
+    The returned :class:`Target` names the one address to connect to, so what is called is what was vetted.
+    """
+    host, port = _host_and_port(url)
+    try:
+        addresses = resolver(host, port)
+    except (OSError, UnicodeError) as exc:
+        raise WebhookRefused(f"webhook_url host {host!r} does not resolve: {exc}") from exc
+    if not addresses:
+        raise WebhookRefused(f"webhook_url host {host!r} does not resolve")
+    for address in addresses:
+        if not allow_private and not _is_public(address):
+            raise WebhookRefused(
+                f"webhook_url host {host!r} resolves to {address}, a loopback, private or "
+                "link-local address; this server does not call those"
+            )
+    return Target(url, addresses[0].split("%", 1)[0])
+
+
+def check_webhook_url(url: str, *, allow_private: bool, resolver: Resolver = system_resolver) -> None:
+    """Raise :class:`WebhookRefused` saying why ``url`` may not be called (the API's check at submit).
+
+    With ``allow_private`` the host is not resolved here: any host is allowed, and one that does not
+    resolve yet may by the time the job ends.
+    """
+    _host_and_port(url)
+    if not allow_private:
+        vet_webhook_url(url, allow_private=False, resolver=resolver)
+
+
+def sign(body: bytes, secret: str) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class _RetryableStatus(Exception):
+    def __init__(self, status_code: int) -> None:
+        super().__init__(f"HTTP {status_code}")
+        self.status_code = status_code
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, (httpx.TransportError, _RetryableStatus))
+
+
+def _post(client: httpx.Client, target: Target, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    """POST to the vetted address itself: the URL's host becomes the IP, the name stays in Host and SNI."""
+    url = httpx.URL(target.url)
+    pinned = url.copy_with(host=target.address)
+    extensions = {"sni_hostname": url.raw_host.decode()} if url.scheme == "https" else {}
+    return client.post(
+        pinned, content=body, headers={**headers, "Host": url.netloc.decode()}, extensions=extensions
+    )
+
+
+def deliver(
+    url: str,
+    body: bytes,
+    *,
+    event: str,
+    allow_private: bool,
+    secret: str | None,
+    max_attempts: int,
+    timeout: float,
+    resolver: Resolver = system_resolver,
+) -> str:
+    """POST ``body`` to ``url``; retry transport errors, 429 and 5xx with backoff. Returns an outcome.
+
+    Every attempt vets the URL again and connects to the address it vetted.
+    """
+    headers = {"Content-Type": "application/json", "X-Omost-Event": event}
+    if secret:
+        headers[SIGNATURE_HEADER] = sign(body, secret)
+    # Redirects are not followed: they could lead to an address the check would refuse.
+    with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+        retrying = Retrying(
+            retry=retry_if_exception(_retryable),
+            stop=stop_after_attempt(max_attempts),
+            wait=wait_exponential_jitter(initial=0.5, max=30.0),
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    target = vet_webhook_url(url, allow_private=allow_private, resolver=resolver)
+                    response = _post(client, target, body, headers)
+                    if response.status_code == 429 or response.status_code >= 500:
+                        raise _RetryableStatus(response.status_code)
+                    number = attempt.retry_state.attempt_number
+                    if response.is_success:
+                        return f"delivered: HTTP {response.status_code} after {number} attempt(s)"
+                    return f"rejected: HTTP {response.status_code}"
+        except WebhookRefused as exc:
+            return f"refused: {exc}"
+        except (httpx.TransportError, _RetryableStatus) as exc:
+            log.warning("webhook to %s failed: %s", url, exc)
+            return f"failed after {max_attempts} attempts: {exc}"
+    return "failed"  # unreachable: Retrying either returns, raises or reraises

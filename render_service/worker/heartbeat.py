@@ -1,0 +1,125 @@
+"""The worker's heartbeat: proof of life for its current job, and the pick-up point for due webhooks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from render_service.worker.retry import REDIS_ERRORS
+from shared.queue import Delivery, QueueKeys, text
+
+log = logging.getLogger("render_service.worker")
+
+FORGET_AFTER_SECONDS = 600.0
+
+
+class Heartbeat:
+    """Every ``interval`` seconds, on its own thread and its own fail-fast connection:
+
+    * ``ZADD {p}workers`` and the ``{p}worker:{name}`` hash, which names the entry being rendered
+      and this worker's claim deadline, so another worker (whatever *its* settings) can tell that
+      the entry's owner is alive and must not reclaim it;
+    * ``XCLAIM ... JUSTID`` of that entry, which resets its idle time without counting a delivery;
+    * pops due webhooks from the outbox (jobs canceled while queued) and hands them to ``on_webhook``.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: QueueKeys,
+        name: str,
+        *,
+        interval: float,
+        claim_idle_seconds: float,
+        info: dict[str, str],
+        current: Callable[[], Delivery | None],
+        on_webhook: Callable[[str], None],
+    ) -> None:
+        self.redis = client
+        self.keys = keys
+        self.name = name
+        self.interval = interval
+        self.claim_idle_seconds = claim_idle_seconds
+        self.info = info
+        self.current = current
+        self.on_webhook = on_webhook
+        self._exit = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop beating and unregister, so the worker leaves the live list at once."""
+        self._exit.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)  # let a beat in flight hand over its webhooks first
+        try:
+            self.redis.zrem(self.keys.workers, self.name)
+            self.redis.delete(self.keys.worker(self.name))
+        except REDIS_ERRORS:
+            pass
+
+    def publish(self) -> None:
+        """One beat now (the worker calls it right after taking a job, so its claim is visible at once)."""
+        keys = self.keys
+        delivery = self.current()
+        now = time.time()
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(keys.workers, {self.name: now})
+            # Forget workers long silent (they died without unregistering). Not by our own interval:
+            # other workers may beat much less often than we do.
+            pipe.zremrangebyscore(keys.workers, 0, now - max(10 * self.interval, FORGET_AFTER_SECONDS))
+            fields: dict[Any, Any] = {
+                **self.info,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "job": delivery.job_id if delivery else "",
+                "entry": delivery.entry_id if delivery else "",
+                "claim_idle_seconds": repr(self.claim_idle_seconds),
+                "beat_at": repr(now),
+            }
+            pipe.hset(keys.worker(self.name), mapping=fields)
+            pipe.expire(keys.worker(self.name), max(1, int(3 * self.interval) + 1))
+            pipe.execute()
+        if delivery is not None:
+            self._touch(delivery)
+
+    def _loop(self) -> None:
+        while not self._exit.is_set():
+            try:
+                self.publish()
+                for job_id in self.redis.lpop(self.keys.webhook_outbox, 10) or []:
+                    self.on_webhook(text(job_id))
+            except REDIS_ERRORS as exc:
+                log.warning("heartbeat failed", extra={"fields": {"worker": self.name, "error": repr(exc)}})
+            except Exception:
+                log.exception("heartbeat crashed")
+            self._exit.wait(self.interval)
+
+    def _touch(self, delivery: Delivery) -> None:
+        """Reset the idle time of our pending entry so no other worker reclaims it."""
+        keys = self.keys
+        pending = self.redis.xpending_range(
+            keys.stream, keys.group, min=delivery.entry_id, max=delivery.entry_id, count=1
+        )
+        # Only re-claim what is still ours: XCLAIM with min-idle 0 would otherwise steal it back.
+        if pending and text(pending[0]["consumer"]) == self.name:
+            self.redis.xclaim(
+                keys.stream, keys.group, self.name, min_idle_time=0, message_ids=[delivery.entry_id], justid=True
+            )
+
+
+def owner_is_alive(client: redis.Redis, keys: QueueKeys, consumer: str, entry_id: str) -> bool:
+    """Whether ``consumer`` is beating for ``entry_id`` within the claim deadline *it* published."""
+    entry, deadline, beat_at = client.hmget(keys.worker(consumer), ["entry", "claim_idle_seconds", "beat_at"])
+    if entry is None or deadline is None or beat_at is None or text(entry) != entry_id:
+        return False
+    return time.time() - float(text(beat_at)) < float(text(deadline))

@@ -1,0 +1,120 @@
+"""The compile path, cancel inside a UNet call, VAE options and warm-up, on the tiny model (CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from render_service.engine import ModelNotFoundError, RenderCanceled, RenderEngine
+from render_service.engine.engine import parse_sizes
+from render_service.engine.loading import load_pipeline
+from tests.render_engine.test_render import CANVAS, pixels, request
+
+MANY_REGIONS = {**CANVAS, "local_descriptions": CANVAS["local_descriptions"] * 6}
+
+
+def fresh_engine(tiny_model: Path) -> RenderEngine:
+    """An engine of its own: compiling must not touch the session's shared one."""
+    pipeline = load_pipeline(str(tiny_model), torch.float32)
+    return RenderEngine.from_pipeline(pipeline, model_name="tiny", device="cpu", dtype=torch.float32)
+
+
+def test_compiled_unet_is_one_graph_for_every_canvas(engine: RenderEngine, tiny_model: Path) -> None:
+    """fullgraph=True makes any graph break an error; a counting backend sees each compile."""
+    graphs: list[torch.fx.GraphModule] = []
+
+    def counting_backend(graph: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+        graphs.append(graph)
+        return graph.forward  # run the traced graph as is: what dynamo captured, executed eagerly
+
+    torch._dynamo.reset()
+    compiled = fresh_engine(tiny_model)
+    compiled.compile_unet(backend=counting_backend)
+    few, many = request(steps=2), request(canvas=MANY_REGIONS, steps=2)
+    assert len(compiled._prepare(few).encoded.tokens[0]) != len(compiled._prepare(many).encoded.tokens[0])
+    for req in (few, many):
+        ours = pixels(compiled.render(req))[0]
+        assert np.array_equal(ours, pixels(engine.render(req))[0]), "the traced graph computes what eager does"
+    assert len(graphs) == 1, "token counts in different buckets reuse the one graph"
+    sdpa_calls = sum(
+        node.target is torch._C._nn.scaled_dot_product_attention for g in graphs for node in g.graph.nodes
+    )
+    assert sdpa_calls > 0, "the regional processors were traced into the graph"
+
+
+@pytest.mark.slow
+def test_inductor_compiled_render_matches_eager(engine: RenderEngine, tiny_model: Path) -> None:
+    """The real compiler (inductor, CPU): same seed, same image within 2 grey levels."""
+    torch._dynamo.reset()
+    compiled = fresh_engine(tiny_model)
+    compiled.compile_unet()
+    req = request(steps=2)
+    gap = np.abs(pixels(compiled.render(req))[0].astype(int) - pixels(engine.render(req))[0].astype(int))
+    assert gap.max() <= 2, gap.max()
+
+
+def test_cancel_takes_effect_inside_a_unet_call(engine: RenderEngine) -> None:
+    asked = []
+
+    def should_cancel() -> bool:
+        asked.append(len(progress))
+        return len(asked) == 3  # the check before step 1, the first UNet block, then the second block
+
+    progress: list[int] = []
+    with pytest.raises(RenderCanceled, match="after 0 of"):
+        engine.render(request(steps=4), on_step=lambda d, t: progress.append(d), should_cancel=should_cancel)
+    assert progress == [] and asked == [0, 0, 0], "stopped in the middle of the first UNet call"
+    assert engine._cancel_check is None
+    blocks = len(engine.unet.down_blocks) + 1 + len(engine.unet.up_blocks)
+    asked.clear()
+    engine.render(request(steps=2), should_cancel=lambda: asked.append(1) is not None and False)
+    assert len(asked) == 2 * (1 + blocks), "asked before every step and every block"
+
+
+def test_tiled_decode_matches_whole_decode(engine: RenderEngine) -> None:
+    latents = torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        whole = engine._decode(latents)
+        engine.set_decode_tile(256)
+        try:
+            assert engine.vae.use_tiling and engine.vae.tile_latent_min_size == 32
+            tiled = engine._decode(latents)
+        finally:
+            engine.set_decode_tile(None)
+    gap = (whole - tiled).abs()
+    assert whole.shape == tiled.shape == (1, 3, 512, 512)
+    # Random VAE weights, 4 tiles with blended 25 % overlaps; images are in [-1, 1]. (A trained VAE
+    # is smoother; on CUDA bench/gpu_checks.py sees the same 0.022 on this model.)
+    assert float(gap.mean()) < 0.03 and not torch.equal(whole, tiled), float(gap.mean())
+
+
+def test_fp32_model_decodes_whole(engine: RenderEngine) -> None:
+    assert not engine.tiled_decode and not engine.vae.use_tiling
+
+
+def test_named_vae_replaces_the_checkpoints(tiny_model: Path) -> None:
+    with_vae = RenderEngine.load(str(tiny_model), device="cpu", vae=str(tiny_model))  # a pipeline folder's vae/
+    assert with_vae.render(request(steps=1)).images[0].size == (64, 64)
+    with pytest.raises(ModelNotFoundError, match="VAE"):
+        RenderEngine.load(str(tiny_model), device="cpu", vae="/nonexistent/vae")
+
+
+def test_warm_up_renders_each_size(engine: RenderEngine) -> None:
+    assert engine.warm_up([(64, 64), (96, 64)]) > 0
+    assert parse_sizes("1024x1024, 896x1152") == [(1024, 1024), (896, 1152)]
+    assert parse_sizes("") == []
+    with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
+        parse_sizes("1024")
+
+
+def test_compile_refuses_cpu_offload(engine: RenderEngine) -> None:
+    engine._offloaded = True
+    try:
+        with pytest.raises(ValueError, match="cpu_offload"):
+            engine.compile_unet()
+    finally:
+        engine._offloaded = False
