@@ -17,7 +17,7 @@ import pytest
 from tests.planner.conftest import RunningPlanner, start_planner
 from tests.planner.slow_llm import SlowLLM, start_slow_llm
 from tests.render_service.helpers import CANVAS, Api, body, unique_prefix
-from tests.support import RedisServer
+from tests.support import RedisServer, free_port
 
 TOKEN = "corpus-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -249,3 +249,17 @@ def test_request_ids_are_not_echoed_raw(render_api: str, tmp_path: Path) -> None
         except (httpx.LocalProtocolError, ValueError):
             continue  # the client itself refuses to send it: nothing reached the server
         assert answer.status_code == 200 and answer.headers["x-request-id"] != given
+
+
+def test_planner_readyz_is_status_only(redis_server: RedisServer) -> None:
+    """Probes are open to anyone (and cross-origin): they say what is missing, not where it is."""
+    dead_port = free_port()
+    running = start_planner(redis_server.url, OMOST_PLANNER_LLM_URL=f"http://127.0.0.1:{dead_port}/v1",
+                            OMOST_PLANNER_CONNECT_TIMEOUT_SECONDS="1")  # fmt: skip
+    try:
+        ready = httpx.get(f"{running.url}/readyz", timeout=30)
+    finally:
+        running.child.stop()
+    assert ready.status_code == 503
+    assert ready.json() == {"status": "not ready", "llm": "unreachable", "redis": "ok"}
+    assert str(dead_port) in running.child.log()  # the details are in the log
