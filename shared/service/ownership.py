@@ -14,7 +14,9 @@ import redis.asyncio
 
 from shared.queue import QueueKeys
 
-OWNER_FIELD = "owner"
+OWNER_FIELD = "submitter"
+"""The record field with the submitter's digest (the queue protocol's ``owner`` field is another
+thing: the lease token of the worker running the job)."""
 
 
 def index_key(keys: QueueKeys, owner: str) -> str:

@@ -135,7 +135,7 @@ def test_generations_keep_the_work_budget_and_the_owner(
                           headers=HEADERS, timeout=60)  # fmt: skip
     assert accepted.status_code == 202, accepted.text
     job_id = accepted.json()["id"]
-    owner = redis.Redis.from_url(redis_server.url).hget(f"{planner.prefix}render:{job_id}", "owner")
+    owner = redis.Redis.from_url(redis_server.url).hget(f"{planner.prefix}render:{job_id}", "submitter")
     assert owner == hashlib.sha256(TOKEN.encode()).hexdigest()[:32].encode()
     # The render API with the same token (and another client's) shows it to its owner only.
     api = Api(redis_server.url, planner.prefix, tmp_path, api_token=f"{TOKEN},someone-else").start()

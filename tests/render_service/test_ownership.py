@@ -4,6 +4,7 @@ jobs stay queued, which is all these checks need)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from shared.queue import QueueKeys
+from shared.queue import QueueKeys, claim, decode_message, text, transact
 from tests.render_service.helpers import Api, base_env, body, unique_prefix
 from tests.support import ChildProcess, RedisServer, free_port, python_module, wait_for_http
 
@@ -105,6 +106,29 @@ def test_a_job_is_visible_only_to_its_token_and_the_admin(http: httpx.Client) ->
     # The owner still can cancel it (after B's DELETE was refused, it is still queued).
     canceled = http.delete(f"/v1/renders/{job_id}", headers=auth(A))
     assert canceled.status_code == 202 and canceled.json()["status"] == "canceled"
+
+
+def test_a_running_job_stays_its_tokens(
+    http: httpx.Client, deployment: tuple[str, str], redis_server: RedisServer
+) -> None:
+    """A worker's claim rewrites the record (status, worker, its lease token): the submitter stays.
+    The claim is the queue protocol's own (shared.queue.claim, as the worker applies it), so no
+    model has to load for it."""
+    keys = QueueKeys(deployment[1])
+    job_id = submit(http, A)
+    r = redis.Redis.from_url(redis_server.url)
+    with contextlib.suppress(redis.ResponseError):  # another test made the group already
+        r.xgroup_create(keys.stream, keys.group, id="0", mkstream=True)
+    for _stream, entries in r.xreadgroup(keys.group, "test-worker", {keys.stream: ">"}, count=1000):
+        for entry_id, fields in entries:
+            message = decode_message(fields)
+            if message.job_id == job_id:
+                transact(r, keys, job_id, lambda pipe, record, e=text(entry_id), m=message: claim(
+                    pipe, keys, record, entry_id=e, message=m, worker="test-worker", token="test-worker/1",
+                    max_deliveries=3))  # fmt: skip
+    running = http.get(f"/v1/renders/{job_id}", headers=auth(A))
+    assert running.status_code == 200 and running.json()["status"] == "running", running.text
+    assert http.get(f"/v1/renders/{job_id}", headers=auth(B)).status_code == 404
 
 
 def test_warning_when_listening_beyond_loopback_without_a_token(redis_server: RedisServer, tmp_path: Path) -> None:
