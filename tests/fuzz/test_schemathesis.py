@@ -31,7 +31,7 @@ from tests.planner.slow_llm import SlowLLM, start_slow_llm
 from tests.render_service.helpers import unique_prefix
 from tests.support import RedisServer
 
-EXAMPLES = 50
+EXAMPLES = 100
 TOKEN, ADMIN = "fuzz-token", "fuzz-admin"
 # Both services run with auth on (the shape to keep held); schemathesis sends the tokens, and its
 # negative cases leave them out or spoil them, expecting a 401.
