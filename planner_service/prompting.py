@@ -14,7 +14,7 @@ from importlib import resources
 
 from shared.canvas import Canvas
 from shared.contract import SYSTEM_PROMPT
-from shared.omost_code import canvas_to_code
+from shared.omost_code import CanvasParseError, canvas_to_code, parse_canvas_code
 from shared.plans import ChatTurn
 
 EDIT_LEAD_IN = "Here is the current canvas."
@@ -65,6 +65,18 @@ def with_canvas(history: list[ChatTurn], canvas: Canvas | None) -> list[ChatTurn
     else:
         turns += [ChatTurn(role="user", content=EDIT_LEAD_IN), ChatTurn(role="assistant", content=code)]
     return turns
+
+
+def previous_canvas(turns: list[ChatTurn]) -> Canvas | None:
+    """The canvas an edit starts from: the last assistant turn's code (stored turns always parse;
+    inline history from a client might not, and then there is no canvas to start from)."""
+    for turn in reversed(turns):
+        if turn.role == "assistant":
+            try:
+                return parse_canvas_code(turn.content, allow_partial=True).canvas
+            except CanvasParseError:
+                return None
+    return None
 
 
 def build_messages(

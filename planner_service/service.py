@@ -15,9 +15,11 @@ from planner_service.conversations import ConversationStore, StoreUnavailable
 from planner_service.llm.client import LLMUnavailable
 from planner_service.metrics import PlannerMetrics
 from planner_service.planning import PlanFailed, PlanInput, Planner, PlanOutcome
-from planner_service.prompting import with_canvas
+from planner_service.prompting import previous_canvas, with_canvas
 from planner_service.schemas import PlanRequest, PlanResponse
-from shared.plans import ChatTurn, CorrectionOut, Usage
+from shared.canvas import Canvas
+from shared.canvas_diff import diff_canvases
+from shared.plans import CanvasChanges, ChatTurn, CorrectionOut, Usage
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,7 @@ class _Prepared:
     conversation_id: str | None
     turns: list[ChatTurn]
     started: float
+    previous: Canvas | None
 
 
 class PlanService:
@@ -53,7 +56,7 @@ class PlanService:
         # Validate the context budget now, so an oversized request is a 400 before any LLM work.
         self.planner.messages(plan_input)
         turns = with_canvas(history, request.canvas)
-        return _Prepared(plan_input, request.conversation_id, turns, started)
+        return _Prepared(plan_input, request.conversation_id, turns, started, previous_canvas(turns))
 
     async def _finish(self, prepared: _Prepared, outcome: PlanOutcome) -> PlanResponse:
         conversation_id = prepared.conversation_id or self.store.new_id()
@@ -80,7 +83,14 @@ class PlanService:
             timings=outcome.timings,
             attempts=outcome.attempts,
             truncated=outcome.truncated,
+            changes=self._changes(prepared, outcome),
         )
+
+    @staticmethod
+    def _changes(prepared: _Prepared, outcome: PlanOutcome) -> CanvasChanges | None:
+        if prepared.previous is None:
+            return None
+        return diff_canvases(prepared.previous, outcome.parsed.canvas, outcome.pairs)
 
     def _count_failure(self, exc: Exception) -> None:
         outcome = "parse_failed" if isinstance(exc, PlanFailed) else "unavailable"

@@ -52,6 +52,11 @@ class PlannerSettings(ServiceSettings):
     grammar_profile: Profile | Literal["auto"] = Field(
         default="auto", description="auto: strict-content for the embedded model, permissive for a served one."
     )
+    subject_constraints: bool | None = Field(
+        default=None,
+        description="Per-request grammar: one region per subject of the prompt, each opening with it; an edit "
+        "rewrites only the regions it names. None: on for the embedded model.",
+    )
     one_shot: bool | None = Field(
         default=None, description="Put a real Omost answer in the context first. None: on for the embedded model."
     )
@@ -121,6 +126,12 @@ class PlannerSettings(ServiceSettings):
         if self.frequency_penalty is not None:
             return self.frequency_penalty
         return EMBEDDED_FREQUENCY_PENALTY if self.embedded else 0.0
+
+    @property
+    def use_subject_constraints(self) -> bool:
+        if self.grammar_kind == "none":
+            return False  # nowhere to send a grammar
+        return self.subject_constraints if self.subject_constraints is not None else self.embedded
 
     @property
     def use_one_shot(self) -> bool:

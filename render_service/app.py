@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from render_service.api import admin, health, renders
 from render_service.api.errors import DOMAIN_ERRORS, TRANSLATED
 from render_service.api.event_hub import EventHub
+from render_service.images import S3Images
 from render_service.settings import RenderSettings
 from render_service.store import JobStore
 from shared.service.app import service_app
@@ -44,7 +45,8 @@ def create_app(settings: RenderSettings | None = None) -> FastAPI:
             max_per_client=settings.max_event_streams_per_client,
         )
         app.state.redis = client
-        app.state.store = JobStore(client, settings.keys)
+        images = S3Images(settings) if settings.image_store == "s3" else None
+        app.state.store = JobStore(client, settings.keys, images, redirect=settings.s3_redirect)
         app.state.event_hub = hub
         hub.start()
         try:

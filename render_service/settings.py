@@ -6,6 +6,8 @@ for the whole deployment. The Redis URL is ``OMOST_REDIS_URL``, shared with the 
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -25,6 +27,22 @@ class RenderSettings(ServiceSettings):
     # --- shared by API and workers
     job_ttl_seconds: int = Field(default=DEFAULT_TTL_SECONDS, ge=60, description="Records, events, images.")
     public_url: str = Field(default="", description="Base of URLs in webhooks; the API uses its own if empty.")
+
+    # --- image store (shared by API and workers; issue 18)
+    image_store: Literal["redis", "s3"] = Field(
+        default="redis", description="Where PNGs live: next to the record in Redis, or in an S3-compatible bucket."
+    )
+    s3_bucket: str = Field(default="", description="Bucket of the s3 image store (required with it).")
+    s3_prefix: str = Field(default="renders/", description="Key prefix of the objects in the bucket.")
+    s3_region: str = Field(default="", description="Region; empty: from the AWS config/provider chain.")
+    s3_endpoint_url: str = Field(default="", description="Empty: AWS S3; else MinIO, R2, GCS interop, ...")
+    s3_redirect: bool = Field(
+        default=True, description="GET .../images/{n} answers 302 to a presigned URL; false: the API streams."
+    )
+    s3_presign_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600, description="Life of a presigned URL.")
+    s3_upload_retry_seconds: float = Field(
+        default=60.0, gt=0, description="How long a worker retries an unreachable store before failing the job."
+    )
 
     # --- API
     host: str = "127.0.0.1"
@@ -93,6 +111,12 @@ class RenderSettings(ServiceSettings):
     redis_retry_seconds: float = Field(
         default=600.0, gt=0, description="How long a worker retries writing a result through a Redis outage."
     )
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> RenderSettings:
+        if self.image_store == "s3" and not self.s3_bucket:
+            raise ValueError("OMOST_RENDER_IMAGE_STORE=s3 needs OMOST_RENDER_S3_BUCKET")
+        return self
 
     @model_validator(mode="after")
     def _heartbeat_below_deadline(self) -> RenderSettings:

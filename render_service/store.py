@@ -5,18 +5,22 @@ All key names and record fields come from :mod:`shared.queue`, so both sides agr
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio.to_thread
 import redis.asyncio
 from redis.exceptions import ResponseError
 
+from render_service.images import S3Images, describe, image_keys, is_transient
 from shared.jobs import TERMINAL_STATUSES, JobEvent
 from shared.queue import (
     EVENT_FIELD,
     JOB_ID_PATTERN,
+    MESSAGE_FIELD,
     JobFinished,
     JobNotFound,
     QueueKeys,
@@ -26,8 +30,22 @@ from shared.queue import (
     request_cancel,
     text,
 )
+from shared.service.problems import ServiceError
 
-__all__ = ["JobFinished", "JobNotFound", "JobStore", "QueueStats"]
+__all__ = ["ImageRedirect", "ImageStoreUnavailable", "JobFinished", "JobNotFound", "JobStore", "QueueStats"]
+
+
+@dataclass(frozen=True)
+class ImageRedirect:
+    """The image is fetched from the object store itself, at this presigned URL."""
+
+    url: str
+
+
+class ImageStoreUnavailable(ServiceError):
+    """The S3 image store can't be reached, or this API has no S3 settings for a job whose images are there."""
+
+    http_status = 503
 
 
 @dataclass
@@ -40,9 +58,13 @@ class QueueStats:
 
 
 class JobStore:
-    def __init__(self, client: redis.asyncio.Redis, keys: QueueKeys) -> None:
+    def __init__(
+        self, client: redis.asyncio.Redis, keys: QueueKeys, images: S3Images | None = None, redirect: bool = True
+    ) -> None:
         self.redis = client
         self.keys = keys
+        self.images = images
+        self.redirect = redirect
 
     async def record(self, job_id: str) -> dict[str, str]:
         # Ids that can't be ours are "not found" without touching Redis (and can't build odd keys).
@@ -53,9 +75,27 @@ class JobStore:
             raise JobNotFound(job_id)
         return decode_hash(raw)
 
-    async def image(self, job_id: str, index: int) -> bytes | None:
-        data = await self.redis.get(self.keys.image(job_id, index))
-        return bytes(data) if data is not None else None
+    async def image(self, job_id: str, index: int, record: Mapping[str, str]) -> bytes | ImageRedirect | None:
+        """Image ``index`` of a succeeded job: its bytes, where to fetch it, or None once expired.
+
+        The record says where its images are (``image_keys``: S3), so jobs stored before a switch
+        of ``OMOST_RENDER_IMAGE_STORE`` stay readable.
+        """
+        names = image_keys(record)
+        if names is None:
+            data = await self.redis.get(self.keys.image(job_id, index))
+            return bytes(data) if data is not None else None
+        if self.images is None:
+            raise ImageStoreUnavailable("this job's images are in an S3 image store this API is not configured for")
+        try:
+            # boto3 blocks; presigning is local, but it still reads credentials, which may do I/O.
+            if self.redirect:
+                return ImageRedirect(await anyio.to_thread.run_sync(self.images.presign, names[index]))
+            return await anyio.to_thread.run_sync(self.images.get, names[index])
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            raise ImageStoreUnavailable(f"the image store is unavailable ({describe(exc)}); try again shortly") from exc
 
     async def cancel(self, job_id: str) -> dict[str, str]:
         """Apply :func:`shared.queue.request_cancel` and return the record as it then stands."""
@@ -91,6 +131,32 @@ class JobStore:
                     yield cursor, event
                     if event.type == "status" and event.status in TERMINAL_STATUSES:
                         return
+
+    async def queue_position(self, job_id: str, page: int = 100) -> int | None:
+        """The job's 1-based place among the stream entries no worker has taken yet; None if not among them.
+
+        Entries after the group's last-delivered id are the undelivered ones, in order. The queue
+        is bounded (``max_queue_depth``), so reading it is bounded too.
+        """
+        keys = self.keys
+        try:
+            groups = await self.redis.xinfo_groups(keys.stream)
+        except ResponseError:
+            groups = []  # no stream or no group yet: nothing has been delivered
+        start = next((text(g["last-delivered-id"]) for g in groups if text(g["name"]) == keys.group), "0-0")
+        place = 0
+        while True:
+            entries = await self.redis.xrange(keys.stream, min=f"({start}", max="+", count=page)
+            for entry_id, fields in entries:
+                place += 1
+                start = text(entry_id)
+                try:
+                    if json.loads(decode_hash(fields)[MESSAGE_FIELD]).get("job_id") == job_id:
+                        return place
+                except (KeyError, ValueError, AttributeError):
+                    continue  # a malformed entry still holds a place: a worker will meet it
+            if len(entries) < page:
+                return None
 
     async def stats(self, live_within: float, now: float) -> QueueStats:
         keys = self.keys

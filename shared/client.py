@@ -225,7 +225,8 @@ class OmostClient:
 
     def image(self, job: RenderJob, index: int = 0) -> bytes:
         """PNG bytes of image ``index`` of a succeeded job."""
-        response = self._http.get(self._urls.render(job.urls.images[index]))
+        # The S3 image store answers 302 to a presigned URL; httpx drops the token on that cross-origin hop.
+        response = self._http.get(self._urls.render(job.urls.images[index]), follow_redirects=True)
         return _raise_for_error(response).content
 
 
@@ -318,5 +319,5 @@ class AsyncOmostClient:
                         return
 
     async def image(self, job: RenderJob, index: int = 0) -> bytes:
-        response = await self._http.get(self._urls.render(job.urls.images[index]))
+        response = await self._http.get(self._urls.render(job.urls.images[index]), follow_redirects=True)
         return _raise_for_error(response).content

@@ -24,6 +24,7 @@ Two profiles:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from functools import cache
 from typing import Literal
@@ -57,6 +58,26 @@ class ContentLimits:
     comment_chars: int = 160
     gap_lines: int = 3
     indent_chars: int = 12
+
+
+@dataclass(frozen=True)
+class RegionShape:
+    """One region of a per-request grammar: its description opens with ``opening`` (a prompt's
+    subject, e.g. ``"Red cube"``), and where ``location``/``offset``/``area`` are given they are fixed
+    (an edit that rewrites a region in place keeps its place). The model writes everything else."""
+
+    opening: str
+    location: str | None = None
+    offset: str | None = None
+    area: str | None = None
+
+
+_OPENING = re.compile(r"[^\W_]+(?:[ '-][^\W_]+)*")
+
+
+def _check_opening(opening: str) -> None:
+    if not _OPENING.fullmatch(opening):
+        raise ValueError(f"a region opening must be words (letters, digits, single spaces, - or '): {opening!r}")
 
 
 def _literal(text: str) -> str:
@@ -107,16 +128,36 @@ def _value_rules(names: tuple[str, ...]) -> dict[str, str]:
     return rules
 
 
-def _structure(rules: dict[str, str], regions: str) -> None:
-    rules["code"] = f"gap init gap global ( gap local ){regions} gap"
+def _structure(rules: dict[str, str], regions: str, shapes: tuple[RegionShape, ...] | None = None) -> None:
     rules["global"] = _arguments("set_global_description", GLOBAL_ARGUMENTS, _value_rules(GLOBAL_ARGUMENTS))
     rules["global"] += " line-end"
-    rules["local"] = _arguments("add_local_description", LOCAL_ARGUMENTS, _value_rules(LOCAL_ARGUMENTS))
-    rules["local"] += " line-end"
     _enum_rules(rules)
+    if shapes is None:
+        rules["code"] = f"gap init gap global ( gap local ){regions} gap"
+        rules["local"] = _arguments("add_local_description", LOCAL_ARGUMENTS, _value_rules(LOCAL_ARGUMENTS))
+        rules["local"] += " line-end"
+        return
+    # Exactly these regions, in this order: each subject opens one region and no two share one.
+    rules["code"] = "gap init gap global " + "".join(f"gap local-{i} " for i in range(len(shapes))) + "gap"
+    for i, shape in enumerate(shapes):
+        values = _value_rules(LOCAL_ARGUMENTS)
+        values["description"] = f"opening-{i}"
+        for name in ("location", "offset", "area"):
+            fixed = getattr(shape, name)
+            if fixed is not None:
+                if fixed not in ENUM_TABLES[name]:
+                    raise ValueError(f"{fixed!r} is not a valid {name}")
+                values[name] = "( " + " | ".join(f"{q} {_literal(fixed)} {q}" for q, _ in _quotes().values()) + " )"
+        rules[f"local-{i}"] = _arguments("add_local_description", LOCAL_ARGUMENTS, values) + " line-end"
+        variants = []
+        for suffix, (quote, _) in _quotes().items():
+            if suffix == "sq" and "'" in shape.opening:
+                continue  # an apostrophe would end a single-quoted string
+            variants.append(f"{quote} {_literal(shape.opening)} opening-rest-{suffix} {quote}")
+        rules[f"opening-{i}"] = " | ".join(variants)
 
 
-def _permissive(max_regions: int) -> dict[str, str]:
+def _permissive(max_regions: int, shapes: tuple[RegionShape, ...] | None) -> dict[str, str]:
     rules: dict[str, str] = {
         "root": "fence-open code fence-close | code",
         "fence-open": '"```" ( "python" | "py" )? [ \\t]* "\\n"',
@@ -140,11 +181,12 @@ def _permissive(max_regions: int) -> dict[str, str]:
     }
     for suffix, (quote, in_class) in _quotes().items():
         rules[f"string-{suffix}"] = f'{quote} ( [^{in_class}\\\\\\n] | "\\\\" [^\\n] )* {quote}'
-    _structure(rules, f"{{0,{max_regions}}}")
+        rules[f"opening-rest-{suffix}"] = f'( [^{in_class}\\\\\\n] | "\\\\" [^\\n] )*'
+    _structure(rules, f"{{0,{max_regions}}}", shapes)
     return rules
 
 
-def _strict(limits: ContentLimits) -> dict[str, str]:
+def _strict(limits: ContentLimits, shapes: tuple[RegionShape, ...] | None) -> dict[str, str]:
     lim = limits
     ws = f'( "\\n" [ ]{{0,{lim.indent_chars}}} | " " )?'
     rules: dict[str, str] = {
@@ -184,16 +226,23 @@ def _strict(limits: ContentLimits) -> dict[str, str]:
         rules[f"word-{suffix}"] = f"[A-Za-z] [A-Za-z0-9{apostrophe}’-]{{0,{lim.word_chars - 1}}}"
         rules[f"tag-{suffix}"] = f'word-{suffix} ( " " word-{suffix} ){{0,{lim.words_per_tag - 1}}}'
         rules[f"tags-{suffix}"] = f'{quote} tag-{suffix} ( ", " tag-{suffix} ){{0,{lim.max_tags - 1}}} {quote}'
-    _structure(rules, f"{{{lim.min_regions},{lim.max_regions}}}")
+        # After a region's opening: a plural ending and punctuation ("Cat" -> "Cats."), further words.
+        # No other letters: measured, "Parrot" went on as "Parrothink.com".
+        rules[f"opening-rest-{suffix}"] = (
+            f'( "s" | "es" )? [.,;:!]? ( " " {chars} ){{0,{lim.description_words - 1}}}'
+        )
+    _structure(rules, f"{{{lim.min_regions},{lim.max_regions}}}", shapes)
     return rules
 
 
 @cache
-def _render(profile: Profile, limits: ContentLimits, max_regions: int) -> str:
+def _render(
+    profile: Profile, limits: ContentLimits, max_regions: int, shapes: tuple[RegionShape, ...] | None = None
+) -> str:
     if profile == "permissive":
-        rules = _permissive(max_regions)
+        rules = _permissive(max_regions, shapes)
     elif profile == "strict-content":
-        rules = _strict(limits)
+        rules = _strict(limits, shapes)
     else:
         raise ValueError(f"unknown grammar profile {profile!r}; choose one of {', '.join(PROFILES)}")
     header = f"# Omost canvas code, profile {profile!r}; generated by shared.grammar from the contract tables.\n"
@@ -206,8 +255,12 @@ def omost_grammar(
     max_regions: int | None = None,
     max_detailed_descriptions: int | None = None,
     limits: ContentLimits | None = None,
+    regions: tuple[RegionShape, ...] | None = None,
 ) -> str:
     """The GBNF grammar text (root rule ``root``) of the Omost code form for ``profile``.
+
+    ``regions`` makes it a per-request grammar: exactly those regions, in order, each description
+    opening with its shape's words (a sublanguage of the profile's, so still Omost code).
 
     ``max_regions`` bounds ``add_local_description`` calls (default: the model's limit of 20 for
     ``permissive``, ``limits.max_regions`` for ``strict-content``); ``max_detailed_descriptions``
@@ -225,4 +278,10 @@ def omost_grammar(
     limits = replace(limits, max_regions=max_regions)
     if profile == "permissive":
         limits = ContentLimits()  # its content bounds do not apply; keep the cache key independent
+    if regions is not None:
+        if len(regions) > MAX_LOCAL_DESCRIPTIONS:
+            raise ValueError(f"at most {MAX_LOCAL_DESCRIPTIONS} regions")
+        for shape in regions:
+            _check_opening(shape.opening)
+        return _render(profile, limits, max_regions, tuple(regions))
     return _render(profile, limits, max_regions)

@@ -174,6 +174,9 @@ class RenderJob(BaseModel):
     started_at: float | None = None
     finished_at: float | None = None
     progress: Progress | None = None
+    queue_position: int | None = Field(
+        default=None, description="While queued: the job's place among those no worker has taken yet (1: next)."
+    )
     timings: dict[str, float] = {}
     error: str | None = None
     seeds: list[int] = []

@@ -37,6 +37,26 @@ class Usage(BaseModel):
     completion_tokens: int = 0
 
 
+class RegionChange(BaseModel):
+    """One region an edit added, removed or changed (see ``shared.canvas_diff``)."""
+
+    kind: Literal["added", "removed", "changed"]
+    index: int = Field(description="The region's index in the new canvas (added, changed) or the previous (removed).")
+    description: str = Field(description="The region's description (the new one, or the removed one's).")
+    fields: list[str] = Field(default=[], description="The changed field names; empty unless kind is 'changed'.")
+
+
+class CanvasChanges(BaseModel):
+    """What an edit changed between the previous canvas and the new one."""
+
+    global_fields: list[str] = Field(default=[], description="Names of the changed global-description fields.")
+    regions: list[RegionChange] = []
+
+    @property
+    def empty(self) -> bool:
+        return not self.global_fields and not self.regions
+
+
 class PlanResult(BaseModel):
     """The answer to ``POST /v1/plans``."""
 
@@ -49,6 +69,9 @@ class PlanResult(BaseModel):
     attempts: int = 1
     truncated: bool = Field(
         default=False, description="The answer hit max_new_tokens; the canvas holds its complete calls."
+    )
+    changes: CanvasChanges | None = Field(
+        default=None, description="What this edit changed in the previous canvas; null when there was none."
     )
 
 

@@ -111,6 +111,11 @@ class QueueKeys:
     def image(self, job_id: str, index: int) -> str:
         return f"{self.prefix}render:{job_id}:image:{index}"
 
+    @property
+    def image_expiry(self) -> str:
+        """Sorted set: object key in the S3 image store -> Unix time it is due for deletion."""
+        return f"{self.prefix}images:expiry"
+
     def worker(self, name: str) -> str:
         """Hash describing a live worker (model, device, pid); expires unless heartbeats refresh it."""
         return f"{self.prefix}worker:{name}"
@@ -129,8 +134,8 @@ class QueueKeys:
 class Rec:
     """Field names of the job record hash ``{p}render:{id}``. Every value is a string:
 
-    times are Unix seconds as ``repr(float)``; counts are decimal integers; ``request``, ``seeds`` and
-    ``timings`` are JSON; ``cancel_requested`` is ``"1"`` once set. Absent fields read as unset.
+    times are Unix seconds as ``repr(float)``; counts are decimal integers; ``request``, ``seeds``,
+    ``timings`` and ``image_keys`` are JSON; ``cancel_requested`` is ``"1"`` once set. Absent fields read as unset.
     """
 
     ID = "id"
@@ -155,6 +160,8 @@ class Rec:
     TIMINGS = "timings"
     MODEL = "model"
     DEVICE = "device"
+    IMAGE_KEYS = "image_keys"
+    """JSON list of the images' object keys when they live in S3; absent when they are in Redis."""
 
 
 def encode_time(seconds: float) -> str:

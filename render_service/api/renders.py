@@ -9,13 +9,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import RedirectResponse
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from render_service.api.deps import HubDep, RedisDep, SettingsDep, StoreDep, base_url
 from render_service.api.event_hub import REDIS_ERRORS
 from render_service.api.listing import CURSOR_PATTERN, MAX_PAGE, RenderPage, find_by_idempotency_key, list_jobs
-from render_service.store import JobNotFound, JobStore
+from render_service.store import ImageRedirect, JobNotFound, JobStore
 from render_service.webhooks import WebhookRefused, check_webhook_url
 from shared.jobs import JobStatus, RenderAccepted, RenderJob, RenderSubmission, over_budget
 from shared.queue import job_urls, record_to_job
@@ -156,19 +157,27 @@ async def list_renders(
 
 @router.get("/{job_id}", response_model=RenderJob, responses=_ERRORS)
 async def get_render(job_id: JobId, request: Request, settings: SettingsDep, store: StoreDep) -> RenderJob:
-    """Status, progress, timings, error, seeds, model and image URLs of a job."""
-    return record_to_job(await visible_record(store, job_id, request), base_url(request, settings))
+    """Status, place in the queue or progress, timings, error, seeds, model and image URLs of a job."""
+    job = record_to_job(await visible_record(store, job_id, request), base_url(request, settings))
+    if job.status == "queued":
+        job.queue_position = await store.queue_position(job_id)
+    return job
 
 
 @router.get(
     "/{job_id}/images/{index}",
     response_class=Response,
-    responses={**_ERRORS, 200: {"content": {"image/png": {}}}, 409: {"description": "Not succeeded (yet)."}},
+    responses={
+        **_ERRORS,
+        200: {"content": {"image/png": {}}},
+        302: {"description": "S3 image store: a short-lived presigned URL of the PNG (`Location`)."},
+        409: {"description": "Not succeeded (yet)."},
+    },
 )
 async def get_image(
     job_id: JobId, index: Annotated[int, Path(ge=0, le=1000)], request: Request, store: StoreDep
 ) -> Response:
-    """The ``index``-th PNG of a succeeded job."""
+    """The ``index``-th PNG of a succeeded job (or, with the S3 image store, a 302 to it)."""
     record = await visible_record(store, job_id, request)
     state = record.get("status")
     if state != "succeeded":
@@ -176,7 +185,10 @@ async def get_image(
     count = int(record.get("num_images") or 0)
     if index >= count:
         raise ImageUnavailable(404, f"render job {job_id} has {count} image(s): index 0 to {count - 1}")
-    data = await store.image(job_id, index)
+    data = await store.image(job_id, index, record)
+    if isinstance(data, ImageRedirect):
+        # Not cacheable: the presigned URL expires long before the image does.
+        return RedirectResponse(data.url, status_code=status.HTTP_302_FOUND, headers={"Cache-Control": "no-store"})
     if data is None:
         raise ImageUnavailable(404, f"image {index} of render job {job_id} has expired")
     # A finished image never changes, so clients and proxies may keep it for its lifetime.

@@ -85,11 +85,39 @@ def _quiet_dtype_rename() -> Iterator[None]:
         yield
 
 
+TINY_MODEL = "tiny"
+"""The model name that means "the random-weight tiny SDXL, built here on first use" (smoke runs)."""
+
+
+def omost_cache_dir() -> Path:
+    """Where the tiny model is kept: ``$OMOST_CACHE_DIR``, else ``$XDG_CACHE_HOME/omost`` (as the CLI's)."""
+    if root := os.environ.get("OMOST_CACHE_DIR"):
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "omost"
+
+
+def tiny_model_dir() -> Path:
+    """Build (once, offline) and return the tiny model's diffusers folder, without progress bars."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    from render_service.engine.tiny import build_tiny_model
+
+    # save_pretrained's "Writing model shards" bars are noise in a worker's log.
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    folder = omost_cache_dir() / "tiny-sdxl"
+    try:
+        return build_tiny_model(folder)
+    except (OSError, ImportError) as exc:
+        raise ModelNotFoundError(f"model 'tiny' could not be built in {folder} ({_short(exc)})") from None
+
+
 def load_pipeline(model: str, torch_dtype: torch.dtype, *, config: str | None = None) -> Any:
     """A ``StableDiffusionXLPipeline`` on the CPU from whichever form ``model`` takes."""
     from diffusers import StableDiffusionXLPipeline
 
-    path = Path(model).expanduser()
+    path = tiny_model_dir() if model == TINY_MODEL else Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ModelNotFoundError(

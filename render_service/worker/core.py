@@ -13,7 +13,10 @@ The loop is *take -> render -> settle*; every state change is a transition of
 * **Results are durable before the ack.** PNGs are written first, then :func:`shared.queue.finish`
   marks the record terminal and acks in one transaction fenced by the record's ``owner`` token: a
   worker that was cut off long enough for its job to be reclaimed does not overwrite or ack the
-  new owner's work.
+  new owner's work. With the S3 image store (:mod:`render_service.images`) every PNG is uploaded
+  under the delivery's own keys while the heartbeat still holds the job, and the keys enter the
+  record in that same ``finish`` transaction: a run killed mid-upload leaves the job reclaimable,
+  and the record never names half a set. An upload that keeps failing fails the job, saying why.
 * **Redis outages are waited out** (:class:`~render_service.worker.retry.RetryPolicy`); per-step
   progress is best effort and never stalls rendering.
 * **SIGTERM** stops taking jobs; the current one is finished if it ends within
@@ -32,8 +35,8 @@ import signal
 import socket
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any
 
@@ -43,6 +46,7 @@ from redis.exceptions import ResponseError
 from redis.retry import Retry
 
 from render_service.engine import ModelNotFoundError, RenderCanceled, RenderEngine
+from render_service.images import S3Images, describe, image_keys, is_transient, register, sweep
 from render_service.settings import RenderSettings, configure_logging
 from render_service.webhooks import deliver
 from render_service.worker.heartbeat import Heartbeat, owner_is_alive
@@ -106,6 +110,10 @@ class Worker:
         self.current: _Running | None = None
         self._stop_requested_at: float | None = None
         self._webhooks = ThreadPoolExecutor(max_workers=2, thread_name_prefix="webhook")
+        self.images = S3Images(settings) if settings.image_store == "s3" else None
+        # Sweeps talk to the image store, which may be slow or down: never on the heartbeat's thread.
+        self._sweeper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-sweep")
+        self._sweeping: Future[None] | None = None
         self.retry = RetryPolicy(
             self.name, settings.redis_retry_seconds, give_up=lambda: self.stopping and self.current is None
         )
@@ -118,6 +126,7 @@ class Worker:
             info={"model": engine.model_name, "device": engine.device},
             current=lambda: self.current.delivery if self.current else None,
             on_webhook=self._schedule_webhook,
+            on_beat=self._sweep_soon if self.images is not None else None,
         )
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -165,6 +174,8 @@ class Worker:
                 try:
                     self._publish_claim()
                     outcome = self._render(running)
+                    if outcome.pngs and self.images is not None:
+                        outcome = self._upload(running, outcome)  # still heartbeating for the job
                 finally:
                     self.current = None
                 self._settle(running, outcome)
@@ -172,6 +183,7 @@ class Worker:
             pass
         finally:
             self.heartbeat.stop()
+            self._sweeper.shutdown(wait=False, cancel_futures=True)
             self._webhooks.shutdown(wait=True)
             log.info("worker stopped", extra={"fields": {"worker": self.name}})
 
@@ -341,6 +353,52 @@ class Worker:
         }
         return _Outcome("succeeded", fields=fields, pngs=pngs, render_seconds=render_seconds)
 
+    # --- upload (S3 image store) ----------------------------------------------------------------
+
+    def _upload(self, running: _Running, outcome: _Outcome) -> _Outcome:
+        """Upload every PNG under this delivery's keys; the outcome then carries the keys, not the bytes."""
+        store, delivery = self.images, running.delivery
+        assert store is not None
+        names = [store.key(delivery.job_id, delivery.token, n) for n in range(len(outcome.pngs))]
+        ttl = delivery.message.ttl_seconds
+
+        def enter() -> None:
+            # Before the first byte goes up: should this run die midway, the sweep still finds its objects.
+            with self.redis.pipeline(transaction=False) as pipe:
+                register(pipe, self.keys, names, time.time() + ttl)
+                pipe.execute()
+
+        self.retry(enter, "register images")
+        log.info("uploading images", extra={"fields": {"job": delivery.job_id, "objects": len(names)}})
+        for index, (name, png) in enumerate(zip(names, outcome.pngs, strict=True)):
+            try:
+                self.retry(
+                    lambda name=name, png=png: store.put(name, png),  # type: ignore[misc]
+                    "upload image",
+                    transient=is_transient,
+                    seconds=self.settings.s3_upload_retry_seconds,
+                )
+            except Exception as exc:
+                error = (
+                    f"could not store image {index + 1} of {len(names)} in s3://{store.bucket}/{name}: {describe(exc)}"
+                )
+                log.error("image upload failed", extra={"fields": {"job": delivery.job_id, "error": error}})
+                return _Outcome("failed", error=error[:2000])
+        return replace(outcome, pngs=[], fields={**outcome.fields, Rec.IMAGE_KEYS: json.dumps(names)})
+
+    def _sweep_soon(self) -> None:
+        """Called each heartbeat: start a sweep of expired images unless one is still running."""
+        if self._sweeping is None or self._sweeping.done():
+            self._sweeping = self._sweeper.submit(self._sweep)
+
+    def _sweep(self) -> None:
+        assert self.images is not None
+        try:
+            sweep(self.step_redis, self.keys, self.images)
+        except Exception as exc:
+            # The keys stay in the set: the next beat (or another worker) tries again.
+            log.warning("image sweep failed", extra={"fields": {"worker": self.name, "error": describe(exc)}})
+
     # --- settle --------------------------------------------------------------------------------
 
     def _settle(self, running: _Running, outcome: _Outcome) -> None:
@@ -365,7 +423,7 @@ class Worker:
                 return requeue(pipe, keys, record, delivery, worker=self.name)
             if outcome.status == "failed":
                 return fail(pipe, keys, record, delivery, outcome.error or "failed", worker=self.name)
-            return finish(
+            done = finish(
                 pipe,
                 keys,
                 record,
@@ -376,6 +434,11 @@ class Worker:
                 render_seconds=outcome.render_seconds,
                 message=outcome.message,
             )
+            names = image_keys(outcome.fields)
+            if done and names:
+                # The record's TTL restarts now; the objects live exactly as long.
+                register(pipe, keys, names, time.time() + delivery.message.ttl_seconds)
+            return done
 
         if not self.retry(lambda: transact(self.redis, keys, delivery.job_id, build), "settle job"):
             # Reclaimed by another worker while we were cut off: its run wins, and the entry is

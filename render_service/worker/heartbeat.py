@@ -27,7 +27,8 @@ class Heartbeat:
       and this worker's claim deadline, so another worker (whatever *its* settings) can tell that
       the entry's owner is alive and must not reclaim it;
     * ``XCLAIM ... JUSTID`` of that entry, which resets its idle time without counting a delivery;
-    * pops due webhooks from the outbox (jobs canceled while queued) and hands them to ``on_webhook``.
+    * pops due webhooks from the outbox (jobs canceled while queued) and hands them to ``on_webhook``;
+    * calls ``on_beat`` (the worker hands it expired images to delete, on another thread).
     """
 
     def __init__(
@@ -41,6 +42,7 @@ class Heartbeat:
         info: dict[str, str],
         current: Callable[[], Delivery | None],
         on_webhook: Callable[[str], None],
+        on_beat: Callable[[], None] | None = None,
     ) -> None:
         self.redis = client
         self.keys = keys
@@ -50,6 +52,7 @@ class Heartbeat:
         self.info = info
         self.current = current
         self.on_webhook = on_webhook
+        self.on_beat = on_beat
         self._exit = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
 
@@ -98,6 +101,8 @@ class Heartbeat:
                 self.publish()
                 for job_id in self.redis.lpop(self.keys.webhook_outbox, 10) or []:
                     self.on_webhook(text(job_id))
+                if self.on_beat is not None:
+                    self.on_beat()
             except REDIS_ERRORS as exc:
                 log.warning("heartbeat failed", extra={"fields": {"worker": self.name, "error": repr(exc)}})
             except Exception:

@@ -1,4 +1,4 @@
-"""How the worker waits out Redis outages: exponential backoff with jitter (tenacity)."""
+"""How the worker waits out Redis (and image store) outages: exponential backoff with jitter (tenacity)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ from typing import TypeVar
 
 import redis
 from redis.exceptions import BusyLoadingError
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
 
 log = logging.getLogger("render_service.worker")
 
@@ -39,16 +46,26 @@ class RetryPolicy:
         self.write_seconds = write_seconds
         self.give_up = give_up
 
-    def __call__(self, fn: Callable[[], T], what: str, *, forever: bool = False) -> T:
+    def __call__(
+        self,
+        fn: Callable[[], T],
+        what: str,
+        *,
+        forever: bool = False,
+        transient: Callable[[BaseException], bool] | None = None,
+        seconds: float | None = None,
+    ) -> T:
+        """``transient`` and ``seconds`` retry another service's errors (the image store) instead of Redis's."""
+
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             fields = {"worker": self.worker, "action": what, "attempt": state.attempt_number, "error": repr(exc)}
-            log.warning("redis unavailable, retrying", extra={"fields": fields})
+            log.warning(f"{'store' if transient else 'redis'} unavailable, retrying", extra={"fields": fields})
 
         retrying = Retrying(
-            retry=retry_if_exception_type(REDIS_ERRORS),
+            retry=retry_if_exception(transient) if transient else retry_if_exception_type(REDIS_ERRORS),
             wait=wait_exponential_jitter(initial=0.1, max=5.0),
-            stop=(lambda _state: self.give_up()) if forever else stop_after_delay(self.write_seconds),
+            stop=(lambda _state: self.give_up()) if forever else stop_after_delay(seconds or self.write_seconds),
             before_sleep=before_sleep,
             reraise=not forever,
         )

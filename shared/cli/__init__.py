@@ -1,13 +1,26 @@
-"""The ``omost`` command line: run the whole stack, plan, render, generate and edit."""
+"""The ``omost`` command line: run the whole stack, plan, render, generate and edit.
 
-from shared.cli.commands import app
-from shared.cli.mcp import mcp_command
+Nothing is imported here: the stack starts its services through ``python -m shared.cli.guard``,
+and they should not load typer and rich (nor the guard twice) on the way.
+"""
 
-app.command("mcp")(mcp_command)
+import signal
+from types import FrameType
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM and SIGHUP stop the stack exactly as Ctrl-C does, children first, instead of
+    # ending this process alone and leaving them behind.
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def main() -> None:
+    from shared.cli.commands import app
+
+    for name in ("SIGTERM", "SIGHUP"):  # no SIGHUP on Windows
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _interrupt)
     app()
 
 
-__all__ = ["app", "main"]
+__all__ = ["main"]

@@ -1,13 +1,19 @@
-"""The whole stack on one machine as child processes: Redis (when none is reachable), the planner,
-the render API and one render worker per device.
+"""The whole stack on one machine as child processes: its own Redis (unless one is named), the
+planner, the render API and one render worker per device.
 
 Every service is started exactly as a deployment starts it (``python -m planner_service``, ...)
 and configured only through its environment variables, so ``omost serve`` exercises the same code
-paths as docker-compose.
+paths as docker-compose. All children share one process group and die with this process, however
+it ends (:mod:`shared.cli.guard`).
+
+The stack never uses a Redis it was not given: on a shared machine the one on 6379 is somebody
+else's, and sharing it would mix job records, metrics and work queues of unrelated stacks.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -22,7 +28,11 @@ from urllib.parse import urlparse
 
 import httpx
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+from shared.cli.guard import PARENT_ENV, child_setup
+
+
+class StackError(RuntimeError):
+    """The stack could not start; the message is one line a user can act on."""
 
 
 def cache_dir() -> Path:
@@ -34,7 +44,8 @@ def cache_dir() -> Path:
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def redis_answers(url: str, timeout: float = 0.5) -> bool:
@@ -70,7 +81,9 @@ class StackConfig:
     planner_port: int = 8000
     render_port: int = 8100
     redis_url: str | None = None
-    """None: use the default local Redis if it answers, else start a private redis-server."""
+    """None: start a private redis-server on a free port."""
+    redis_data: Path | None = None
+    """The private Redis's data folder, kept (append-only) across runs; None: a throwaway one."""
     llm_url: str | None = None
     llm_kind: str | None = None
     model: str | None = None
@@ -85,7 +98,7 @@ class StackConfig:
 @dataclass
 class _Child:
     name: str
-    process: subprocess.Popen
+    process: subprocess.Popen[bytes]
     log_path: Path
 
 
@@ -95,7 +108,9 @@ class LocalStack:
     def __init__(self, config: StackConfig) -> None:
         self.config = config
         self.children: list[_Child] = []
-        self.redis_url = config.redis_url or DEFAULT_REDIS_URL
+        self.redis_url = config.redis_url or ""
+        self._process_group: int | None = None
+        self._scratch: Path | None = None
         self.log_dir = config.log_dir or Path(tempfile.mkdtemp(prefix="omost-stack-"))
 
     @property
@@ -133,31 +148,38 @@ class LocalStack:
             raise
 
     def _start_redis(self) -> None:
-        if redis_answers(self.redis_url):
-            return
         if self.config.redis_url is not None:
-            raise RuntimeError(f"Redis at {self.config.redis_url} does not answer")
+            if not redis_answers(self.config.redis_url, timeout=2.0):
+                raise StackError(f"Redis at {self.config.redis_url} does not answer")
+            return
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError("no Redis answers at 127.0.0.1:6379 and redis-server is not installed: "
-                               "apt-get install redis-server, or pass --redis-url")
+            raise StackError("redis-server is not installed: apt-get install redis-server, or pass --redis-url")
         port = free_port()
-        data = cache_dir() / "redis"
-        data.mkdir(exist_ok=True)
-        # Append-only persistence: a job accepted before a restart is still there after it.
-        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
-                "--appendonly", "yes", "--save", ""]
+        if self.config.redis_data is not None:
+            data = self.config.redis_data
+            data.mkdir(parents=True, exist_ok=True)
+            persistence = ["--appendonly", "yes"]  # a job accepted before a restart is still there after it
+        else:
+            (cache_dir() / "redis").mkdir(exist_ok=True)
+            data = self._scratch = Path(tempfile.mkdtemp(prefix="tmp-", dir=cache_dir() / "redis"))
+            persistence = ["--appendonly", "no"]
+        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--save", "", *persistence]
         self._spawn_raw("redis", args, dict(os.environ))
         self.redis_url = f"redis://127.0.0.1:{port}/0"
         deadline = time.monotonic() + 20
         while not redis_answers(self.redis_url):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start; see {self.children[-1].log_path}")
+            if time.monotonic() > deadline or self.children[-1].process.poll() is not None:
+                raise StackError(f"redis-server did not start; see {self.children[-1].log_path}")
             time.sleep(0.05)
 
     def _environment(self) -> dict[str, str]:
         c = self.config
         env = {
+            # Import-time notices (transformers' "requires torchvision" fallbacks) and download bars
+            # are noise in a service log; an explicit setting of the user's still wins.
+            "TRANSFORMERS_VERBOSITY": "error",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
             **os.environ,
             "OMOST_REDIS_URL": self.redis_url,
             "OMOST_RENDER_HOST": c.host,
@@ -184,13 +206,19 @@ class LocalStack:
         return ["auto"] * (count or 1)
 
     def _spawn(self, name: str, module: list[str], env: dict[str, str]) -> None:
-        self._spawn_raw(name, [sys.executable, "-m", *module], env)
+        # Through the guard: where the kernel cannot end children with their parent, it does.
+        guarded = {**env, PARENT_ENV: str(os.getpid())}
+        self._spawn_raw(name, [sys.executable, "-m", "shared.cli.guard", *module], guarded)
 
     def _spawn_raw(self, name: str, args: list[str], env: dict[str, str]) -> None:
         log_path = self.log_dir / f"{name}.log"
         with open(log_path, "ab") as log:
-            # A new session: Ctrl-C in the terminal reaches only us, and we stop children in order.
-            process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            # One process group of our own: Ctrl-C in the terminal reaches only us (we stop the
+            # children in order), and one killpg reaches every child and grandchild.
+            setup = child_setup(os.getpid(), self._process_group or 0)
+            process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=setup)
+        if self._process_group is None:
+            self._process_group = process.pid
         self.children.append(_Child(name, process, log_path))
 
     def _wait_ready(self, url: str, timeout: float) -> None:
@@ -198,15 +226,16 @@ class LocalStack:
         while time.monotonic() < deadline:
             for child in self.children:
                 if child.process.poll() is not None:
-                    tail = child.log_path.read_text(errors="replace")[-3000:]
-                    raise RuntimeError(f"{child.name} exited with {child.process.returncode}:\n{tail}")
+                    raise StackError(
+                        f"{child.name} stopped: {last_error(child.log_path)} (log: {child.log_path})"
+                    )
             try:
                 if httpx.get(url, timeout=2.0).is_success:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.25)
-        raise TimeoutError(f"{url} not ready after {timeout} s; logs in {self.log_dir}")
+        raise StackError(f"{url} not ready after {timeout:g} s; logs in {self.log_dir}")
 
     def stop(self, timeout: float = 40.0) -> None:
         """SIGTERM every service at once (workers finish or requeue their job), wait, then stop Redis."""
@@ -222,4 +251,29 @@ class LocalStack:
                 except subprocess.TimeoutExpired:
                     child.process.kill()
                     child.process.wait()
+        if self._process_group is not None:
+            # Grandchildren (uvicorn's worker processes, say) that outlived their parent.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._process_group, signal.SIGKILL)
+            self._process_group = None
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
         self.children.clear()
+
+
+def last_error(log_path: Path) -> str:
+    """The last error a service logged, as one line: JSON logs' message and fields, else the last line."""
+    try:
+        lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("ERROR", "CRITICAL"):
+            error = entry.get("error") or entry.get("exc", "").strip().splitlines()[-1:] or ""
+            return f"{entry.get('msg', 'error')}: {''.join(error)}".rstrip(": ")
+    return lines[-1].strip() if lines else "no output"

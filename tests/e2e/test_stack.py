@@ -32,6 +32,8 @@ class Stack:
     planner_url: str
     render_url: str
     log: Path
+    env: dict[str, str]
+    """What a user's shell holds: the same cache folder as ``serve``, so commands find it."""
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +42,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterato
     redis = RedisServer().start()
     planner_port, render_port = free_port(), free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = {**os.environ, "OMOST_RENDER_KEY_PREFIX": "e2e:", "OMOST_PLANNER_KEY_PREFIX": "e2e:"}
+    cache = tmp_path_factory.mktemp("cache")
+    env = {**os.environ, "OMOST_RENDER_KEY_PREFIX": "e2e:", "OMOST_PLANNER_KEY_PREFIX": "e2e:",
+           "XDG_CACHE_HOME": str(cache)}
     args = [sys.executable, "-m", "shared.cli", "serve", "--planner-port", str(planner_port),
             "--render-port", str(render_port), "--redis-url", redis.url, "--model", str(tiny_model), "--workers", "1"]
     with open(log, "wb") as out:
         process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
-    running = Stack(f"http://127.0.0.1:{planner_port}", f"http://127.0.0.1:{render_port}", log)
+    running = Stack(f"http://127.0.0.1:{planner_port}", f"http://127.0.0.1:{render_port}", log, env)
     try:
         wait_for_http(f"{running.render_url}/readyz", timeout=300, process=process)
         wait_for_http(f"{running.planner_url}/readyz", timeout=300, process=process)
@@ -106,12 +110,25 @@ def test_cancel_a_render(client: OmostClient) -> None:
 
 
 def test_cli_generate_writes_the_file(stack: Stack, tmp_path: Path) -> None:
+    """No --url: the command finds the running ``serve``, streams the plan and shows progress lines."""
     out = tmp_path / "cli.png"
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     args = [sys.executable, "-m", "shared.cli", "generate", "a house on a hill", "-o", str(out),
-            "--url", stack.planner_url, "--width", "64", "--height", "96", "--steps", "2", "--seed", "5",
-            "--max-new-tokens", str(PLAN_TOKENS)]
-    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+            "--width", "64", "--height", "96", "--steps", "2", "--seed", "5", "--max-new-tokens", str(PLAN_TOKENS)]
+    result = subprocess.run(args, env=stack.env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert png_size(out.read_bytes()) == (64, 96)
+    assert "using the stack of `omost serve` (pid " in result.stderr
+    assert " tokens/s" in result.stderr  # the planning progress line (stderr is a pipe: plain lines)
     assert "wrote" in result.stderr
+
+
+def test_cli_edit_continues_on_the_remembered_planner(stack: Stack, tmp_path: Path) -> None:
+    env = {**stack.env, "XDG_CACHE_HOME": str(tmp_path / "cache")}  # no serve state here: only the memory
+    plan = [sys.executable, "-m", "shared.cli", "plan", "a red car", "--url", stack.planner_url,
+            "--max-new-tokens", str(PLAN_TOKENS), "--seed", "6"]
+    assert subprocess.run(plan, env=env, capture_output=True, text=True, timeout=300).returncode == 0
+    edit = [sys.executable, "-m", "shared.cli", "edit", "make the car blue", "--max-new-tokens", str(PLAN_TOKENS)]
+    result = subprocess.run(edit, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"using the planner of the last conversation, {stack.planner_url}" in result.stderr
+    assert "canvas = Canvas()" in result.stdout

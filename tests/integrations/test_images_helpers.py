@@ -12,7 +12,7 @@ import redis.asyncio
 from planner_service.routers.images import ImagesAPIError, parse_size, read_png, wait_for_job
 from shared.canvas import Canvas, GlobalDescription
 from shared.jobs import RenderRequest
-from shared.queue import QueueKeys, enqueue_render
+from shared.queue import QueueKeys, submit
 from tests.support import RedisServer
 
 CANVAS = Canvas(global_description=GlobalDescription(description="a lake", HTML_web_color_name="blue"))
@@ -37,7 +37,7 @@ def test_a_job_no_worker_takes_times_out_and_a_finished_one_returns(redis_server
     async def scenario() -> None:
         client = redis.asyncio.from_url(redis_server.url, decode_responses=True)
         keys = QueueKeys("images-helpers:")
-        job_id = await enqueue_render(client, RenderRequest(canvas=CANVAS, width=64, height=64), prefix=keys.prefix)
+        job_id = (await submit(client, RenderRequest(canvas=CANVAS, width=64, height=64), prefix=keys.prefix)).job_id
         started = time.monotonic()
         assert await wait_for_job(client, keys, job_id, timeout=0.6) is None  # queued, no worker: the 504 case
         assert 0.3 < time.monotonic() - started < 2.0

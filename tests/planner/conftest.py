@@ -60,13 +60,14 @@ def start_planner(redis_url: str, **env: str) -> RunningPlanner:
 @pytest.fixture(scope="session")
 def planner(llm_server: EmbeddedLlamaServer, redis_server: RedisServer) -> Iterator[RunningPlanner]:
     """The planner process, configured as its embedded mode configures itself (llama.cpp grammar
-    field, strict-content grammar, one-shot example, frequency penalty), but sharing the session's
-    model server."""
+    field, strict-content grammar, subject constraints, one-shot example, frequency penalty), but
+    sharing the session's model server."""
     running = start_planner(
         redis_server.url,
         OMOST_PLANNER_LLM_URL=llm_server.base_url,
         OMOST_PLANNER_LLM_KIND="llamacpp",
         OMOST_PLANNER_GRAMMAR_PROFILE="strict-content",
+        OMOST_PLANNER_SUBJECT_CONSTRAINTS="true",
         OMOST_PLANNER_ONE_SHOT="true",
         OMOST_PLANNER_MAX_RETRIES="2",
         OMOST_PLANNER_FREQUENCY_PENALTY="0.3",

@@ -56,6 +56,7 @@ def test_ten_prompts_give_ten_valid_canvases(planner: RunningPlanner, index: int
     canvas = check_plan(data)
     assert canvas.global_description.description.strip()
     assert data["conversation_id"]
+    assert data["changes"] is None  # a fresh plan edits nothing
 
 
 def test_hostile_prompt_still_yields_only_a_canvas(planner: RunningPlanner) -> None:
@@ -124,6 +125,7 @@ def test_edit_of_a_given_canvas_keeps_the_untouched_regions(planner: RunningPlan
             max_new_tokens=900,
         )
         canvas = check_plan(data)
+        assert data["changes"] is not None  # an edit: compared with the given canvas
         if ("on the left", "A grey cat.") in {(r.location, r.description) for r in canvas.local_descriptions}:
             return
         codes.append(data["code"])
@@ -136,6 +138,7 @@ def test_conversation_continues_server_side_and_expires(planner: RunningPlanner,
     second = plan(planner, prompt="make the boat red", conversation_id=conversation_id, seed=5)
     check_plan(second)
     assert second["conversation_id"] == conversation_id
+    assert second["changes"] is not None  # compared with the stored first canvas
     r = redis.Redis.from_url(redis_server.url, decode_responses=True)
     key = f"{planner.prefix}conversation:{conversation_id}"
     turns = json.loads(r.get(key))

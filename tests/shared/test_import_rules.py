@@ -56,7 +56,9 @@ def _scratch_tree(root: Path, imports: list[tuple[str, str]]) -> None:
         for ignored in contract.get("ignore_imports", []):
             importer, imported = (part.strip() for part in ignored.split("->"))
             planted.append((importer, imported))
-    names = _internal_names(config) | {importer for importer, _ in planted}
+    roots = tuple(config["root_packages"])
+    internal = {imported for _, imported in planted if imported.split(".")[0] in roots}
+    names = _internal_names(config) | {importer for importer, _ in planted} | internal
     for name in names:
         # Every module is a package: a name can then be both a module and the parent of others.
         parts = name.split(".")

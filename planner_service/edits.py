@@ -1,0 +1,166 @@
+"""Edits as region patches: which regions an edit prompt changes, removes or adds, found by rules,
+and the merge of the model's answer into the previous canvas.
+
+The model then writes only the global description and the regions that change (each opening with
+its new subject, in its old place); every other region is copied from the previous canvas byte for
+byte. When the rules find nothing to patch (no region named, no verb they know), :func:`plan_patch`
+returns None and the model rewrites the whole canvas as before.
+
+Limits: English verbs only ("add", "remove", "replace ... with", "make ... a", "turn ... into");
+a region is found by its description naming the subject (lemmas), so "the animal" finds no "cat".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from planner_service.subjects import lemma, split_words, words
+from shared.canvas import Canvas, LocalDescription
+from shared.grammar import RegionShape
+
+REMOVE = split_words("remove delete erase drop rid without")
+ADD = split_words("add put place include insert plus")
+CHANGE = split_words("make change turn replace swap recolor recolour paint")
+MOVE = split_words("move shift")
+TARGET_MARKERS = split_words("with into to for instead")
+"""Words between the region named and its replacement: "replace the cat with a parrot"."""
+FILLER = split_words(
+    """a an the it its them they this that these those of in on at to by from some more another please now also
+    then just there here be is are should get take away out behind beside next near above below under over
+    front back left right top bottom middle center background foreground side up down"""
+)
+_NUMBERS = split_words("one two three four five six seven eight nine ten eleven twelve")
+_CLAUSES = re.compile(r"\s*(?:,|;|\.|\band then\b|\bthen\b|\band\b)\s*", re.IGNORECASE)
+
+
+@dataclass
+class Patch:
+    changed: dict[int, RegionShape] = field(default_factory=dict)
+    """Previous-canvas index -> the shape of its rewrite."""
+    added: list[RegionShape] = field(default_factory=list)
+    removed: set[int] = field(default_factory=set)
+
+    @property
+    def shapes(self) -> tuple[RegionShape, ...]:
+        """The regions the model writes, in order: the changed ones (by index), then the added."""
+        return tuple(self.changed[i] for i in sorted(self.changed)) + tuple(self.added)
+
+    def pairs(self, previous: Canvas) -> dict[int, int]:
+        """Which region of :meth:`merge`'s canvas is which previous one (new -> previous index):
+        kept and changed regions keep their order, removed ones leave a gap, added ones come last."""
+        kept = [index for index in range(len(previous.local_descriptions)) if index not in self.removed]
+        return dict(enumerate(kept))
+
+    def merge(self, previous: Canvas, answer: Canvas) -> Canvas:
+        """The previous canvas with the answer's global description and regions patched in.
+        ``answer`` has exactly ``len(self.shapes)`` regions (the per-request grammar says so)."""
+        written = list(answer.local_descriptions)
+        rewrites = dict(zip(sorted(self.changed), written, strict=False))
+        regions: list[LocalDescription] = []
+        for index, region in enumerate(previous.local_descriptions):
+            if index in self.removed:
+                continue
+            regions.append(rewrites.get(index, region))
+        regions += written[len(self.changed) :]
+        return Canvas(global_description=answer.global_description, local_descriptions=regions)
+
+
+def _region_lemmas(region: LocalDescription) -> set[str]:
+    return {lemma(w) for w in words(region.description)}
+
+
+def _find_region(word: str, canvas: Canvas, taken: set[int]) -> int | None:
+    target = lemma(word)
+    for index, region in enumerate(canvas.local_descriptions):
+        if index not in taken and target in _region_lemmas(region):
+            return index
+    return None
+
+
+def _opening(phrase: list[str]) -> str:
+    text = " ".join(phrase)
+    return text[:1].upper() + text[1:]
+
+
+def _content(clause: str) -> list[str]:
+    return [w for w in words(clause) if w.lower() not in FILLER]
+
+
+def _verb(tokens: list[str]) -> str | None:
+    for token in tokens:
+        low = token.lower()
+        if low in REMOVE:
+            return "remove"
+        if low in ADD:
+            return "add"
+        if low in CHANGE:
+            return "change"
+        if low in MOVE:
+            return "move"
+    return None
+
+
+def _split_target(rest: list[str]) -> tuple[list[str], list[str]]:
+    """``["cat", "with", "parrot"]`` -> (``["cat"]``, ``["parrot"]``)."""
+    for i, token in enumerate(rest):
+        if token.lower() in TARGET_MARKERS:
+            return rest[:i], [t for t in rest[i + 1 :] if t.lower() not in TARGET_MARKERS]
+    return rest, []
+
+
+def plan_patch(prompt: str, canvas: Canvas, max_regions: int = 8) -> Patch | None:
+    """The patch an edit prompt asks for, or None when the rules cannot tell (rewrite everything)."""
+    patch = Patch()
+    taken: set[int] = set()
+    verb: str | None = None
+    for clause in filter(None, _CLAUSES.split(prompt)):
+        tokens = _content(clause)
+        verb = _verb(tokens) or verb  # "add a lamp and a rug": the rug is added too
+        rest = [t for t in tokens if t.lower() not in REMOVE | ADD | CHANGE | MOVE]
+        if not rest:
+            continue
+        if verb == "remove":
+            for token in rest:
+                index = _find_region(token, canvas, taken)
+                if index is not None:
+                    patch.removed.add(index)
+                    taken.add(index)
+            continue
+        if verb == "add":
+            patch.added.append(RegionShape(_opening(rest)))
+            continue
+        named, target = _split_target(rest)
+        found = [(t, i) for t in named if (i := _find_region(t, canvas, taken)) is not None]
+        if not found:
+            if verb == "change" or any(t.lower() in _NUMBERS or t.isdigit() for t in rest):
+                # "make it five apples" names the region after the number; "make it night" none at all.
+                found = [(t, i) for t in rest if (i := _find_region(t, canvas, taken)) is not None]
+            if not found:
+                if verb is None:
+                    return None  # no verb, no region: nothing the rules understand
+                continue  # a change to the whole picture: the global description is rewritten
+        word, index = found[0]
+        old = canvas.local_descriptions[index]
+        if verb == "move":  # the same subject somewhere else: the model picks the new place
+            patch.changed[index] = RegionShape(_opening([word]))
+            taken.add(index)
+            continue
+        others = [t for t in named if t != word]
+        if target:
+            opening = target  # "replace the cat with a parrot", "turn the dog into a wolf"
+        elif others and verb == "change" and _has_article_before(clause, others[0]):
+            opening = others  # "make the dog a corgi"
+        else:
+            opening = [*others, word]  # "make the cat black" -> "black cat", "five apples"
+        patch.changed[index] = RegionShape(_opening(opening), old.location, old.offset, old.area)
+        taken.add(index)
+    if not (patch.changed or patch.added or patch.removed):
+        return None
+    if len(canvas.local_descriptions) - len(patch.removed) + len(patch.added) > max_regions:
+        return None
+    return patch
+
+
+def _has_article_before(clause: str, word: str) -> bool:
+    return re.search(rf"\b(?:a|an|the|some)\s+{re.escape(word)}\b", clause, re.IGNORECASE) is not None

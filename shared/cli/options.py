@@ -1,0 +1,95 @@
+"""The command-line options the commands share, and :class:`RenderOptions`: the sampling options
+declared once and added to every command that renders by :func:`with_render_options`."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from shared.contract import RENDER_DEFAULTS
+from shared.jobs import DEFAULT_SAMPLER
+
+PlannerUrl = Annotated[
+    str | None,
+    typer.Option("--url", envvar="OMOST_PLANNER_URL", help="Planner of a running stack; none: `omost serve`'s, or a "
+                 "temporary one."),
+]
+RenderUrl = Annotated[
+    str | None, typer.Option("--render-url", envvar="OMOST_RENDER_URL", help="Render API of a running stack.")
+]
+Token = Annotated[str | None, typer.Option("--token", envvar="OMOST_API_TOKEN", help="Bearer token of the APIs.")]
+Model = Annotated[
+    str | None, typer.Option("--model", help="SDXL checkpoint: hub id, diffusers folder or .safetensors.")
+]
+Tiny = Annotated[
+    bool, typer.Option("--tiny", help="Offline random-weight tiny SDXL: a smoke run that makes noise, not pictures.")
+]
+LlmUrl = Annotated[
+    str | None, typer.Option("--llm-url", help="OpenAI-compatible LLM server (e.g. vLLM); none: embedded SmolLM2.")
+]
+Seed = Annotated[int | None, typer.Option(help="Seed; image i uses seed + i. None: random.")]
+Output = Annotated[Path, typer.Option("--output", "-o", help="PNG path; more images get -1, -2, ... suffixes.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the canvas as JSON instead of Omost code.")]
+MaxNewTokens = Annotated[int | None, typer.Option(help="Cap on the plan's length in tokens.")]
+
+TINY_SIDE = 256
+"""Image side with the tiny model: its pictures are noise anyway, and 2 CPU cores render 256² in seconds."""
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How to sample; sizes left unset are chosen by :meth:`request_fields` (small for the tiny model)."""
+
+    width: int | None = None
+    height: int | None = None
+    steps: int = RENDER_DEFAULTS["steps"]
+    seed: int | None = None
+    num_images: int = 1
+    guidance: float = RENDER_DEFAULTS["cfg"]
+
+    def request_fields(self, *, tiny: bool) -> dict[str, Any]:
+        """The fields of a render request (``shared.jobs.RenderRequest`` without the canvas)."""
+        side_w, side_h = (TINY_SIDE, TINY_SIDE) if tiny else (RENDER_DEFAULTS["width"], RENDER_DEFAULTS["height"])
+        return {
+            "width": self.width or side_w, "height": self.height or side_h, "steps": self.steps, "seed": self.seed,
+            "num_images": self.num_images, "guidance_scale": self.guidance, "sampler": DEFAULT_SAMPLER,
+        }
+
+
+_RENDER_PARAMETERS = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+    for name, default, annotation in (
+        ("width", None, Annotated[int | None, typer.Option(
+            help=f"Image width, a multiple of 8 (default {RENDER_DEFAULTS['width']}; {TINY_SIDE} with --tiny).")]),
+        ("height", None, Annotated[int | None, typer.Option(
+            help=f"Image height, a multiple of 8 (default {RENDER_DEFAULTS['height']}; {TINY_SIDE} with --tiny).")]),
+        ("steps", RENDER_DEFAULTS["steps"], Annotated[int, typer.Option(help="Sampling steps.")]),
+        ("seed", None, Seed),
+        ("num_images", 1, Annotated[int, typer.Option("--num-images", "-n", help="Images to render.")]),
+        ("guidance", RENDER_DEFAULTS["cfg"], Annotated[float, typer.Option(help="Classifier-free guidance scale.")]),
+    )
+]
+
+
+def with_render_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` the render options on the command line, and one ``options: RenderOptions``.
+
+    Typer reads a command's options from its signature, so the wrapper's signature lists them in
+    place of ``options``; the wrapper folds them back into the dataclass.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    kept = [p for p in signature.parameters.values() if p.name != "options"]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        values = {p.name: kwargs.pop(p.name) for p in _RENDER_PARAMETERS}
+        command(*args, options=RenderOptions(**values), **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=[*kept, *_RENDER_PARAMETERS])  # type: ignore[attr-defined]
+    return wrapper

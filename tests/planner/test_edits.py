@@ -1,0 +1,76 @@
+"""Edits as region patches: which regions an edit names (rules, no model) and the merge."""
+
+from __future__ import annotations
+
+from planner_service.edits import Patch, plan_patch
+from shared.canvas import Canvas
+from shared.grammar import RegionShape
+from tests.planner.test_plans_real import EDITED
+
+CAT, DOG = EDITED.local_descriptions
+
+
+def test_make_the_dog_a_corgi_rewrites_the_dog_in_its_place() -> None:
+    patch = plan_patch("make the dog a corgi", EDITED)
+    assert patch is not None
+    assert patch.changed == {1: RegionShape("Corgi", DOG.location, DOG.offset, DOG.area)}
+    assert not patch.added and not patch.removed
+
+
+def test_an_attribute_change_keeps_the_noun() -> None:
+    patch = plan_patch("make the cat black", EDITED)
+    assert patch is not None and patch.changed[0].opening == "Black cat"
+
+
+def test_replace_with_and_turn_into() -> None:
+    assert plan_patch("replace the cat with a parrot", EDITED).changed[0].opening == "Parrot"  # type: ignore[union-attr]
+    assert plan_patch("turn the dog into a wolf", EDITED).changed[1].opening == "Wolf"  # type: ignore[union-attr]
+
+
+def test_add_remove_and_a_verb_carried_over_and() -> None:
+    patch = plan_patch("remove the cat and add a lamp and a rug", EDITED)
+    assert patch is not None
+    assert patch.removed == {0} and [s.opening for s in patch.added] == ["Lamp", "Rug"] and not patch.changed
+
+
+def test_recount_names_the_region_after_the_number() -> None:
+    patch = plan_patch("make it five dogs", EDITED)
+    assert patch is not None and patch.changed[1].opening == "Five dogs"
+
+
+def test_move_leaves_the_place_to_the_model() -> None:
+    patch = plan_patch("move the cat to the right", EDITED)
+    assert patch is not None and patch.changed == {0: RegionShape("Cat")}
+
+
+def test_what_the_rules_cannot_read_is_a_full_rewrite() -> None:
+    assert plan_patch("make it night", EDITED) is None
+    assert plan_patch("a bigger sofa", EDITED) is None
+    assert plan_patch("add a bird", EDITED, max_regions=2) is None  # over the region limit
+
+
+def test_merge_copies_untouched_regions_and_patches_the_rest() -> None:
+    patch = Patch(changed={1: RegionShape("Corgi")}, added=[RegionShape("Lamp")], removed=set())
+    corgi = DOG.model_copy(update={"description": "Corgi sitting."})
+    lamp = CAT.model_copy(update={"description": "Lamp glowing."})
+    glob = EDITED.global_description.model_copy(update={"description": "A cat and a corgi."})
+    answer = Canvas(global_description=glob, local_descriptions=[corgi, lamp])
+    merged = patch.merge(EDITED, answer)
+    assert merged.global_description == glob
+    assert merged.local_descriptions == [CAT, corgi, lamp]
+    assert merged.local_descriptions[0] is CAT  # untouched: the very same region
+
+
+def test_merge_of_a_removal_and_a_cut_off_answer() -> None:
+    removal = Patch(removed={0})
+    assert removal.merge(EDITED, EDITED.model_copy(update={"local_descriptions": []})).local_descriptions == [DOG]
+    cut = Patch(changed={0: RegionShape("Black cat")}, added=[RegionShape("Lamp")])
+    # The answer stopped after the global description: nothing to patch in, nothing invented.
+    merged = cut.merge(EDITED, EDITED.model_copy(update={"local_descriptions": []}))
+    assert merged.local_descriptions == [CAT, DOG]
+
+
+def test_pairs_name_the_previous_region_of_each_kept_or_changed_one() -> None:
+    three = EDITED.model_copy(update={"local_descriptions": [CAT, DOG, CAT]})
+    patch = Patch(changed={2: RegionShape("Lamp")}, added=[RegionShape("Rug")], removed={0})
+    assert patch.pairs(three) == {0: 1, 1: 2}

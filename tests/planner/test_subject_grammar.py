@@ -1,0 +1,92 @@
+"""Per-request grammars (``omost_grammar(..., regions=...)``) through xgrammar's real GBNF matcher:
+exactly the regions asked, each opening with its subject, and still Omost code (a sublanguage of the
+permissive grammar the fine-tuned models get)."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.grammar import PROFILES, RegionShape, omost_grammar
+from shared.omost_code import canvas_to_code
+from tests.planner.test_plans_real import EDITED
+
+xgrammar = pytest.importorskip("xgrammar")
+
+CAT, DOG = EDITED.local_descriptions
+
+
+def accepts(grammar: str, text: str) -> bool:
+    compiled = xgrammar.GrammarCompiler(xgrammar.TokenizerInfo([]), cache_enabled=False).compile_grammar(grammar)
+    matcher = xgrammar.GrammarMatcher(compiled, terminate_without_stop_token=True)
+    return matcher.accept_string(text) and matcher.is_terminated()
+
+
+def code(*descriptions: str, locations: tuple[str, ...] = ("on the left", "on the right")) -> str:
+    regions = [
+        r.model_copy(update={"description": d, "location": loc})
+        for r, d, loc in zip((CAT, DOG, CAT), descriptions, locations, strict=False)
+    ]
+    return canvas_to_code(EDITED.model_copy(update={"local_descriptions": regions}))
+
+
+SHAPES = (RegionShape("Grey cat"), RegionShape("Brown dog"))
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_each_subject_opens_its_region_in_order(profile) -> None:
+    grammar = omost_grammar(profile, regions=SHAPES)
+    assert accepts(grammar, code("Grey cat curled up.", "Brown dog sitting."))
+    assert accepts(grammar, code("Grey cats.", "Brown dog."))  # the opening's word may go on
+    assert not accepts(grammar, code("Brown dog sitting.", "Grey cat curled up."))  # order
+    assert not accepts(grammar, code("A grey cat.", "A brown dog."))  # not opened by the subject
+    assert not accepts(grammar, code("Grey cat.", "Grey cat."))  # a duplicate region
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_exactly_as_many_regions_as_subjects(profile) -> None:
+    grammar = omost_grammar(profile, regions=SHAPES)
+    assert not accepts(grammar, code("Grey cat."))
+    extra = ("on the left", "on the right", "in the center")
+    assert not accepts(grammar, code("Grey cat.", "Brown dog.", "Grey cat again.", locations=extra))
+    none = omost_grammar(profile, regions=())
+    assert accepts(none, canvas_to_code(EDITED.model_copy(update={"local_descriptions": []})))
+
+
+def test_a_fixed_place_is_kept() -> None:
+    grammar = omost_grammar("strict-content", regions=(RegionShape("Corgi", "on the right"),))
+    one = EDITED.model_copy(update={"local_descriptions": [DOG.model_copy(update={"description": "Corgi."})]})
+    assert accepts(grammar, canvas_to_code(one))
+    moved = one.model_copy(update={"local_descriptions": [one.local_descriptions[0].model_copy(
+        update={"location": "on the left"})]})
+    assert not accepts(grammar, canvas_to_code(moved))
+
+
+def test_what_the_shaped_grammar_accepts_the_permissive_one_does() -> None:
+    permissive = omost_grammar("permissive")
+    for profile in PROFILES:
+        text = code("Grey cat curled up.", "Brown dog sitting.")
+        assert accepts(omost_grammar(profile, regions=SHAPES), text) and accepts(permissive, text)
+
+
+def test_non_english_and_apostrophes() -> None:
+    grammar = omost_grammar("strict-content", regions=(RegionShape("Chat"), RegionShape("Children's kite")))
+    text = code("Chat gris.", "Children's kite.")
+    assert '"Children\'s kite."' in text  # canvas_to_code picks double quotes here
+    assert accepts(grammar, text)
+
+
+@pytest.mark.parametrize("bad", ["", "cat'); import os #", "two  spaces", "new\nline"])
+def test_an_opening_that_is_not_words_is_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="opening"):
+        omost_grammar("strict-content", regions=(RegionShape(bad),))
+
+
+def test_a_fixed_place_must_be_a_valid_value() -> None:
+    with pytest.raises(ValueError, match="location"):
+        omost_grammar("strict-content", regions=(RegionShape("Cat", location="somewhere"),))
+
+
+def test_the_opening_word_does_not_run_on_into_junk() -> None:
+    grammar = omost_grammar("strict-content", regions=(RegionShape("Parrot"), RegionShape("Brown dog")))
+    assert accepts(grammar, code("Parrots.", "Brown dog, sitting."))
+    assert not accepts(grammar, code("Parrothink.com", "Brown dog."))  # measured with SmolLM2

@@ -1,0 +1,56 @@
+"""Subject constraints with the real SmolLM2 (llama.cpp, the planner as a process): every subject
+of the prompt opens one region, and an edit rewrites only the regions it names."""
+
+from __future__ import annotations
+
+import pytest
+
+from planner_service.subjects import lemma, words
+from shared.canvas import Canvas
+from tests.planner.conftest import RunningPlanner
+from tests.planner.test_plans_real import EDITED, check_plan, plan
+
+pytestmark = pytest.mark.slow
+
+CAT, DOG = EDITED.local_descriptions
+LONG = 1500
+"""Room for a global description and three regions: a cut-off plan would test nothing here."""
+
+
+def test_each_subject_opens_one_region(planner: RunningPlanner) -> None:
+    data = plan(planner, prompt="a red cube to the left of a blue sphere and a cat", seed=3, max_new_tokens=LONG)
+    canvas = check_plan(data)
+    openings = [r.description for r in canvas.local_descriptions]
+    assert len(openings) == 3, openings
+    assert openings[0].startswith("Red cube") and openings[1].startswith("Blue sphere"), openings
+    assert openings[2].startswith("Cat"), openings
+
+
+def test_a_prompt_with_no_subject_still_plans(planner: RunningPlanner) -> None:
+    check_plan(plan(planner, prompt="in the of and", seed=1))
+
+
+def test_an_edit_rewrites_only_the_named_region(planner: RunningPlanner) -> None:
+    canvas_json = EDITED.model_dump(mode="json")
+    data = plan(planner, prompt="make the dog a corgi", canvas=canvas_json, seed=2, max_new_tokens=LONG)
+    canvas = check_plan(data)
+    assert canvas.local_descriptions[0] == CAT  # untouched: byte-identical
+    corgi = canvas.local_descriptions[1]
+    assert corgi.description.startswith("Corgi") and corgi.location == DOG.location
+    assert [(c["kind"], c["index"]) for c in data["changes"]["regions"]] == [("changed", 1)]
+
+
+def test_an_edit_by_conversation_adds_and_removes(planner: RunningPlanner) -> None:
+    first = plan(planner, prompt="a cat and a dog on a sofa", seed=5, max_new_tokens=LONG)
+    before = Canvas.model_validate(first["canvas"])
+    edit = {"prompt": "remove the dog and add a lamp", "conversation_id": first["conversation_id"]}
+    data = plan(planner, **edit, seed=6, max_new_tokens=LONG)
+    after = check_plan(data)
+    # One region naming the dog is removed (the first whose description names it: SmolLM2 may also
+    # mention the dog in the cat's region), the lamp is added last, the rest is copied byte for byte.
+    gone = next(i for i, r in enumerate(before.local_descriptions) if "dog" in {lemma(w) for w in words(r.description)})
+    kept = [r for i, r in enumerate(before.local_descriptions) if i != gone]
+    assert after.local_descriptions[:-1] == kept
+    assert after.local_descriptions[-1].description.startswith("Lamp")
+    regions = data["changes"]["regions"]
+    assert {(c["kind"], c["index"]) for c in regions} == {("removed", gone), ("added", len(kept))}
