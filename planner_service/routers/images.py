@@ -325,6 +325,8 @@ async def create_image(
     n = body.n or 1
     render = {"width": width, "height": height, "num_images": n, "steps": images.steps}
     # The same path as POST /v1/generations: the same validation, plan, queue and error mapping.
+    if not body.prompt.strip():  # "\x1d" passes min_length, but a plan needs words (found by schemathesis)
+        raise ImagesAPIError(400, "the prompt is empty (only whitespace)", param="prompt")
     generation = GenerationRequest(prompt=body.prompt, render=render)
     accepted = await create_generation(generation, service, settings, redis, admission, request)
     keys = QueueKeys(settings.key_prefix)

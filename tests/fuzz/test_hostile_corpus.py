@@ -167,6 +167,10 @@ def planner_cases() -> list[Case]:
         Case("conversation unknown", "GET", "/v1/conversations/" + "0" * 32, {404}),
         Case("conversation NUL", "GET", "/v1/conversations/a%00b", {404, 422}),
         Case("DELETE plans", "DELETE", "/v1/plans", {405}),
+        # The OpenAI-compatible Images API answers errors in OpenAI's shape (checked below).
+        Case("control-character image prompt", "POST", "/v1/images/generations", {400}, {"prompt": "\x1d"}),
+        Case("blank image prompt", "POST", "/v1/images/generations", {400}, {"prompt": " \n\t"}),
+        Case("NaN image count", "POST", "/v1/images/generations", {400}, content=b'{"prompt": "a cat", "n": NaN}'),
     ]
 
 
@@ -191,6 +195,9 @@ def check(client: httpx.Client, cases: list[Case]) -> list[str]:
         problem = f"{case.name}: {answer.status_code} {answer.text[:300]}"
         if answer.status_code not in case.expect:
             wrong.append(f"{problem} (expected {sorted(case.expect)})")
+        elif answer.status_code >= 400 and case.path.startswith("/v1/images/"):
+            if not isinstance(answer.json().get("error", {}).get("message"), str) or MARK * 5 in answer.text:
+                wrong.append(f"{problem} (not an OpenAI error)")
         elif answer.status_code >= 400:
             if not answer.headers.get("content-type", "").startswith("application/problem+json"):
                 wrong.append(f"{problem} (not a problem document)")

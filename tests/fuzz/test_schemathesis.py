@@ -101,6 +101,11 @@ def planner_schema(redis_server: RedisServer, instant_llm: SlowLLM) -> schemathe
     return schemathesis.openapi.from_asgi("/openapi.json", app, config=CONFIG)
 
 
+def _describe(failure: BaseException) -> str:
+    status = getattr(failure, "status_code", None)  # a bare "Server error" says which 5xx here
+    return f"{failure} (HTTP {status})" if status is not None else str(failure)
+
+
 def fuzz(schema: schemathesis.Schema) -> list[str]:
     """Every operation, with valid and with invalid data; the failures found, one line each.
 
@@ -121,7 +126,7 @@ def fuzz(schema: schemathesis.Schema) -> list[str]:
             except Unsatisfiable:
                 continue  # nothing to spoil: an operation without parameters or body has no invalid input
             except (Exception, FailureGroup) as exc:  # the failures say what and how to reproduce
-                found = [str(e) for e in getattr(exc, "exceptions", ())] or [str(exc)]
+                found = [_describe(e) for e in getattr(exc, "exceptions", ())] or [_describe(exc)]
                 failures.append(f"{operation.label} ({mode.value}): " + "\n".join(found))
     return failures
 
