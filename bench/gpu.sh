@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU check of the render engine and the full benchmark, in one call on a bare CUDA machine
 # (no internet: torch preinstalled, the other wheels installed by the caller). About 7 minutes on
-# an H200. Figures print as they come and land under $OUT (or ./out/gpu) as logs and JSON.
+# an H200 (--quick: the compiled comparison only, 2.5-4 minutes). Figures print as they come
+# and land under $OUT (or ./out/gpu) as logs and JSON.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-out/gpu}"
@@ -12,6 +13,22 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)" \
   | tee -a "$OUT/machine.txt"
 status=0
+if [ "${1:-}" = "--quick" ]; then
+  # Compiled stock vs ours at 1/5/12 regions, end to end, peak memory, and ours against the eager
+  # SDPA path: one process per side, compiling at once, then timing in turns (bench/gpu_quick.py).
+  # QUICK_SIDES="stock flex sdpa" adds the FlexAttention path (its compile is the long pole: the
+  # three sides took 256 s on an H200; stock + sdpa should take about 150 s).
+  sides="${QUICK_SIDES:-stock sdpa}"
+  rm -f "$OUT"/*.ready "$OUT"/*.done "$OUT"/stock.json "$OUT"/flex.json "$OUT"/sdpa.json
+  for side in $sides; do
+    timeout 225 python3 bench/gpu_quick.py --side "$side" --sides "${sides// /,}" --dir "$OUT" 2>&1 \
+      | grep -v Warning | tee "$OUT/quick_$side.log" &
+  done
+  wait
+  python3 bench/gpu_quick.py summary "$OUT" | tee "$OUT/quick_summary.txt"
+  for side in $sides; do grep -q '"error"' "$OUT/$side.json" 2>/dev/null && status=1; done
+  exit $status
+fi
 echo "== full bench: 1024², 25 steps, fp16, eager and compiled"
 timeout 330 python3 bench/render_bench.py --full --compile --repeats 2 --json "$OUT/bench.json" 2>&1 \
   | grep -v Warning | tee "$OUT/bench.log" || status=1

@@ -11,9 +11,11 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 import redis.asyncio
 from fastapi import FastAPI
 
+from planner_service.admission import Admission
 from planner_service.conversations import ConversationStore
 from planner_service.errors import DOMAIN_ERRORS
 from planner_service.llm.client import LLMError, LLMUnavailable, OpenAIClient
@@ -25,6 +27,7 @@ from planner_service.routers import conversations, generations, health, images, 
 from planner_service.service import PlanService
 from planner_service.settings import PlannerSettings
 from shared.service.app import service_app
+from shared.service.exposure import warn_if_exposed
 
 log = logging.getLogger("planner_service")
 
@@ -56,8 +59,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     else:
         assert settings.llm_url is not None
         base_url = settings.llm_url
+    warn_if_exposed(settings, settings.host, "the planner")
+    # Room for every admitted plan plus the probes: a plan never waits for a pooled connection, so
+    # the client's pool timeout can no longer pass for "LLM unreachable" (503).
+    limits = httpx.Limits(max_connections=settings.max_concurrent_plans + 4, max_keepalive_connections=32)
     client = OpenAIClient(
         base_url,
+        transport=httpx.AsyncHTTPTransport(limits=limits),
         api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
         kind=settings.grammar_kind,
         connect_timeout=settings.connect_timeout_seconds,
@@ -101,6 +109,7 @@ def create_app(settings: PlannerSettings | None = None) -> FastAPI:
         lifespan=_lifespan,
     )
     app.state.metrics = PlannerMetrics()
+    app.state.admission = Admission(settings.max_concurrent_plans)
     app.include_router(plans.router)
     app.include_router(generations.router)
     app.include_router(conversations.router)

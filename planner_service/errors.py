@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from planner_service.admission import ClientGone, PlannerBusy
 from planner_service.conversations import ConversationNotFound, StoreUnavailable
 from planner_service.llm.client import LLMError, LLMUnavailable
 from planner_service.planning import PlanFailed
@@ -21,6 +22,8 @@ DOMAIN_ERRORS: tuple[type[Exception], ...] = (
     PromptTooLong,
     StoreUnavailable,
     QueueFull,
+    PlannerBusy,
+    ClientGone,
 )
 
 

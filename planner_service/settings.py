@@ -15,6 +15,7 @@ from pydantic_settings import SettingsConfigDict
 from planner_service.llm.client import LLMKind
 from shared.contract import LLM_DEFAULTS
 from shared.grammar import Profile
+from shared.jobs import DEFAULT_MAX_MEGAPIXEL_STEPS
 from shared.queue import DEFAULT_TTL_SECONDS
 from shared.service.settings import ServiceSettings
 
@@ -62,6 +63,9 @@ class PlannerSettings(ServiceSettings):
     connect_timeout_seconds: float = Field(default=3.0, gt=0)
     read_timeout_seconds: float = Field(default=300.0, gt=0, description="Longest silence from the LLM.")
     connect_retries: int = Field(default=3, ge=1, le=10, description="Attempts to connect before a 503.")
+    max_concurrent_plans: int = Field(
+        default=16, ge=1, le=4096, description="Plans in flight at once (streamed ones included); 429 beyond."
+    )
     max_retries: int = Field(default=2, ge=0, le=10, description="New-seed retries of a plan that does not parse.")
     accept_truncated: bool = Field(
         default=True, description="A plan cut off by max_new_tokens yields the canvas of its complete calls."
@@ -94,6 +98,12 @@ class PlannerSettings(ServiceSettings):
     )
     render_job_ttl_seconds: int = Field(default=DEFAULT_TTL_SECONDS, ge=60)
     max_queue_depth: int | None = Field(default=1000, ge=1)
+    max_job_megapixel_steps: float | None = Field(
+        default=DEFAULT_MAX_MEGAPIXEL_STEPS,
+        gt=0,
+        description="Work budget of a render /v1/generations queues (as OMOST_RENDER_MAX_JOB_MEGAPIXEL_STEPS); "
+        "None: no limit.",
+    )
 
     @property
     def embedded(self) -> bool:

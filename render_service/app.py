@@ -9,12 +9,14 @@ import redis.asyncio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from render_service.api import health, renders
+from render_service.api import admin, health, renders
 from render_service.api.errors import DOMAIN_ERRORS, TRANSLATED
+from render_service.api.event_hub import EventHub
 from render_service.images import S3Images
 from render_service.settings import RenderSettings
 from render_service.store import JobStore
 from shared.service.app import service_app
+from shared.service.exposure import warn_if_exposed
 
 
 def create_app(settings: RenderSettings | None = None) -> FastAPI:
@@ -22,17 +24,36 @@ def create_app(settings: RenderSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # One pooled client per process, created inside the server's event loop. Its socket
-        # timeout outlasts the 5 s blocking XREAD behind each SSE stream.
-        client = redis.asyncio.Redis.from_url(
-            settings.redis_url, protocol=2, socket_timeout=15, socket_connect_timeout=5, health_check_interval=30
+        warn_if_exposed(settings, settings.host, "the render API")
+        # One pooled client per process, created inside the server's event loop. A burst waits for
+        # a free connection (up to the pool timeout) instead of failing at once.
+        options = {"protocol": 2, "socket_timeout": 15, "socket_connect_timeout": 5, "health_check_interval": 30}
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=settings.redis_max_connections,
+            timeout=settings.redis_pool_timeout_seconds,
+            **options,
+        )
+        client = redis.asyncio.Redis.from_pool(pool)
+        # The event hub's own connection (outside the pool): its blocking reads serve every SSE stream.
+        reader = redis.asyncio.Redis.from_url(settings.redis_url, single_connection_client=True, **options)
+        hub = EventHub(
+            client,
+            reader,
+            settings.keys,
+            max_streams=settings.max_event_streams,
+            max_per_client=settings.max_event_streams_per_client,
         )
         app.state.redis = client
         images = S3Images(settings) if settings.image_store == "s3" else None
         app.state.store = JobStore(client, settings.keys, images, redirect=settings.s3_redirect)
+        app.state.event_hub = hub
+        hub.start()
         try:
             yield
         finally:
+            await hub.stop()
+            await reader.aclose()
             await client.aclose()
 
     app = service_app(
@@ -57,4 +78,5 @@ def create_app(settings: RenderSettings | None = None) -> FastAPI:
         )
     app.include_router(health.router)
     app.include_router(renders.router)
+    app.include_router(admin.router)
     return app

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from shared.jobs import DEFAULT_MAX_MEGAPIXEL_STEPS
 from shared.queue import DEFAULT_TTL_SECONDS, QueueKeys
 from shared.service.logging import configure_logging
 from shared.service.settings import ServiceSettings
@@ -50,6 +51,22 @@ class RenderSettings(ServiceSettings):
     max_queue_depth: int = Field(default=1000, ge=1, description="POST /v1/renders answers 429 at this depth.")
     readyz_requires_worker: bool = Field(default=True, description="/readyz is 503 until a worker is live.")
     sse_ping_seconds: float = Field(default=15.0, gt=0)
+    max_event_streams: int = Field(default=1000, ge=1, description="Open SSE streams per API process; 429 beyond.")
+    max_event_streams_per_client: int = Field(
+        default=32, ge=1, description="Open SSE streams per token (per client address without auth); 429 beyond."
+    )
+    redis_max_connections: int = Field(
+        default=100, ge=2, description="Redis connections per API process; a request waits for a free one."
+    )
+    redis_pool_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="How long a request waits for a free Redis connection before a 503."
+    )
+    max_job_megapixel_steps: float | None = Field(
+        default=DEFAULT_MAX_MEGAPIXEL_STEPS,
+        gt=0,
+        description="Work budget of one job: width x height x steps x num_images (hires pass included) / 1e6; "
+        "bigger jobs get 422. None: no limit.",
+    )
     cors_origins: str = Field(
         default="*",
         description="Comma-separated origins allowed to call the API from a browser (the playground is served "

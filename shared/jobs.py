@@ -66,6 +66,37 @@ class RenderRequest(BaseModel):
     )
 
 
+
+DEFAULT_MAX_MEGAPIXEL_STEPS = 400.0
+"""Default work budget of one job: e.g. 1024x1024 x 50 steps x 4 images plus a 1.5x hires pass of
+20 steps (~400). Omost's default (896x1152, 25 steps, one image) costs ~26."""
+
+
+def _hires_side(side: int, scale: float) -> int:
+    # The engine's rounding of the second pass's size (render_service.engine: _round8).
+    return max(MIN_SIDE, round(side * scale / 8) * 8)
+
+
+def megapixel_steps(request: RenderRequest) -> float:
+    """The work a job asks for: pixels x steps x images, the hires pass included, in megapixel-steps.
+    Linear in each factor, so the budget is easy to state; attention grows faster with size."""
+    per_image = request.width * request.height * request.steps
+    if request.hires_fix is not None:
+        hires = request.hires_fix
+        per_image += _hires_side(request.width, hires.scale) * _hires_side(request.height, hires.scale) * hires.steps
+    return per_image * request.num_images / 1e6
+
+
+def over_budget(request: RenderRequest, limit: float | None) -> str | None:
+    """Why the job exceeds ``limit`` megapixel-steps (None: it fits, or there is no limit)."""
+    cost = megapixel_steps(request)
+    if limit is None or cost <= limit:
+        return None
+    return (
+        f"this job costs {cost:.1f} megapixel-steps (width x height x steps x num_images, hires pass included); "
+        f"the limit is {limit:g}: lower the size, steps, images or hires fix"
+    )
+
 # --- Job lifecycle: statuses, events, records and API views -------------------------------------
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]

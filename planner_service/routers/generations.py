@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import json
 
-from fastapi import APIRouter, Depends
+import redis.asyncio
+from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from planner_service.admission import AdmissionDep, unless_disconnected
 from planner_service.conversations import StoreUnavailable
 from planner_service.dependencies import PlanServiceDep, RedisDep, SettingsDep
 from planner_service.schemas import GenerationRequest
+from planner_service.service import PlanService
+from planner_service.settings import PlannerSettings
 from shared.canvas import Canvas, GlobalDescription
-from shared.jobs import RenderRequest
+from shared.jobs import RenderRequest, over_budget
 from shared.plans import GenerationAccepted
-from shared.queue import job_urls, submit
-from shared.service.auth import require_token
+from shared.queue import QueueKeys, job_urls, submit
+from shared.service.auth import require_token, token_owner
+from shared.service.ownership import record_owner
 from shared.service.problems import field_errors
 from shared.service.routing import StrictRoute
 
@@ -37,12 +42,47 @@ def _render_request(render: dict, canvas: Canvas) -> RenderRequest:
         raise RequestValidationError(field_errors(errors, prefix=("body", "render"))) from None
 
 
-@router.post("/generations", status_code=202, response_model=GenerationAccepted, response_model_by_alias=True)
+@router.post(
+    "/generations",
+    status_code=202,
+    response_model=GenerationAccepted,
+    response_model_by_alias=True,
+    responses={
+        404: {"description": "Unknown or expired conversation_id."},
+        429: {"description": "The planner is at its limit of plans in flight, or the render queue is full."},
+        502: {"description": "The LLM's answers did not parse (parse error and raw text included)."},
+        503: {"description": "The LLM server (or Redis) is unreachable."},
+    },
+)
 async def create_generation(
-    body: GenerationRequest, service: PlanServiceDep, settings: SettingsDep, redis_client: RedisDep
+    body: GenerationRequest,
+    service: PlanServiceDep,
+    settings: SettingsDep,
+    redis_client: RedisDep,
+    admission: AdmissionDep,
+    request: Request,
 ) -> GenerationAccepted:
-    # Check the render parameters first: a bad width should not cost a plan.
-    _render_request(body.render, _PLACEHOLDER)
+    # Check the render parameters first: a bad width or a job over budget should not cost a plan.
+    placeholder = _render_request(body.render, _PLACEHOLDER)
+    if reason := over_budget(placeholder, settings.max_job_megapixel_steps):
+        error = {"type": "work_budget", "loc": ("body", "render"),
+                 "msg": f"{reason} (OMOST_PLANNER_MAX_JOB_MEGAPIXEL_STEPS)"}  # fmt: skip
+        raise RequestValidationError([error])
+    slot = admission.admit()
+    try:
+        # A client that hangs up stops the plan and never gets a render queued in its name.
+        return await unless_disconnected(request, _plan_and_queue(body, service, settings, redis_client, request))
+    finally:
+        slot.release()
+
+
+async def _plan_and_queue(
+    body: GenerationRequest,
+    service: PlanService,
+    settings: PlannerSettings,
+    redis_client: redis.asyncio.Redis,
+    request: Request,
+) -> GenerationAccepted:
     plan = await service.plan(body.model_copy(update={"stream": False}))
     render_request = _render_request(body.render, plan.canvas)
     try:
@@ -53,6 +93,9 @@ async def create_generation(
             ttl_seconds=settings.render_job_ttl_seconds,
             max_queue_depth=settings.max_queue_depth,
         )
+        # The job is the token's, as if submitted to the render API with it.
+        keys = QueueKeys(settings.key_prefix)
+        await record_owner(redis_client, keys, token_owner(request), job_id, settings.render_job_ttl_seconds)
     except RedisError as exc:
         raise StoreUnavailable(f"the render queue (Redis) is unavailable: {exc}") from exc
     return GenerationAccepted(

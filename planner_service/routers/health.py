@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from planner_service.dependencies import LLMDep, MetricsDep, RedisDep
+from planner_service.llm.client import LLMUnavailable
+
+log = logging.getLogger("planner_service")
 
 router = APIRouter(tags=["operations"])
 
@@ -28,21 +32,24 @@ _REPORT = {"application/json": {"schema": {"type": "object", "additionalProperti
     responses={503: {"description": "The LLM or Redis does not answer; the body says which.", "content": _REPORT}},
 )
 async def readyz(llm: LLMDep, redis_client: RedisDep) -> JSONResponse:
+    # Status only: the probe is open to anyone, so addresses and messages go to the log.
     checks: dict[str, str] = {}
     try:
         models = await asyncio.wait_for(llm.models(), PROBE_TIMEOUT_SECONDS)
         checks["llm"] = "ok" if models else "no models served"
-    except Exception as exc:  # any failure means "not ready"; the message says which
-        checks["llm"] = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # any failure means "not ready"
+        log.warning("readyz: LLM not ready: %s: %s", type(exc).__name__, exc)
+        checks["llm"] = "unreachable" if isinstance(exc, LLMUnavailable | TimeoutError) else "error"
     try:
         await asyncio.wait_for(redis_client.ping(), PROBE_TIMEOUT_SECONDS)
         checks["redis"] = "ok"
     except Exception as exc:
-        checks["redis"] = f"{type(exc).__name__}: {exc}"
+        log.warning("readyz: Redis not ready: %s: %s", type(exc).__name__, exc)
+        checks["redis"] = "unreachable"
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse({"status": "ready" if ready else "not ready", **checks}, status_code=200 if ready else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 async def metrics(planner_metrics: MetricsDep) -> Response:
     return Response(generate_latest(planner_metrics.registry), media_type=CONTENT_TYPE_LATEST)

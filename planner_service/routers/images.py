@@ -31,6 +31,7 @@ from redis.client import NEVER_DECODE
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
+from planner_service.admission import AdmissionDep
 from planner_service.dependencies import PlanServiceDep, RedisDep, SettingsDep
 from planner_service.routers.generations import create_generation
 from planner_service.schemas import GenerationRequest
@@ -38,7 +39,7 @@ from shared.client import poll_delays
 from shared.contract import RENDER_DEFAULTS
 from shared.jobs import MAX_IMAGES, TERMINAL_STATUSES, RenderJob, RenderRequest
 from shared.plans import MAX_PROMPT_CHARS
-from shared.queue import QueueKeys, decode_hash, job_urls, record_to_job
+from shared.queue import QueueKeys, Rec, decode_hash, job_urls, record_to_job
 from shared.service.auth import require_token
 from shared.service.routing import StrictRoute
 
@@ -296,6 +297,11 @@ async def wait_for_job(redis: Redis, keys: QueueKeys, job_id: str, timeout: floa
 async def read_png(redis: Redis, keys: QueueKeys, job_id: str, index: int) -> bytes:
     # The app's client decodes replies to str; PNG bytes must come back raw.
     data = await redis.execute_command("GET", keys.image(job_id, index), **{NEVER_DECODE: True})
+    if data is None and await redis.hexists(keys.job(job_id), Rec.IMAGE_KEYS):
+        # The planner never imports the render service, so it cannot read an object store; the render
+        # API's image URLs redirect to it.
+        raise ImagesAPIError(400, "this deployment keeps images in object storage (OMOST_RENDER_IMAGE_STORE=s3): "
+                             "ask with response_format=url", param="response_format", code="b64_unavailable")
     if data is None:
         raise ImagesAPIError(502, f"image {index} of render job {job_id} is missing", type_="server_error",
                              code="image_missing")
@@ -316,13 +322,18 @@ async def create_image(
     settings: SettingsDep,
     redis: RedisDep,
     images: Annotated[ImagesSettings, Depends(get_images_settings)],
+    admission: AdmissionDep,
+    request: Request,
 ) -> ImagesResponse:
     """Plan a canvas from the prompt, render ``n`` images of it and wait for them."""
     width, height = parse_size(body.size, images.default_size)
     n = body.n or 1
     render = {"width": width, "height": height, "num_images": n, "steps": images.steps}
     # The same path as POST /v1/generations: the same validation, plan, queue and error mapping.
-    accepted = await create_generation(GenerationRequest(prompt=body.prompt, render=render), service, settings, redis)
+    if not body.prompt.strip():  # "\x1d" passes min_length, but a plan needs words (found by schemathesis)
+        raise ImagesAPIError(400, "the prompt is empty (only whitespace)", param="prompt")
+    generation = GenerationRequest(prompt=body.prompt, render=render)
+    accepted = await create_generation(generation, service, settings, redis, admission, request)
     keys = QueueKeys(settings.key_prefix)
     try:
         job = await wait_for_job(redis, keys, accepted.id, images.timeout_seconds)

@@ -8,6 +8,7 @@ from typing import Annotated
 import redis.asyncio
 from fastapi import Depends, Request
 
+from render_service.api.event_hub import EventHub
 from render_service.settings import RenderSettings
 from render_service.store import JobStore
 
@@ -24,9 +25,14 @@ def get_store(request: Request) -> JobStore:
     return request.app.state.store
 
 
+def get_event_hub(request: Request) -> EventHub:
+    return request.app.state.event_hub
+
+
 SettingsDep = Annotated[RenderSettings, Depends(get_settings)]
 RedisDep = Annotated[redis.asyncio.Redis, Depends(get_redis)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
+HubDep = Annotated[EventHub, Depends(get_event_hub)]
 
 
 def base_url(request: Request, settings: RenderSettings) -> str:

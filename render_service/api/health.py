@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from render_service.api.deps import SettingsDep, StoreDep
+from render_service.api.errors import POOL_EXHAUSTED_MESSAGES
 from render_service.store import QueueStats
 from shared.jobs import TERMINAL_STATUSES
 from shared.queue import RENDER_SECONDS_BUCKETS, STEP_SECONDS_BUCKETS
@@ -39,20 +40,23 @@ _REPORT = {"application/json": {"schema": {"type": "object", "additionalProperti
     responses={503: {"description": "A dependency is missing; the body says which.", "content": _REPORT}},
 )
 async def readyz(settings: SettingsDep, store: StoreDep) -> Response:
-    """Redis answers and (unless disabled) at least one worker with a loaded model is heartbeating."""
+    """Redis answers and (unless disabled) at least one worker with a loaded model is heartbeating.
+
+    Status only: probes are open to anyone (and cross-origin), so worker names, hosts, pids, model
+    paths and job ids are in the admin view (``GET /v1/admin/workers``) and counts in /metrics."""
     checks: dict[str, Any] = {}
     ready = True
     try:
         await store.redis.ping()
         checks["redis"] = "ok"
         workers = await store.live_workers(3 * settings.heartbeat_interval)
-        checks["workers"] = workers
+        checks["workers"] = len(workers)
         if settings.readyz_requires_worker and not workers:
             ready = False
             checks["problem"] = "no live render worker (none has sent a heartbeat recently)"
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         ready = False
-        checks["redis"] = f"unreachable: {exc}"
+        checks["redis"] = "pool exhausted" if str(exc) in POOL_EXHAUSTED_MESSAGES else "unreachable"
     body = {"status": "ready" if ready else "not ready", **checks}
     return JSONResponse(body, status_code=status.HTTP_200_OK if ready else status.HTTP_503_SERVICE_UNAVAILABLE)
 

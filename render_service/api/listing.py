@@ -5,13 +5,13 @@ without auth), so with auth on a token lists only what it submitted."""
 from __future__ import annotations
 
 import re
-import time
 
 import redis.asyncio
 from pydantic import BaseModel, Field
 
 from shared.jobs import JobStatus, RenderJob
 from shared.queue import QueueKeys, decode_hash, record_to_job, text
+from shared.service.ownership import idempotency_scope, index_key
 
 MAX_PAGE = 100
 MAX_SCANNED = 1000  # index entries one request may read while filtering; bounds its cost
@@ -23,24 +23,6 @@ class RenderPage(BaseModel):
 
     items: list[RenderJob]
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null: no more jobs.")
-
-
-def index_key(keys: QueueKeys, owner: str) -> str:
-    return f"{keys.prefix}render-index:{owner}"
-
-
-async def index_submission(
-    client: redis.asyncio.Redis, keys: QueueKeys, owner: str, job_id: str, ttl_seconds: int
-) -> None:
-    """Record a new job in its owner's index (called from the submit path, once per created job).
-    Entries older than the TTL are dropped here: their records have expired anyway."""
-    now_ms = int(time.time() * 1000)
-    key = index_key(keys, owner)
-    async with client.pipeline(transaction=True) as pipe:
-        pipe.zadd(key, {job_id: now_ms})
-        pipe.zremrangebyscore(key, "-inf", now_ms - ttl_seconds * 1000)
-        pipe.expire(key, ttl_seconds)
-        await pipe.execute()
 
 
 async def list_jobs(
@@ -88,7 +70,7 @@ async def find_by_idempotency_key(
     client: redis.asyncio.Redis, keys: QueueKeys, owner: str, idempotency_key: str, base_url: str
 ) -> RenderJob | None:
     """The owner's job submitted with this key, if any (the key maps to one job id)."""
-    stored = await client.get(keys.idempotency(idempotency_key))
+    stored = await client.get(keys.idempotency(idempotency_scope(owner, idempotency_key)))
     if stored is None:
         return None
     job_id = text(stored).partition(":")[0]

@@ -6,28 +6,23 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import redis.exceptions
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 
-from render_service.api.deps import RedisDep, SettingsDep, StoreDep, base_url
-from render_service.api.listing import (
-    CURSOR_PATTERN,
-    MAX_PAGE,
-    RenderPage,
-    find_by_idempotency_key,
-    index_submission,
-    list_jobs,
-)
-from render_service.store import ImageRedirect
+from render_service.api.deps import HubDep, RedisDep, SettingsDep, StoreDep, base_url
+from render_service.api.event_hub import REDIS_ERRORS
+from render_service.api.listing import CURSOR_PATTERN, MAX_PAGE, RenderPage, find_by_idempotency_key, list_jobs
+from render_service.store import ImageRedirect, JobNotFound, JobStore
 from render_service.webhooks import WebhookRefused, check_webhook_url
-from shared.jobs import JobStatus, RenderAccepted, RenderJob, RenderSubmission
+from shared.jobs import JobStatus, RenderAccepted, RenderJob, RenderSubmission, over_budget
 from shared.queue import job_urls, record_to_job
 from shared.queue import submit as submit_render
-from shared.service.auth import require_token, token_owner
+from shared.service.auth import PUBLIC_OWNER, may_see, require_token, token_owner
+from shared.service.ownership import OWNER_FIELD, idempotency_scope, record_owner
 from shared.service.problems import ServiceError
 from shared.service.routing import StrictRoute
 
@@ -45,6 +40,18 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+# One Server-Sent Event of a job: ``data`` is a JobEvent as JSON; ``id`` resumes via Last-Event-ID.
+_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["queued", "running", "progress", "succeeded", "failed", "canceled"]},
+        "data": {"type": "string"},
+        "id": {"type": "string"},
+    },
+}
+
+
 class ImageUnavailable(ServiceError):
     def __init__(self, http_status: int, detail: str) -> None:
         super().__init__(detail)
@@ -58,9 +65,9 @@ class ImageUnavailable(ServiceError):
     responses={
         401: _ERRORS[401],
         400: {"description": "Malformed JSON."},
-        409: {"description": "Idempotency-Key reused with a different body."},
+        409: {"description": "Idempotency-Key reused (by this token) with a different body."},
         413: {"description": "Body over the size limit."},
-        422: {"description": "A field is invalid; `detail` says which and why, `errors` lists them."},
+        422: {"description": "A field is invalid, or the job is over the work budget; `detail` says which and why."},
         429: {"description": "Queue full; retry after `Retry-After` seconds."},
     },
 )
@@ -72,10 +79,20 @@ async def create_render(
     client: RedisDep,
     store: StoreDep,
     idempotency_key: Annotated[
-        str | None, Header(max_length=255, description="Retrying with the same key never queues twice.")
+        str | None,
+        Header(
+            min_length=1,
+            max_length=255,
+            description="Retrying with the same key never queues twice. Keys are per token: another "
+            "token's key of the same name is another key.",
+        ),
     ] = None,
 ) -> RenderAccepted:
     """Queue a render. 202 means the job will reach a terminal status, whatever crashes meanwhile."""
+    request_body = submission.render_request()
+    if reason := over_budget(request_body, settings.max_job_megapixel_steps):
+        error = {"type": "work_budget", "loc": ("body",), "msg": f"{reason} (OMOST_RENDER_MAX_JOB_MEGAPIXEL_STEPS)"}
+        raise RequestValidationError([error])
     if submission.webhook_url:
         # getaddrinfo blocks: resolve in a thread so one slow DNS answer doesn't stall the server.
         try:
@@ -85,19 +102,24 @@ async def create_render(
         except WebhookRefused as exc:
             error = {"type": "value_error", "loc": ("body", "webhook_url"), "msg": str(exc)}
             raise RequestValidationError([error]) from None
+        except UnicodeError:  # the resolver's IDNA encoding of a host such as "a..b" or "\x80"
+            error = {"type": "value_error", "loc": ("body", "webhook_url"), "msg": "the host is not a valid host name"}
+            raise RequestValidationError([error]) from None
+    owner = token_owner(request)
     job_id, created = await submit_render(
         client,
-        submission.render_request(),
+        request_body,
         prefix=settings.key_prefix,
         ttl_seconds=settings.job_ttl_seconds,
-        idempotency_key=idempotency_key,
+        # Scoped to the credential: a key can neither replay nor reveal another token's job.
+        idempotency_key=idempotency_scope(owner, idempotency_key) if idempotency_key is not None else None,
         webhook_url=submission.webhook_url,
         max_queue_depth=settings.max_queue_depth,
     )
     job_status = "queued"
     num_images = 0
     if created:
-        await index_submission(client, settings.keys, token_owner(request), job_id, settings.job_ttl_seconds)
+        await record_owner(client, settings.keys, owner, job_id, settings.job_ttl_seconds)
     else:
         response.headers["Idempotent-Replayed"] = "true"
         job = record_to_job(await store.record(job_id))
@@ -136,7 +158,7 @@ async def list_renders(
 @router.get("/{job_id}", response_model=RenderJob, responses=_ERRORS)
 async def get_render(job_id: JobId, request: Request, settings: SettingsDep, store: StoreDep) -> RenderJob:
     """Status, place in the queue or progress, timings, error, seeds, model and image URLs of a job."""
-    job = record_to_job(await store.record(job_id), base_url(request, settings))
+    job = record_to_job(await visible_record(store, job_id, request), base_url(request, settings))
     if job.status == "queued":
         job.queue_position = await store.queue_position(job_id)
     return job
@@ -152,9 +174,11 @@ async def get_render(job_id: JobId, request: Request, settings: SettingsDep, sto
         409: {"description": "Not succeeded (yet)."},
     },
 )
-async def get_image(job_id: JobId, index: Annotated[int, Path(ge=0, le=1000)], store: StoreDep) -> Response:
+async def get_image(
+    job_id: JobId, index: Annotated[int, Path(ge=0, le=1000)], request: Request, store: StoreDep
+) -> Response:
     """The ``index``-th PNG of a succeeded job (or, with the S3 image store, a 302 to it)."""
-    record = await store.record(job_id)
+    record = await visible_record(store, job_id, request)
     state = record.get("status")
     if state != "succeeded":
         raise ImageUnavailable(409, f"render job {job_id} is {state}; images exist once it has succeeded")
@@ -174,12 +198,18 @@ async def get_image(job_id: JobId, index: Annotated[int, Path(ge=0, le=1000)], s
 @router.get(
     "/{job_id}/events",
     response_class=EventSourceResponse,
-    responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}},
+    responses={
+        **_ERRORS,
+        200: {"content": {"text/event-stream": {"schema": _EVENT}}},
+        429: {"description": "Too many open event streams (this client's, or the server's)."},
+    },
 )
 async def stream_events(
     job_id: JobId,
+    request: Request,
     settings: SettingsDep,
     store: StoreDep,
+    hub: HubDep,
     last_event_id: Annotated[str | None, Header(description="Resume after this event id.")] = None,
 ) -> EventSourceResponse:
     """Server-Sent Events: the job's history so far, then live events until its terminal status.
@@ -188,19 +218,26 @@ async def stream_events(
     terminal ``succeeded``/``failed``/``canceled``. Each event's ``id`` can be sent back as
     ``Last-Event-ID`` to resume without repeats.
     """
-    await store.record(job_id)  # 404 before the stream starts
+    await visible_record(store, job_id, request)  # 404 before the stream starts
     after = last_event_id if last_event_id and _is_stream_id(last_event_id) else "0-0"
+    owner = token_owner(request)
+    ticket = hub.admit(owner if owner != PUBLIC_OWNER else _client_address(request))  # 429 over a cap
 
     async def events() -> AsyncIterator[dict[str, str]]:
         try:
-            async for event_id, event in store.events(job_id, after):
+            async for event_id, event in hub.events(job_id, after):
                 name = "progress" if event.type == "progress" else event.status
                 yield {"id": event_id, "event": name, "data": event.model_dump_json(exclude_none=True)}
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        except REDIS_ERRORS:
             # The client reconnects with Last-Event-ID and misses nothing.
             log.warning("event stream ended: redis unavailable", extra={"fields": {"job": job_id}})
+        finally:
+            ticket.release()
 
-    return EventSourceResponse(events(), ping=int(settings.sse_ping_seconds))
+    # The background task frees the place too if the stream ends before its first event is read.
+    return EventSourceResponse(
+        events(), ping=int(settings.sse_ping_seconds), background=BackgroundTask(ticket.release)
+    )
 
 
 @router.delete(
@@ -211,10 +248,24 @@ async def stream_events(
 )
 async def cancel_render(job_id: JobId, request: Request, settings: SettingsDep, store: StoreDep) -> RenderJob:
     """Cancel: a queued job is ``canceled`` at once; a running one stops at its next sampling step."""
+    await visible_record(store, job_id, request)
     record = await store.cancel(job_id)
     job = record_to_job(record, base_url(request, settings))
     log.info("render cancel requested", extra={"fields": {"job": job_id, "status": job.status}})
     return job
+
+
+async def visible_record(store: JobStore, job_id: str, request: Request) -> dict[str, str]:
+    """The job's record if this request's token owns it (or is the admin's, or auth is off); a job
+    of another token is "not found", exactly like an unknown id, so ids cannot be probed."""
+    record = await store.record(job_id)
+    if not may_see(request, record.get(OWNER_FIELD)):
+        raise JobNotFound(job_id)
+    return record
+
+
+def _client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 def _is_stream_id(value: str) -> bool:

@@ -19,8 +19,9 @@ dynamic). Nothing in diffusers is patched.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,11 +33,14 @@ except ImportError:  # pragma: no cover - diffusers is a render extra
     AttnProcessor2_0 = None  # type: ignore[misc,assignment]
 
 __all__ = [
+    "FlexMask",
     "RegionalCrossAttnProcessor",
     "RegionalJob",
     "RegionalSelfAttnProcessor",
     "additive_mask",
     "attend",
+    "flex_attend",
+    "flex_mask",
     "fold_token_scale",
     "install_regional_processors",
     "layer_size",
@@ -139,6 +143,75 @@ def _pad_tokens(tensor: torch.Tensor, tokens: int) -> torch.Tensor:
     return F.pad(tensor, (0, 0, 0, missing)) if missing > 0 else tensor
 
 
+FLEX_BLOCK = 128
+"""FlexAttention's block (queries x tokens): a block no allowed pair falls in is never computed."""
+
+
+class FlexMask(NamedTuple):
+    """A masked group's mask in FlexAttention's form, all tensors (so a compiled UNet takes them as
+    inputs and one graph serves every canvas): which pixels each condition covers, each (padded)
+    token's condition, and the block tables of :class:`~torch.nn.attention.flex_attention.BlockMask`
+    for the group's rows folded into one query sequence (see :func:`flex_attend`)."""
+
+    covered: torch.Tensor
+    """(C + 1, N) bool: pixels each condition covers; the last row (padding tokens) covers none."""
+    token_condition: torch.Tensor
+    """(T_bucket,) long: each token's row of ``covered``."""
+    kv_num_blocks: torch.Tensor
+    kv_indices: torch.Tensor
+    full_kv_num_blocks: torch.Tensor
+    full_kv_indices: torch.Tensor
+
+
+def _flex_mask_mod(covered: torch.Tensor, token_condition: torch.Tensor, pixels: int) -> Callable[..., torch.Tensor]:
+    def mask_mod(batch: torch.Tensor, head: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        return covered[token_condition[kv_idx], q_idx % pixels]
+
+    return mask_mod
+
+
+def flex_mask(covered: torch.Tensor, token_condition: torch.Tensor, rows: int, tokens: int) -> FlexMask:
+    """The :class:`FlexMask` of a group: ``covered`` (C, N) bool, ``token_condition`` (T_k,) its
+    tokens' conditions, ``rows`` rows of the UNet batch, keys padded to ``tokens``. Made once per
+    job and resolution: the block tables are what lets the kernel skip blocks no pixel may see."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    count, pixels = covered.shape
+    padded = torch.full((tokens,), count, dtype=torch.long, device=covered.device)
+    padded[: len(token_condition)] = token_condition
+    covered = torch.cat([covered, covered.new_zeros(1, pixels)])
+    block = create_block_mask(
+        _flex_mask_mod(covered, padded, pixels), None, None, rows * pixels, tokens, device=covered.device,
+        BLOCK_SIZE=FLEX_BLOCK,
+    )  # fmt: skip
+    assert block.full_kv_num_blocks is not None and block.full_kv_indices is not None
+    return FlexMask(
+        covered, padded, block.kv_num_blocks, block.kv_indices, block.full_kv_num_blocks, block.full_kv_indices
+    )
+
+
+def flex_attend(query: torch.Tensor, folded_key: torch.Tensor, value: torch.Tensor, mask: FlexMask) -> torch.Tensor:
+    """:func:`attend` with FlexAttention: query ``(rows, heads, N, d)``, keys and values ``(1, heads,
+    T_bucket, d)`` (every row sees the same tokens), the mask as :class:`FlexMask`.
+
+    The rows are folded into one query sequence, so the keys are not expanded and one block mask
+    serves them all; the block mask is rebuilt here from tensors (cheap, and traced), so nothing in
+    it is a Python object a compiled graph would guard on.
+    """
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+    rows, heads, pixels, dim = query.shape
+    folded = query.transpose(0, 1).reshape(1, heads, rows * pixels, dim)
+    block = BlockMask.from_kv_blocks(
+        mask.kv_num_blocks, mask.kv_indices, mask.full_kv_num_blocks, mask.full_kv_indices, BLOCK_SIZE=FLEX_BLOCK,
+        mask_mod=_flex_mask_mod(mask.covered, mask.token_condition, pixels),
+        seq_lengths=(rows * pixels, folded_key.shape[-2]),
+    )  # fmt: skip
+    out = flex_attention(folded, folded_key, value, block_mask=block, scale=1.0)
+    assert isinstance(out, torch.Tensor)
+    return out.reshape(heads, rows, pixels, dim).transpose(0, 1)
+
+
 def layer_size(latent_size: tuple[int, int], level: int) -> tuple[int, int]:
     """The (height, width) at UNet level ``level`` of a latent: each downsample is ceil(size / 2)."""
     height, width = latent_size
@@ -159,9 +232,9 @@ def unet_level(name: str, levels: int) -> int:
     raise ValueError(f"cannot tell the resolution of attention layer {name!r}")
 
 
-GroupInputs = tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor | None]
+GroupInputs = tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor | FlexMask | None]
 """One group's share of a cross-attention call: (first row, end row, folded keys ``(1, heads, T, d)``,
-values, additive mask ``(1, 1, N, T)`` or None)."""
+values, additive mask ``(1, 1, N, T)``, :class:`FlexMask` or None)."""
 LayerInputs = tuple[GroupInputs, ...]
 
 
@@ -199,9 +272,11 @@ class RegionalJob:
     bucket_tokens: bool = True
     """Pad masked token groups to a :func:`token_bucket` (for a compiled UNet) rather than only to
     :data:`MASK_ALIGNMENT` (eager: fewer masked tokens to attend over)."""
-    mask_cache: dict[tuple[int, int, torch.dtype], list[tuple[torch.Tensor | None, torch.Tensor]]] = field(
-        default_factory=dict
-    )
+    flex: bool = False
+    """Masks as :class:`FlexMask` for :func:`flex_attend` (compiled UNets) instead of SDPA biases."""
+    mask_cache: dict[
+        tuple[int, int, torch.dtype], list[tuple[torch.Tensor | FlexMask | None, torch.Tensor]]
+    ] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         token_kind = self.condition_kind[self.token_condition]
@@ -249,8 +324,9 @@ class RegionalJob:
 
     def group_masks(
         self, height: int, width: int, device: torch.device, dtype: torch.dtype
-    ) -> list[tuple[torch.Tensor | None, torch.Tensor]]:
-        """Per group: (SDPA mask ``(1, 1, N, T_bucket)`` or None, token scale ``(T_k,)``), cached per size."""
+    ) -> list[tuple[torch.Tensor | FlexMask | None, torch.Tensor]]:
+        """Per group: (SDPA mask ``(1, 1, N, T_bucket)``, :class:`FlexMask` or None, token scale
+        ``(T_k,)``), cached per size."""
         key = (height, width, dtype)
         cached = self.mask_cache.get(key)
         if cached is None:
@@ -258,11 +334,16 @@ class RegionalJob:
             cached = []
             for group in self.groups:
                 conditions = group.conditions.to(device)
-                mask = None
+                mask: torch.Tensor | FlexMask | None = None
                 if group.masked:
                     count = len(conditions)
                     tokens = token_bucket(count) if self.bucket_tokens else -(-count // MASK_ALIGNMENT) * MASK_ALIGNMENT
-                    mask = additive_mask(covered[conditions].T[None, None], dtype, tokens)
+                    if self.flex:
+                        tokens = -(-tokens // FLEX_BLOCK) * FLEX_BLOCK
+                        rows = group.rows.stop - group.rows.start
+                        mask = flex_mask(covered, conditions, rows, tokens)
+                    else:
+                        mask = additive_mask(covered[conditions].T[None, None], dtype, tokens)
                 cached.append((mask, scale[conditions]))
             self.mask_cache[key] = cached
         return cached
@@ -291,8 +372,9 @@ class RegionalJob:
             folded = fold_token_scale(key[:, :, group.tokens], token_scale, attn.scale)
             group_value = value[:, :, group.tokens]
             if attn_mask is not None:
-                folded = _pad_tokens(folded, attn_mask.shape[-1])
-                group_value = _pad_tokens(group_value, attn_mask.shape[-1])
+                tokens = len(attn_mask.token_condition) if isinstance(attn_mask, FlexMask) else attn_mask.shape[-1]
+                folded = _pad_tokens(folded, tokens)
+                group_value = _pad_tokens(group_value, tokens)
             start, stop = group.rows.start, group.rows.stop
             result.append((start, stop, folded.contiguous(), group_value.contiguous(), attn_mask))
         return tuple(result)
@@ -315,9 +397,17 @@ def mark_token_dims_dynamic(inputs: dict[str, LayerInputs]) -> None:
     """Tell ``torch.compile`` that masked token counts vary, so one graph serves every bucket."""
     for layer in inputs.values():
         for _, _, key, value, attn_mask in layer:
-            if attn_mask is not None:
-                for tensor in (key, value, attn_mask):
-                    torch._dynamo.maybe_mark_dynamic(tensor, tensor.dim() - 2 if tensor is not attn_mask else 3)
+            if attn_mask is None:
+                continue
+            for tensor in (key, value):
+                torch._dynamo.maybe_mark_dynamic(tensor, 2)
+            if isinstance(attn_mask, FlexMask):
+                # The condition count varies with the canvas too; the query blocks do not.
+                for tensor, dim in ((attn_mask.covered, 0), (attn_mask.token_condition, 0),
+                                    (attn_mask.kv_indices, 3), (attn_mask.full_kv_indices, 3)):  # fmt: skip
+                    torch._dynamo.maybe_mark_dynamic(tensor, dim)
+            else:
+                torch._dynamo.maybe_mark_dynamic(attn_mask, 3)
 
 
 class RegionalSelfAttnProcessor(AttnProcessor2_0 if AttnProcessor2_0 is not None else object):  # type: ignore[misc]
@@ -383,7 +473,10 @@ class RegionalCrossAttnProcessor:
         for start, stop, key, value, attn_mask in groups:
             count = stop - start
             rows = query[start:stop]
-            outputs.append(attend(rows, key.expand(count, -1, -1, -1), value.expand(count, -1, -1, -1), attn_mask))
+            if isinstance(attn_mask, FlexMask):
+                outputs.append(flex_attend(rows, key, value, attn_mask).to(rows.dtype))
+            else:
+                outputs.append(attend(rows, key.expand(count, -1, -1, -1), value.expand(count, -1, -1, -1), attn_mask))
         out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)

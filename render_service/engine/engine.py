@@ -139,6 +139,8 @@ class RenderEngine:
         )
         install_regional_processors(self.unet)
         self.compiled = False
+        self.flex = False
+        """Regional attention through FlexAttention (compiled UNets only; see :meth:`compile_unet`)."""
         self._unet_call: Callable[..., Any] = self.unet
         self._offloaded = offloaded
         self._render_lock = threading.Lock()
@@ -206,12 +208,17 @@ class RenderEngine:
             pipeline.to(device)
         return cls(pipeline, model_name=model_name, device=device, dtype=dtype, offloaded=cpu_offload)
 
-    def compile_unet(self, *, backend: str | Callable[..., Any] = "inductor", mode: str | None = None) -> None:
+    def compile_unet(
+        self, *, backend: str | Callable[..., Any] = "inductor", mode: str | None = None, flex: bool = False
+    ) -> None:
         """``torch.compile`` the UNet as one graph (``fullgraph``: a graph break is an error).
 
         The regional inputs are tensors passed through the call and their token dimension is
         dynamic, so one graph per latent size and batch serves every canvas. Compiling happens on
-        the first call of each size: call :meth:`warm_up` before taking jobs.
+        the first call of each size: call :meth:`warm_up` before taking jobs. ``flex``: regional
+        attention through FlexAttention with a block mask, which skips the blocks of pixels x tokens
+        that no pixel may see. Off by default: on an H200 at 1024² it was slower than the SDPA path
+        (docs/render-engine.md), so it stays an option to re-measure, not the default.
         """
         if self._offloaded:
             raise ValueError("compile and cpu_offload do not mix: offload hooks move weights inside the graph")
@@ -221,15 +228,18 @@ class RenderEngine:
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         self._unet_call = torch.compile(self.unet, backend=backend, mode=mode, fullgraph=True)
         self.compiled = True
+        self.flex = flex
 
-    def warm_up(self, sizes: Sequence[tuple[int, int]] = ((1024, 1024),), *, num_images: int = 1) -> float:
-        """Render a two-step job at each (width, height) so compilation and kernel selection happen
-        now, not on a user's first job; return the seconds it took. A worker calls this before it
-        claims jobs."""
+    def warm_up(
+        self, sizes: Sequence[tuple[int, int]] = ((1024, 1024),), *, num_images: int = 1, steps: int = 2
+    ) -> float:
+        """Render a ``steps``-step job at each (width, height) so compilation, kernel selection and
+        lazy initialisation happen now, not on a user's first job; return the seconds it took. A
+        worker calls this before it claims jobs (one step at a small size when not compiled)."""
         started = time.perf_counter()
         for width, height in sizes:
             request = RenderRequest.model_validate(
-                {"canvas": WARM_UP_CANVAS, "width": width, "height": height, "steps": 2, "seed": 0,
+                {"canvas": WARM_UP_CANVAS, "width": width, "height": height, "steps": steps, "seed": 0,
                  "num_images": num_images}
             )  # fmt: skip
             self.render(request)
@@ -387,6 +397,7 @@ class RenderEngine:
             condition_kind=encoded.condition_kind,
             row_kind=torch.tensor(kinds, dtype=torch.long),
             bucket_tokens=self.compiled,
+            flex=self.flex and self.compiled,
         )
 
     def _regional_inputs(

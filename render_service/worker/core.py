@@ -503,12 +503,13 @@ def main(argv: list[str] | None = None) -> int:
     except ModelNotFoundError as exc:
         log.error("cannot load the model", extra={"fields": {"model": settings.model, "error": str(exc)}})
         return 1
-    if settings.compile:
-        from render_service.engine.engine import parse_sizes
+    from render_service.engine.engine import parse_sizes
 
-        # Compile before claiming jobs (and before this worker counts as ready), not on a user's job.
-        seconds = engine.warm_up(parse_sizes(settings.warm_up_sizes))
-        log.info("compiled and warmed up", extra={"fields": {"seconds": round(seconds, 1)}})
+    # Warm start before claiming jobs (and before this worker counts as ready), not on a user's job:
+    # compile the configured sizes, or else one dummy step at a small size (lazy initialisation).
+    sizes = parse_sizes(settings.warm_up_sizes) if settings.compile else [(128, 128)]
+    seconds = engine.warm_up(sizes, steps=2 if settings.compile else 1)
+    log.info("warmed up", extra={"fields": {"seconds": round(seconds, 2), "compiled": settings.compile}})
     worker = Worker(settings, engine)
     worker.install_signal_handlers()
     if stopper:

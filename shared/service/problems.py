@@ -89,11 +89,19 @@ def problem_body(
     return body
 
 
+MAX_LOC_CHARS = 64
+
+
+def _clip(name: str) -> str:
+    # A field name is the client's text too (an unknown key may be 200 kB): name it, don't echo it.
+    return name if len(name) <= MAX_LOC_CHARS else name[:MAX_LOC_CHARS] + "..."
+
+
 def field_errors(errors: Iterable[Mapping[str, Any]], prefix: tuple[str | int, ...] = ()) -> list[dict[str, Any]]:
     """loc/msg/type of each error, never its ``input`` (which may be a 50 MB body or a NaN)."""
     described = []
     for error in errors:
-        loc = [*prefix, *(p if isinstance(p, int) else str(p) for p in error.get("loc", ()))]
+        loc = [*prefix, *(p if isinstance(p, int) else _clip(str(p)) for p in error.get("loc", ()))]
         described.append({"loc": loc, "msg": str(error.get("msg", "")), "type": str(error.get("type", ""))})
     return described
 

@@ -51,6 +51,11 @@ def check_finite_json(body: bytes) -> None:
         ) from None
     except ValueError:  # JSONDecodeError, or bytes that are not text at all
         return
+    except RecursionError:  # e.g. 50,000 nested brackets: refuse before anything else recurses into it
+        raise RequestValidationError(
+            [{"type": "json_invalid", "loc": ("body", 0), "msg": "JSON nested too deeply",
+              "ctx": {"error": "arrays or objects nested too deeply"}}]
+        ) from None
 
 
 def strict_validate(adapter: TypeAdapter[Any], body: bytes) -> None:

@@ -21,7 +21,14 @@ class ServiceSettings(BaseSettings):
         description="Env OMOST_REDIS_URL (no service prefix: planner and render service share one Redis).",
     )
     key_prefix: str = Field(default=DEFAULT_PREFIX, min_length=1, description="Prefix of every Redis key.")
-    api_token: SecretStr | None = Field(default=None, description="If set, /v1/* needs 'Bearer <token>'.")
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="If set, /v1/* needs 'Bearer <token>'. Several tokens (one per client) separated by commas: "
+        "each sees only the jobs it submitted. Unset: open to anyone who can connect (trusted networks only).",
+    )
+    admin_token: SecretStr | None = Field(
+        default=None, description="Opens the admin views (/v1/admin/*) and sees every job; unset: admin views off."
+    )
     log_level: str = "INFO"
     log_json: bool = Field(default=True, description="One JSON object per log line; false: plain text.")
     retry_after_seconds: int = Field(default=10, ge=1, description="Retry-After sent with 429 and 503.")

@@ -53,3 +53,20 @@ def test_a_job_no_worker_takes_times_out_and_a_finished_one_returns(redis_server
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_b64_of_images_in_object_storage_asks_for_urls(redis_server: RedisServer) -> None:
+    # A job whose record names object keys (OMOST_RENDER_IMAGE_STORE=s3) has no PNG in Redis; the planner
+    # cannot read the store, so the answer names the parameter to change instead of a 502.
+    async def scenario() -> None:
+        client = redis.asyncio.from_url(redis_server.url, decode_responses=True)
+        keys = QueueKeys("images-s3:")
+        job_id = (await submit(client, RenderRequest(canvas=CANVAS, width=64, height=64), prefix=keys.prefix)).job_id
+        await client.hset(keys.job(job_id), mapping={"status": "succeeded", "image_keys": '["j/t/0.png"]'})
+        with pytest.raises(ImagesAPIError) as info:
+            await read_png(client, keys, job_id, 0)
+        assert info.value.status == 400
+        assert info.value.detail.param == "response_format"
+        await client.aclose()
+
+    asyncio.run(scenario())

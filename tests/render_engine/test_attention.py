@@ -9,10 +9,17 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from render_service.engine.attention import (
+    FLEX_BLOCK,
+    FlexMask,
     RegionalCrossAttnProcessor,
     RegionalJob,
+    _pad_tokens,
     additive_mask,
+    flex_attend,
+    flex_mask,
+    fold_token_scale,
     layer_size,
+    mark_token_dims_dynamic,
     regional_attention,
     token_bucket,
     unet_level,
@@ -247,6 +254,37 @@ def test_layer_inputs_pad_the_masked_group_to_a_bucket(layer: Attention) -> None
     assert job.layer_inputs(layer, context, (8, 8), torch.float32)[1][4].shape[3] == 160
 
 
+@pytest.mark.parametrize("rows", [[0, 1], [0, 0, 1, 1]])
+def test_flex_path_equals_the_sdpa_path(layer: Attention, rows: list[int]) -> None:
+    """FlexAttention with a block mask (``compile_unet(flex=True)``) computes what the SDPA bias does,
+    for one and two images (rows folded into one query sequence), at sizes that are not multiples
+    of the block, with a region that vanishes at the coarse size."""
+    rects = [(0, GRID, 0, GRID), (0, 45, 0, 30), (30, 90, 50, 90), (44, 46, 44, 46)]
+    gen = torch.Generator().manual_seed(8)
+    context = torch.randn(1, 5 * 9, 24, generator=gen).expand(len(rows), -1, -1)
+    for size in [(16, 24), (4, 4)]:
+        hidden = torch.randn(len(rows), size[0] * size[1], 32, generator=gen)
+        sdpa = run_layer(layer, make_job(rects, 9, rows), size, hidden, context)
+        flex_job = make_job(rects, 9, rows)
+        flex_job.flex = True
+        flex = run_layer(layer, flex_job, size, hidden, context)
+        assert isinstance(flex_job.layer_inputs(layer, context[:1], size, torch.float32)[1][4], FlexMask)
+        torch.testing.assert_close(flex, sdpa, rtol=1e-5, atol=1e-5)
+
+
+def test_flex_block_mask_skips_blocks_no_pixel_sees(layer: Attention) -> None:
+    # Two quarter regions of 128 tokens each at 32x32 (8 query blocks of 4 pixel rows): a region's
+    # token block is computed only for the query blocks of its pixel rows.
+    job = make_job([(0, GRID, 0, GRID), (0, 45, 0, 45), (45, 90, 45, 90)], tokens_per_condition=FLEX_BLOCK, rows=[1])
+    job.flex = True
+    context = torch.randn(1, 4 * FLEX_BLOCK, 24)  # the negative prompt, the global one, two regions
+    mask = job.layer_inputs(layer, context, (32, 32), torch.float32)[0][4]
+    assert isinstance(mask, FlexMask)
+    computed = int(mask.kv_num_blocks.sum() + mask.full_kv_num_blocks.sum())
+    assert int(mask.full_kv_num_blocks.sum()) == 8, "the global prompt's block is full for every query block"
+    assert computed == 8 + 4 + 4, "each region's block only where its rows are, the padding never"
+
+
 def test_token_buckets_are_few_and_cover_every_count() -> None:
     buckets = {token_bucket(77 * bags) for bags in range(1, 80)}
     assert buckets == {256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144}
@@ -281,3 +319,31 @@ def test_layer_sizes_follow_unet_downsampling() -> None:
                                        "up_blocks.0.attentions.2.transformer_blocks.9.attn2")] == [1, 2, 2]  # fmt: skip
     with pytest.raises(ValueError):
         unet_level("encoder.attn2", 3)
+
+
+def test_inductor_compiles_flex_attention_once_for_every_bucket() -> None:
+    """The real compiler (inductor, CPU kernel) on :func:`flex_attend` with the token dimensions
+    marked dynamic as the engine marks them: one graph for canvases in two buckets with different
+    condition counts, each equal to the formula. (About 30 s: one small kernel.)"""
+    torch._dynamo.reset()
+    graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    compiled = torch.compile(flex_attend, fullgraph=True)
+    gen = torch.Generator().manual_seed(9)
+    rows, heads, pixels, dim = 1, 2, 16 * 16, 16
+    for conditions, per_condition, bucket in ((3, 40, 256), (6, 60, 384)):
+        covered = torch.rand(conditions, pixels, generator=gen) > 0.5
+        covered[0] = True
+        condition = torch.arange(conditions).repeat_interleave(per_condition)
+        q = torch.randn(rows, heads, pixels, dim, generator=gen)
+        k, v = (torch.randn(1, heads, len(condition), dim, generator=gen) for _ in range(2))
+        token_scale = (torch.rand(conditions, generator=gen) * 4 + 1)[condition]
+        mask = flex_mask(covered, condition, rows, bucket)
+        key = _pad_tokens(fold_token_scale(k, token_scale, 1 / math.sqrt(dim)), bucket)
+        value = _pad_tokens(v, bucket)
+        mark_token_dims_dynamic({"layer": ((0, rows, key, value, mask),)})
+        with torch.inference_mode():
+            out = compiled(q, key, value, mask)
+        expected = formula(q, k, v, covered[condition].T, token_scale)
+        torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before == 1
+    torch._dynamo.reset()

@@ -142,7 +142,7 @@ def render_stack(
 def wait_for_workers(client: httpx.Client, count: int, timeout: float = 120.0) -> None:
     def ready() -> bool:
         answer = client.get("/readyz")
-        return len(answer.json().get("workers", [])) >= count
+        return answer.json().get("workers", 0) >= count  # /readyz counts them (details: the admin view)
 
     wait_until(ready, timeout, 0.3, f"{count} worker(s) heartbeating")
 

@@ -1,0 +1,230 @@
+"""Live job events for every open SSE stream of one API process through ONE Redis connection.
+
+A blocking ``XREAD`` per stream would hold a pooled connection for as long as the client stays
+connected, so 101 idle streams took the whole 100-connection pool and every other request failed.
+Here a stream reads its history with short non-blocking reads (a pooled connection for a moment),
+then hands its cursor to the hub, whose single reader blocks on all watched event streams at once
+(``XREAD`` takes many keys) and fans the entries out. Streams are capped per client and in total.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio
+import redis.exceptions
+
+from shared.jobs import TERMINAL_STATUSES, JobEvent
+from shared.queue import EVENT_FIELD, QueueKeys, decode_hash, text
+from shared.service.problems import ServiceError
+
+log = logging.getLogger("render_service.api.events")
+
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+BLOCK_MS = 250
+"""How long the hub's read blocks: also the longest a new stream waits to join it (its history it
+has already read itself, so joining late loses nothing)."""
+IDLE_CHECK_SECONDS = 5.0
+"""A stream that heard nothing for this long checks the job's status (expired or ended unseen)."""
+READ_COUNT = 100
+
+
+class TooManyStreams(ServiceError):
+    http_status = 429
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+
+
+def _id(value: str) -> tuple[int, int]:
+    first, _, second = value.partition("-")
+    return int(first), int(second or 0)
+
+
+@dataclass(eq=False)
+class _Watch:
+    key: str
+    cursor: str
+    queue: asyncio.Queue[list[tuple[str, dict[str, str]]] | BaseException] = field(default_factory=asyncio.Queue)
+
+
+class StreamTicket:
+    """One admitted stream; :meth:`release` (idempotent) frees its place."""
+
+    def __init__(self, hub: EventHub, client_id: str) -> None:
+        self._hub = hub
+        self._client_id = client_id
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._hub._release(self._client_id)
+
+
+class EventHub:
+    def __init__(
+        self,
+        pool_client: redis.asyncio.Redis,
+        reader: redis.asyncio.Redis,
+        keys: QueueKeys,
+        *,
+        max_streams: int,
+        max_per_client: int,
+    ) -> None:
+        self.pool_client = pool_client  # short reads: history, status checks
+        self.reader = reader  # the hub's own connection, outside the pool
+        self.keys = keys
+        self.max_streams = max_streams
+        self.max_per_client = max_per_client
+        self._open: Counter[str] = Counter()
+        self._watches: dict[str, set[_Watch]] = {}
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # ---------------------------------------------------------------- admission
+
+    @property
+    def open_streams(self) -> int:
+        return sum(self._open.values())
+
+    def admit(self, client_id: str) -> StreamTicket:
+        """Count a new stream for ``client_id``; raise :class:`TooManyStreams` (429) over a cap."""
+        if self._open[client_id] >= self.max_per_client:
+            raise TooManyStreams(
+                f"this client already has {self._open[client_id]} open event streams (limit "
+                f"{self.max_per_client}); close one, or poll GET /v1/renders/{{id}}"
+            )
+        if self.open_streams >= self.max_streams:
+            raise TooManyStreams(
+                f"the server has {self.open_streams} open event streams (limit {self.max_streams}); "
+                "try again shortly, or poll GET /v1/renders/{id}"
+            )
+        self._open[client_id] += 1
+        return StreamTicket(self, client_id)
+
+    def _release(self, client_id: str) -> None:
+        self._open[client_id] -= 1
+        if self._open[client_id] <= 0:
+            del self._open[client_id]
+
+    # ---------------------------------------------------------------- lifetime
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="event-hub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    # ---------------------------------------------------------------- reading
+
+    async def events(self, job_id: str, after: str = "0-0") -> AsyncIterator[tuple[str, JobEvent]]:
+        """The job's events after ``after``, history first, until a terminal status event (or the
+        job ends or expires unseen). Raises Redis's connection errors if it goes away."""
+        key = self.keys.events(job_id)
+        cursor = after
+        while True:  # history: a pooled connection only for each short read
+            entries = await self._read_now(key, cursor)
+            for cursor, event in entries:
+                yield cursor, event
+                if _terminal(event):
+                    return
+            if len(entries) < READ_COUNT:
+                break
+        if await self._ended(job_id):
+            # A resumed stream of a finished job (Last-Event-ID at its end): nothing to wait for.
+            for entry_id, event in await self._read_now(key, cursor):
+                yield entry_id, event
+            return
+        watch = _Watch(key, cursor)
+        self._add(watch)
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(watch.queue.get(), IDLE_CHECK_SECONDS)
+                except TimeoutError:
+                    if not await self._ended(job_id):
+                        continue
+                    # Ended (or expired) without the hub seeing the terminal event: read once
+                    # more, in case it was written meanwhile, then stop.
+                    for entry_id, event in await self._read_now(key, watch.cursor):
+                        yield entry_id, event
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                for entry_id, fields in item:
+                    event = JobEvent.model_validate_json(fields[EVENT_FIELD])
+                    yield entry_id, event
+                    if _terminal(event):
+                        return
+        finally:
+            self._remove(watch)
+
+    async def _ended(self, job_id: str) -> bool:
+        """Terminal or expired. (A terminal status and its event are written in one transaction.)"""
+        status = await self.pool_client.hget(self.keys.job(job_id), "status")
+        return status is None or text(status) in TERMINAL_STATUSES
+
+    async def _read_now(self, key: str, cursor: str) -> list[tuple[str, JobEvent]]:
+        answer = await self.pool_client.xread({key: cursor}, count=READ_COUNT)
+        return [
+            (text(entry_id), JobEvent.model_validate_json(decode_hash(fields)[EVENT_FIELD]))
+            for _key, entries in answer or []
+            for entry_id, fields in entries
+        ]
+
+    def _add(self, watch: _Watch) -> None:
+        self._watches.setdefault(watch.key, set()).add(watch)
+        self._changed.set()
+
+    def _remove(self, watch: _Watch) -> None:
+        watchers = self._watches.get(watch.key)
+        if watchers is not None:
+            watchers.discard(watch)
+            if not watchers:
+                del self._watches[watch.key]
+
+    async def _run(self) -> None:
+        while True:
+            if not self._watches:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            streams: dict[Any, Any] = {
+                key: min((w.cursor for w in watchers), key=_id) for key, watchers in self._watches.items()
+            }
+            try:
+                answer = await self.reader.xread(streams, count=READ_COUNT, block=BLOCK_MS)
+            except REDIS_ERRORS as exc:
+                # Every stream ends; its client reconnects with Last-Event-ID and misses nothing.
+                log.warning("event hub: redis unavailable (%s)", exc)
+                for watchers in list(self._watches.values()):
+                    for watch in watchers:
+                        watch.queue.put_nowait(exc)
+                self._watches.clear()
+                await asyncio.sleep(1.0)
+                continue
+            except Exception:  # never let one bad entry stop every stream of the process
+                log.exception("event hub: read failed")
+                await asyncio.sleep(1.0)
+                continue
+            for raw_key, entries in answer or []:
+                decoded = [(text(entry_id), decode_hash(fields)) for entry_id, fields in entries]
+                for watch in list(self._watches.get(text(raw_key), ())):
+                    fresh = [(i, f) for i, f in decoded if _id(i) > _id(watch.cursor)]
+                    if fresh:
+                        watch.cursor = fresh[-1][0]
+                        watch.queue.put_nowait(fresh)
+
+
+def _terminal(event: JobEvent) -> bool:
+    return event.type == "status" and event.status in TERMINAL_STATUSES
