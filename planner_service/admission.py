@@ -64,7 +64,8 @@ class Admission:
 
 
 def get_admission(request: Request) -> Admission:
-    return request.app.state.admission
+    admission: Admission = request.app.state.admission
+    return admission
 
 
 AdmissionDep = Annotated[Admission, Depends(get_admission)]
