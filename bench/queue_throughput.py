@@ -42,7 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.queue_bench import free_port, machine, wait_http  # noqa: E402 - needs the repo root on sys.path
+from bench.render_stack import machine, wait_http  # noqa: E402 - needs the repo root on sys.path
+from shared.cli.stack import free_port  # noqa: E402
 
 SUBJECTS = ["a red fox", "a lighthouse", "an old oak", "a sailing boat", "a paper lantern", "a sleeping cat"]
 LOCATIONS = ["on the left", "on the right", "in the center", "on the top", "on the bottom"]
