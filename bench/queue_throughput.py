@@ -28,10 +28,7 @@ import argparse
 import json
 import os
 import random
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,8 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.render_stack import machine, wait_http  # noqa: E402 - needs the repo root on sys.path
-from shared.cli.stack import free_port  # noqa: E402
+from bench.render_stack import machine, render_stack  # noqa: E402 - needs the repo root on sys.path
 
 SUBJECTS = ["a red fox", "a lighthouse", "an old oak", "a sailing boat", "a paper lantern", "a sleeping cat"]
 LOCATIONS = ["on the left", "on the right", "in the center", "on the top", "on the bottom"]
@@ -123,59 +119,25 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     args = parser.parse_args()
 
-    binary = shutil.which("redis-server")
-    if binary is None:
-        print("redis-server not found on PATH", file=sys.stderr)
-        return 2
     jobs = mixed_jobs(args.jobs, args.scale, args.seed)
     sizes = sorted({(j["width"], j["height"]) for j in jobs})
-    workdir = Path(tempfile.mkdtemp(prefix="queue-throughput-"))
-    redis_port, api_port = free_port(), free_port()
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    api = f"http://127.0.0.1:{api_port}"
-    children: list[subprocess.Popen[bytes]] = []
-
-    def spawn(argv: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
-        log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the child
-        child = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        children.append(child)
-        return child
-
+    worker_env = {
+        "OMOST_RENDER_DEVICE": args.device, "OMOST_RENDER_DTYPE": args.dtype,
+        "OMOST_RENDER_COMPILE": "1" if args.compile else "0",
+        "OMOST_RENDER_WARM_UP_SIZES": ",".join(f"{w}x{h}" for w, h in sizes),
+        "OMOST_RENDER_BLOCK_SECONDS": "5", "OMP_NUM_THREADS": str(args.threads),
+    }  # fmt: skip
     load_before = os.getloadavg()
-    try:
-        spawn([binary, "--port", str(redis_port), "--save", "", "--appendonly", "no"], {}, "redis")
-        model = args.model
-        if model is None:
-            from render_service.engine.tiny import build_tiny_model
-
-            print("building the tiny model ...", file=sys.stderr)
-            model = str(build_tiny_model(workdir / "tiny-model"))
-        env = {"OMOST_REDIS_URL": redis_url, "OMOST_RENDER_KEY_PREFIX": "tp:", "OMOST_RENDER_LOG_LEVEL": "INFO"}
-        spawn([sys.executable, "-m", "render_service"], {**env, "OMOST_RENDER_PORT": str(api_port)}, "api")
-        started = time.perf_counter()
-        worker = spawn(
-            [sys.executable, "-m", "render_service.worker"],
-            {**env, "OMOST_RENDER_MODEL": model, "OMOST_RENDER_DEVICE": args.device,
-             "OMOST_RENDER_DTYPE": args.dtype, "OMOST_RENDER_COMPILE": "1" if args.compile else "0",
-             "OMOST_RENDER_WARM_UP_SIZES": ",".join(f"{w}x{h}" for w, h in sizes),
-             "OMOST_RENDER_BLOCK_SECONDS": "5", "OMP_NUM_THREADS": str(args.threads)},
-            "worker",
-        )  # fmt: skip
-        wait_http(f"{api}/healthz")
-        print("waiting for the worker to load (and warm up) ...", file=sys.stderr)
-        wait_http(f"{api}/readyz", timeout=1200)
-        ready_s = time.perf_counter() - started
-        with httpx.Client(base_url=api, timeout=60) as http:
-            cpu = [cpu_seconds(worker.pid)]
-            single = run_single(http, jobs)
-            cpu.append(cpu_seconds(worker.pid))
-            queue_wall, queued = run_queue(http, jobs)
-            cpu.append(cpu_seconds(worker.pid))
-    finally:
-        for child in reversed(children):
-            if child.poll() is None:
-                child.terminate()
-                child.wait(30)
+    with render_stack(
+        "queue-throughput", "tp:", args.model, worker_env=worker_env, log_level="INFO", ready_timeout=1200,
+        stop_timeout=30,
+    ) as stack, httpx.Client(base_url=stack.api, timeout=60) as http:
+        ready_s, workdir, pid = stack.ready_seconds, stack.workdir, stack.worker.pid
+        cpu = [cpu_seconds(pid)]
+        single = run_single(http, jobs)
+        cpu.append(cpu_seconds(pid))
+        queue_wall, queued = run_queue(http, jobs)
+        cpu.append(cpu_seconds(pid))
     load_after = os.getloadavg()
     warm_lines = [line for line in (workdir / "worker.log").read_text().splitlines() if "warmed up" in line]
 

@@ -55,6 +55,10 @@ class RenderStack:
     api: str
     """The render API's base URL."""
     worker: subprocess.Popen[bytes]
+    workdir: Path
+    """Where the logs (``redis.log``, ``api.log``, ``worker.log``) and the tiny model are."""
+    ready_seconds: float
+    """From the worker's start until it was ready (model loaded, warmed up)."""
 
 
 @contextlib.contextmanager
@@ -64,6 +68,9 @@ def render_stack(
     model: str | None = None,
     api_env: dict[str, str] | None = None,
     worker_env: dict[str, str] | None = None,
+    log_level: str = "WARNING",
+    ready_timeout: float = 300.0,
+    stop_timeout: float = 15.0,
 ) -> Iterator[RenderStack]:
     """Start the stack (logs in a new temporary folder named after ``name``), wait until the worker is
     ready, and stop every process on the way out. Exits with status 2 if redis-server is not on PATH."""
@@ -89,9 +96,10 @@ def render_stack(
 
             print("building the tiny model ...", file=sys.stderr)
             model = str(build_tiny_model(workdir / "tiny-model"))
-        env = {"OMOST_REDIS_URL": redis_url, "OMOST_RENDER_KEY_PREFIX": prefix, "OMOST_RENDER_LOG_LEVEL": "WARNING"}
+        env = {"OMOST_REDIS_URL": redis_url, "OMOST_RENDER_KEY_PREFIX": prefix, "OMOST_RENDER_LOG_LEVEL": log_level}
         spawn([sys.executable, "-m", "render_service"], {**env, "OMOST_RENDER_PORT": str(api_port), **(api_env or {})},
               "api")
+        started = time.perf_counter()
         worker = spawn(
             [sys.executable, "-m", "render_service.worker"],
             {**env, "OMOST_RENDER_MODEL": model, **(worker_env or {})},
@@ -100,10 +108,10 @@ def render_stack(
         api = f"http://127.0.0.1:{api_port}"
         wait_http(f"{api}/healthz")
         print("waiting for the worker to load the model ...", file=sys.stderr)
-        wait_http(f"{api}/readyz", timeout=300)
-        yield RenderStack(redis_url, api, worker)
+        wait_http(f"{api}/readyz", timeout=ready_timeout)
+        yield RenderStack(redis_url, api, worker, workdir, time.perf_counter() - started)
     finally:
         for child in reversed(children):
             if child.poll() is None:
                 child.terminate()
-                child.wait(15)
+                child.wait(stop_timeout)
