@@ -515,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModelNotFoundError as exc:
         log.error("cannot load the model", extra={"fields": {"model": settings.model, "error": str(exc)}})
         return 1
-    if engine.device.type == "cpu":
+    if engine.device == "cpu" or engine.device.startswith("cpu:"):
         set_cpu_threads(settings.cpu_threads)
     from render_service.engine.engine import parse_sizes
 
