@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import redis.asyncio
 from fastapi import FastAPI
@@ -27,7 +28,9 @@ def create_app(settings: RenderSettings | None = None) -> FastAPI:
         warn_if_exposed(settings, settings.host, "the render API")
         # One pooled client per process, created inside the server's event loop. A burst waits for
         # a free connection (up to the pool timeout) instead of failing at once.
-        options = {"protocol": 2, "socket_timeout": 15, "socket_connect_timeout": 5, "health_check_interval": 30}
+        options: dict[str, Any] = {
+            "protocol": 2, "socket_timeout": 15, "socket_connect_timeout": 5, "health_check_interval": 30
+        }
         pool = redis.asyncio.BlockingConnectionPool.from_url(
             settings.redis_url,
             max_connections=settings.redis_max_connections,

@@ -86,6 +86,13 @@ class RenderSettings(ServiceSettings):
     device: str = "auto"
     dtype: str = "auto"
     cpu_offload: bool = False
+    cpu_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch threads of a worker on the CPU; unset: half the cores (at least 1). Threads beyond the "
+        "cores that are really free make every step wait for a descheduled thread: 2 threads on a 2-core "
+        "host beside one busy process rendered 8x slower than 1.",
+    )
     vae: str | None = Field(
         default=None, description="A VAE instead of the checkpoint's, e.g. the fp16-safe madebyollin/sdxl-vae-fp16-fix."
     )

@@ -485,6 +485,20 @@ class Worker:
             log.exception("webhook delivery crashed", extra={"fields": {"job": job_id}})
 
 
+def cpu_threads(setting: int | None, cores: int | None = None) -> int:
+    """The torch thread count of a CPU worker: the setting, else half the cores (at least 1).
+
+    Half, like the embedded planner's llama.cpp server, so the two sharing a host do not fight over cores.
+    """
+    return setting or max(1, (cores or os.cpu_count() or 1) // 2)
+
+
+def set_cpu_threads(setting: int | None) -> None:
+    import torch
+
+    torch.set_num_threads(cpu_threads(setting))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m render_service.worker``: load the model, then take jobs until SIGTERM."""
     settings = RenderSettings()
@@ -503,6 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     except ModelNotFoundError as exc:
         log.error("cannot load the model", extra={"fields": {"model": settings.model, "error": str(exc)}})
         return 1
+    if engine.device == "cpu" or engine.device.startswith("cpu:"):
+        set_cpu_threads(settings.cpu_threads)
     from render_service.engine.engine import parse_sizes
 
     # Warm start before claiming jobs (and before this worker counts as ready), not on a user's job:
