@@ -69,10 +69,14 @@ class Target:
 
 def _host_and_port(url: str) -> tuple[str, int]:
     """The URL's host and port, or :class:`WebhookRefused` if it is not a plain http(s) URL with a valid host."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError as exc:  # e.g. "http://[::1" — an unclosed IPv6 bracket
+        raise WebhookRefused(f"webhook_url is not a valid URL: {exc}") from exc
     if parts.scheme not in ("http", "https"):
         raise WebhookRefused("webhook_url must be an http:// or https:// URL")
-    if not parts.hostname:
+    if not hostname:
         raise WebhookRefused("webhook_url has no host")
     if parts.username or parts.password:
         raise WebhookRefused("webhook_url must not contain credentials")
@@ -82,10 +86,10 @@ def _host_and_port(url: str) -> tuple[str, int]:
         raise WebhookRefused(f"webhook_url has a bad port: {exc}") from exc
     try:
         # Empty labels ("a..b", ".x") and labels over 63 characters are not host names at all.
-        parts.hostname.encode("idna")
+        hostname.encode("idna")
     except UnicodeError as exc:
-        raise WebhookRefused(f"webhook_url host {parts.hostname!r} is not a valid host name: {exc}") from exc
-    return parts.hostname, port
+        raise WebhookRefused(f"webhook_url host {hostname!r} is not a valid host name: {exc}") from exc
+    return hostname, port
 
 
 def vet_webhook_url(url: str, *, allow_private: bool, resolver: Resolver = system_resolver) -> Target:

@@ -58,7 +58,7 @@ def _deep(depth: int) -> bytes:
 
 JSON = {"Content-Type": "application/json"}
 BAD_WEBHOOKS = [
-    "http://a..b/", "http://.x/", f"http://{'a' * 64}.example/", "http://\u0080/", "http://xn--/",
+    "http://a..b/", "http://.x/", f"http://{'a' * 64}.example/", "http://\u0080/", "http://xn--/", "http://[::1/",
     "http://127.1/", "http://0x7f000001/", "http://2130706433/", "http://[::ffff:127.0.0.1]/",
     "http://[::1]:8100/", "http://169.254.169.254/latest/meta-data/", "http://localhost/", "http://0.0.0.0/",
     "https://user:pw@example.com/", "http://example.com:99999/", "file:///etc/passwd", "gopher://x/",
