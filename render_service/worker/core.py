@@ -42,6 +42,7 @@ from types import FrameType
 from typing import Any
 
 import redis
+import torch
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 from redis.retry import Retry
@@ -493,12 +494,6 @@ def cpu_threads(setting: int | None, cores: int | None = None) -> int:
     return setting or max(1, (cores or os.cpu_count() or 1) // 2)
 
 
-def set_cpu_threads(setting: int | None) -> None:
-    import torch
-
-    torch.set_num_threads(cpu_threads(setting))
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m render_service.worker``: load the model, then take jobs until SIGTERM."""
     settings = RenderSettings()
@@ -517,8 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     except ModelNotFoundError as exc:
         log.error("cannot load the model", extra={"fields": {"model": settings.model, "error": str(exc)}})
         return 1
-    if engine.device == "cpu" or engine.device.startswith("cpu:"):
-        set_cpu_threads(settings.cpu_threads)
+    if torch.device(engine.device).type == "cpu":
+        torch.set_num_threads(cpu_threads(settings.cpu_threads))
     from render_service.engine.engine import parse_sizes
 
     # Warm start before claiming jobs (and before this worker counts as ready), not on a user's job:
