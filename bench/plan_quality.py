@@ -24,6 +24,7 @@ redis-server is started). Prints a Markdown table and the misses.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
@@ -180,6 +181,8 @@ class Tally:
     failures: list[str] = field(default_factory=list)
     misses: list[str] = field(default_factory=list)
     counts: dict[str, list[int]] = field(default_factory=dict)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    """One per request, for ``--out``: label, seconds, completion tokens, canvas."""
 
     def add(self, name: str, hit: int, total: int = 1) -> None:
         pair = self.counts.setdefault(name, [0, 0])
@@ -194,11 +197,19 @@ class Tally:
 def post_plan(client: httpx.Client, body: dict[str, Any], tally: Tally, label: str) -> Canvas | None:
     started = time.perf_counter()
     response = client.post("/v1/plans", json=body)
-    tally.latencies.append(time.perf_counter() - started)
-    if response.status_code != 200:
+    seconds = time.perf_counter() - started
+    tally.latencies.append(seconds)
+    ok = response.status_code == 200
+    answer = response.json() if ok else None
+    tally.records.append({
+        "label": label, "seconds": round(seconds, 2), "status": response.status_code,
+        "completion_tokens": answer["usage"]["completion_tokens"] if answer else None,
+        "canvas": answer["canvas"] if answer else None,
+    })
+    if answer is None:
         tally.failures.append(f"{label}: HTTP {response.status_code} {response.text[:200]}")
         return None
-    return Canvas.model_validate(response.json()["canvas"])
+    return Canvas.model_validate(answer["canvas"])
 
 
 def score_fresh(case: Fresh, canvas: Canvas, tally: Tally) -> None:
@@ -208,6 +219,10 @@ def score_fresh(case: Fresh, canvas: Canvas, tally: Tally) -> None:
     lemmas = canvas_lemmas(all_texts(canvas))
     missing = [w for w in asked if not found(w, lemmas)]
     tally.add("coverage", len(asked) - len(missing), len(asked))
+    # The same without the global tags, which open with the prompt's own words under subject
+    # constraints: what the model itself wrote about them.
+    untagged = canvas_lemmas([t for t in all_texts(canvas) if t != canvas.global_description.tags])
+    tally.add("coverage outside tags", sum(found(w, untagged) for w in asked), len(asked))
     region_lemmas = canvas_lemmas([t for r in canvas.local_descriptions for t in region_texts(r)])
     lost = [s for s in case.subjects if not found(s, region_lemmas)]
     tally.add("subjects in regions", len(case.subjects) - len(lost), len(case.subjects))
@@ -283,6 +298,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="N fresh prompts (and N/2 edits), spread over the set.")
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--env", nargs="*", default=[], help="Planner settings, e.g. OMOST_PLANNER_MAX_NEW_TOKENS=900")
+    parser.add_argument("--out", type=Path, default=None, help="Write every request's canvas and timing here (JSONL).")
     args = parser.parse_args()
     env = dict(item.split("=", 1) for item in args.env)
     print(f"Load average (1/5/15 min) at the start: {load()}; planner settings: {env or 'embedded defaults'}\n")
@@ -293,8 +309,14 @@ def main() -> None:
     finally:
         planner.child.stop()
         redis_server.stop()
+    if args.out is not None:
+        with args.out.open("w") as out:
+            for record in fresh.records + edits.records:
+                out.write(json.dumps(record) + "\n")
+    tokens = [r["completion_tokens"] for r in fresh.records if r["completion_tokens"] is not None]
     rows = [
         ("coverage (content words in the canvas)", fresh.share("coverage")),
+        ("coverage outside the global tags", fresh.share("coverage outside tags")),
         ("subjects in regions", fresh.share("subjects in regions")),
         ("plans with duplicate regions", fresh.share("duplicates")),
         ("plans with regions ≥ subjects asked", fresh.share("regions ≥ asked")),
@@ -302,6 +324,7 @@ def main() -> None:
         ("edits faithful", edits.share("edit faithful")),
         *[(name, edits.share(name)) for name in sorted(edits.counts) if name.startswith("edit faithful (")],
         ("failed requests", str(len(fresh.failures) + len(edits.failures))),
+        ("fresh plan completion tokens, median", f"{statistics.median(tokens):.0f}" if tokens else "—"),
     ]
     for name, tally in (("fresh plan", fresh), ("edit", edits)):
         if tally.latencies:

@@ -40,6 +40,9 @@ class Patch:
     """Previous-canvas index -> the shape of its rewrite."""
     added: list[RegionShape] = field(default_factory=list)
     removed: set[int] = field(default_factory=set)
+    gone: set[str] = field(default_factory=set)
+    """Words for what the edit takes out ("remove the cat", "replace the cat with ..."): the model may
+    not write them again (the kept regions are copied, not written)."""
 
     @property
     def shapes(self) -> tuple[RegionShape, ...]:
@@ -125,6 +128,7 @@ def plan_patch(prompt: str, canvas: Canvas, max_regions: int = 8) -> Patch | Non
                 index = _find_region(token, canvas, taken)
                 if index is not None:
                     patch.removed.add(index)
+                    patch.gone.add(token)
                     taken.add(index)
             continue
         if verb == "add":
@@ -149,6 +153,7 @@ def plan_patch(prompt: str, canvas: Canvas, max_regions: int = 8) -> Patch | Non
         others = [t for t in named if t != word]
         if target:
             opening = target  # "replace the cat with a parrot", "turn the dog into a wolf"
+            patch.gone.add(word)
         elif others and verb == "change" and _has_article_before(clause, others[0]):
             opening = others  # "make the dog a corgi"
         else:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,7 @@ from planner_service.llm.client import ChatStream, Completion, OpenAIClient, Sam
 from planner_service.metrics import PlannerMetrics
 from planner_service.prompting import build_messages, previous_canvas, with_canvas
 from planner_service.settings import PlannerSettings
-from planner_service.subjects import extract_subjects
+from planner_service.subjects import extract_subjects, noun_phrases, prompt_tags, word_forms
 from shared.canvas import Canvas
 from shared.grammar import ContentLimits, Profile, RegionShape, omost_grammar
 from shared.jobs import MAX_SEED
@@ -50,6 +50,8 @@ SHAPED_TAGS = 16
 """A per-request grammar asks for a region per subject (2-3 times the regions SmolLM2 wrote on its
 own: measured, median fresh-plan latency 1.5x); fewer details and tags per region pay for them.
 Applies to the strict-content profile only (the permissive one bounds no content)."""
+PROMPT_TAGS = 12
+"""The global tags open with up to this many of the prompt's own words (``prompt_tags``)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class Shaping:
     grammar: str | None
     patch: Patch | None = None
     previous: Canvas | None = None
+    banned_words: tuple[str, ...] = ()
+    """Spellings of what the prompt negates or the edit takes out: the model may not write them."""
 
 
 class PlanFailed(Exception):
@@ -147,28 +151,34 @@ class Planner:
             patch = plan_patch(request.prompt, previous, MAX_SUBJECT_REGIONS)
             if patch is None:
                 return Shaping(self.grammar)
-            return Shaping(self._shaped(profile, patch.shapes), patch, previous)
+            return Shaping(self._shaped(profile, patch.shapes), patch, previous, _spellings(patch.gone))
         subjects = extract_subjects(request.prompt, MAX_SUBJECT_REGIONS)
+        negated = noun_phrases(request.prompt)[1]
         if not subjects:
-            return Shaping(self.grammar)
-        return Shaping(self._shaped(profile, tuple(RegionShape(_capitalised(s.phrase)) for s in subjects)))
+            return Shaping(self.grammar, banned_words=_spellings(negated))
+        shapes = tuple(RegionShape(_capitalised(s.phrase)) for s in subjects)
+        tags = tuple(prompt_tags(request.prompt, limit=PROMPT_TAGS))
+        return Shaping(self._shaped(profile, shapes, tags), banned_words=_spellings(negated))
 
     @staticmethod
-    def _shaped(profile: Profile, shapes: tuple[RegionShape, ...]) -> str:
+    def _shaped(profile: Profile, shapes: tuple[RegionShape, ...], global_tags: tuple[str, ...] = ()) -> str:
         limits = ContentLimits(
             min_regions=0,
             max_regions=MAX_SUBJECT_REGIONS,
             max_detailed_descriptions=SHAPED_DETAILS,
             max_tags=SHAPED_TAGS,
         )
-        return omost_grammar(profile, limits=limits, max_regions=MAX_SUBJECT_REGIONS, regions=shapes)
+        return omost_grammar(
+            profile, limits=limits, max_regions=MAX_SUBJECT_REGIONS, regions=shapes, global_tags=global_tags
+        )
 
     def _max_tokens(self, request: PlanInput) -> int:
         return request.max_new_tokens or self.settings.max_new_tokens
 
-    def _params(self, request: PlanInput, attempt: int, seed: int) -> SamplingParams:
+    def _params(self, request: PlanInput, attempt: int, seed: int, banned_words: tuple[str, ...]) -> SamplingParams:
         s = self.settings
         return SamplingParams(
+            banned_words=banned_words,
             temperature=s.temperature if request.temperature is None else request.temperature,
             top_p=s.top_p if request.top_p is None else request.top_p,
             max_tokens=self._max_tokens(request),
@@ -242,7 +252,7 @@ class Planner:
         tally = _Tally()
         error: CanvasParseError | None = None
         for attempt in range(self.attempts):
-            params = self._params(request, attempt, seed)
+            params = self._params(request, attempt, seed, shaping.banned_words)
             if streamed:
                 stream: ChatStream = await self.client.stream(messages, params, shaping.grammar)
                 async for text in stream.deltas():
@@ -263,6 +273,10 @@ class Planner:
             return
         assert error is not None and tally.last is not None
         raise PlanFailed(error, tally.last.text, self.attempts)
+
+
+def _spellings(words: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(form for word in sorted(words) for form in word_forms(word)))
 
 
 def _capitalised(text: str) -> str:

@@ -14,6 +14,7 @@ English plural and verb endings plus a table of irregular forms, nothing else.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 
@@ -51,11 +52,15 @@ STYLE_WORDS = split_words(
 )
 """Words that say how to draw, not what: they belong to the whole image, not to a region."""
 
-_IRREGULAR = {
+_IRREGULAR_PLURALS = {
     "children": "child", "men": "man", "women": "woman", "people": "person", "mice": "mouse", "geese": "goose",
     "feet": "foot", "teeth": "tooth", "leaves": "leaf", "wolves": "wolf", "knives": "knife", "lives": "life",
     "shelves": "shelf", "loaves": "loaf", "halves": "half", "sheep": "sheep", "fish": "fish", "deer": "deer",
-    "oxen": "ox", "cacti": "cactus", "fungi": "fungus", "dice": "die", "sat": "sit", "ran": "run",
+    "oxen": "ox", "cacti": "cactus", "fungi": "fungus", "dice": "die",
+}
+_PLURAL_OF = {singular: plural for plural, singular in _IRREGULAR_PLURALS.items()}
+_IRREGULAR = {
+    **_IRREGULAR_PLURALS, "sat": "sit", "ran": "run",
     "flew": "fly", "flying": "fly", "lying": "lie", "swimming": "swim", "running": "run", "sitting": "sit",
     "riding": "ride", "wearing": "wear", "holding": "hold", "standing": "stand", "eaten": "eat", "ate": "eat",
     "worn": "wear", "held": "hold", "stood": "stand", "grew": "grow", "grown": "grow", "knelt": "kneel",
@@ -125,31 +130,65 @@ def _phrase_subject(run: list[str]) -> Subject | None:
     return Subject(" ".join(kept).replace("’", "'"), lemma(kept[-1]), count)
 
 
-def noun_phrases(text: str, extra_stops: frozenset[str] = frozenset()) -> tuple[list[Subject], list[str]]:
-    """The subjects of ``text`` in order, and the lemmas of the negated words ("no people" -> person).
-    ``extra_stops`` are more words that end a phrase (an edit's verbs)."""
-    subjects: list[Subject] = []
-    negated: list[str] = []
-    stops = STOP_WORDS | extra_stops
+def _runs(text: str, stops: frozenset[str]) -> Iterator[tuple[list[str], bool]]:
+    """Runs of words between stop words, each with whether a negation governs it. A long -ing word
+    ends a run and comes as a run of its own (a verb: a content word, never a subject)."""
     for clause in _CLAUSE.split(text):
         run: list[str] = []
         negating = False
         for word in [*words(clause), ""]:
             low = word.lower()
-            ends = not word or low in stops or low in NEGATIONS or (low.endswith("ing") and len(low) > 5)
-            if ends:
-                if run and negating:
-                    negated.extend(lemma(w) for w in run)
-                elif run and (subject := _phrase_subject(run)):
-                    subjects.append(subject)
-                run = []
-                if low in NEGATIONS:
-                    negating = True
-                elif low not in stops:  # a verb ends the negation's scope ("no cars, parking")
-                    negating = False
-            else:
+            verb = low.endswith("ing") and len(low) > 5 and low not in stops
+            if word and low not in stops and low not in NEGATIONS and not verb:
                 run.append(word)
+                continue
+            if run:
+                yield run, negating
+            run = []
+            if low in NEGATIONS:
+                negating = True
+            elif low not in stops:  # a verb ends the negation's scope ("no cars, parking")
+                negating = False
+            if verb:
+                yield [word], False
+
+
+def _is_verb_run(run: list[str]) -> bool:
+    return len(run) == 1 and run[0].lower().endswith("ing") and len(run[0]) > 5
+
+
+def noun_phrases(text: str, extra_stops: frozenset[str] = frozenset()) -> tuple[list[Subject], list[str]]:
+    """The subjects of ``text`` in order, and the lemmas of the negated words ("no people" -> person).
+    ``extra_stops`` are more words that end a phrase (an edit's verbs)."""
+    subjects: list[Subject] = []
+    negated: list[str] = []
+    for run, negating in _runs(text, STOP_WORDS | extra_stops):
+        if negating:
+            negated.extend(lemma(w) for w in run)
+        elif not _is_verb_run(run) and (subject := _phrase_subject(run)):
+            subjects.append(subject)
     return subjects, negated
+
+
+def prompt_tags(prompt: str, limit: int = 12, words_per_tag: int = 5) -> list[str]:
+    """The prompt's own words as tags, phrase by phrase: "a watercolor painting of a fox flying" ->
+    ``["watercolor painting", "fox", "flying"]``. Every content word of the prompt is in one, negated
+    words in none (a diffusion model draws what its prompt names, "no people" included)."""
+    tags: dict[str, None] = {}
+    for run, negating in _runs(prompt, STOP_WORDS):
+        if not negating:  # a run longer than a tag may be goes into several tags: no word lost
+            for start in range(0, len(run), words_per_tag):
+                tags.setdefault(" ".join(run[start : start + words_per_tag]).replace("’", "'"), None)
+    return list(tags)[:limit]
+
+
+def word_forms(word: str) -> tuple[str, ...]:
+    """The spellings of a noun a model may write: ``"cat"`` -> cat, cats, Cat, Cats; ``"person"`` ->
+    person, people, Person, People."""
+    base = lemma(word)
+    regular = base + ("es" if base.endswith(("s", "x", "z", "ch", "sh")) else "s")
+    forms = (base, _PLURAL_OF.get(base, regular))
+    return tuple(dict.fromkeys([*forms, *(f[:1].upper() + f[1:] for f in forms)]))
 
 
 def extract_subjects(prompt: str, limit: int = 8) -> list[Subject]:

@@ -48,6 +48,8 @@ class SamplingParams:
     max_tokens: int
     seed: int
     frequency_penalty: float = 0.0
+    banned_words: tuple[str, ...] = ()
+    """Spellings the model may not write (``"cat"``, ``"Cats"``): a removed subject, a negated one."""
 
 
 @dataclass
@@ -78,6 +80,9 @@ def grammar_fields(kind: LLMKind, grammar: str | None) -> dict[str, Any]:
     raise ValueError(f"unknown LLM kind {kind!r}")
 
 
+_TOKEN_CACHE_SIZE = 4096
+
+
 class OpenAIClient:
     """``base_url`` is the OpenAI base, e.g. ``http://host:8000/v1``."""
 
@@ -100,6 +105,7 @@ class OpenAIClient:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=30.0, pool=connect_timeout)
         self._http = httpx.AsyncClient(headers=headers, timeout=timeout, transport=transport)
+        self._tokens: dict[str, list[int]] = {}
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -122,6 +128,47 @@ class OpenAIClient:
         if stream:
             body["stream_options"] = {"include_usage": True}
         return body
+
+    async def ban_fields(self, words: Sequence[str]) -> dict[str, Any]:
+        """The request-body fields that keep ``words`` out of the answer, for a server of this kind.
+
+        vLLM takes the words (``bad_words``: it bans a word's last token once the rest is written).
+        llama.cpp takes token ids (``logit_bias``); a word is banned where it is one token, with or
+        without its leading space (" cat", "Cat"), since banning each piece of a word that takes
+        several tokens would ban those pieces everywhere. Other servers: nothing (OpenAI's
+        ``logit_bias`` needs the model's token ids, which only the server knows).
+        """
+        if not words or self.kind == "none":
+            return {}
+        if self.kind == "vllm":
+            return {"bad_words": list(words)}
+        ids: dict[int, None] = {}
+        for word in words:
+            for text in (word, " " + word):
+                tokens = await self._tokenize(text)
+                if len(tokens) == 1:
+                    ids.setdefault(tokens[0], None)
+        return {"logit_bias": [[token, False] for token in ids]} if ids else {}
+
+    async def _tokenize(self, text: str) -> list[int]:
+        """llama.cpp's ``POST /tokenize`` (at the server's root, beside ``/v1``), remembered."""
+        if text not in self._tokens:
+            root = self.base_url.removesuffix("/v1")
+            request = self._http.build_request("POST", f"{root}/tokenize", json={"content": text})
+            response = await self._send(request, stream=False)
+            try:
+                tokens = [int(t) for t in response.json()["tokens"]]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise LLMError(f"POST {root}/tokenize did not answer tokens: {response.text[:200]}") from exc
+            if len(self._tokens) >= _TOKEN_CACHE_SIZE:
+                self._tokens.clear()  # words come from users' prompts: bound what is remembered
+            self._tokens[text] = tokens
+        return self._tokens[text]
+
+    async def _body(
+        self, messages: Sequence[ChatMessage], params: SamplingParams, grammar: str | None, *, stream: bool
+    ) -> dict[str, Any]:
+        return self.body(messages, params, grammar, stream=stream) | await self.ban_fields(params.banned_words)
 
     async def _send(self, request: httpx.Request, *, stream: bool) -> httpx.Response:
         retrying = AsyncRetrying(
@@ -154,7 +201,7 @@ class OpenAIClient:
     ) -> Completion:
         started = time.perf_counter()
         request = self._http.build_request(
-            "POST", f"{self.base_url}/chat/completions", json=self.body(messages, params, grammar, stream=False)
+            "POST", f"{self.base_url}/chat/completions", json=await self._body(messages, params, grammar, stream=False)
         )
         response = await self._send(request, stream=False)
         try:
@@ -177,7 +224,7 @@ class OpenAIClient:
         """Open a streaming completion. Connection and HTTP errors surface here, before any text."""
         started = time.perf_counter()
         request = self._http.build_request(
-            "POST", f"{self.base_url}/chat/completions", json=self.body(messages, params, grammar, stream=True)
+            "POST", f"{self.base_url}/chat/completions", json=await self._body(messages, params, grammar, stream=True)
         )
         return ChatStream(await self._send(request, stream=True), started)
 

@@ -15,6 +15,7 @@ def test_make_the_dog_a_corgi_rewrites_the_dog_in_its_place() -> None:
     assert patch is not None
     assert patch.changed == {1: RegionShape("Corgi", DOG.location, DOG.offset, DOG.area)}
     assert not patch.added and not patch.removed
+    assert not patch.gone  # a corgi is still a dog: nothing is banned
 
 
 def test_an_attribute_change_keeps_the_noun() -> None:
@@ -23,14 +24,18 @@ def test_an_attribute_change_keeps_the_noun() -> None:
 
 
 def test_replace_with_and_turn_into() -> None:
-    assert plan_patch("replace the cat with a parrot", EDITED).changed[0].opening == "Parrot"  # type: ignore[union-attr]
-    assert plan_patch("turn the dog into a wolf", EDITED).changed[1].opening == "Wolf"  # type: ignore[union-attr]
+    parrot = plan_patch("replace the cat with a parrot", EDITED)
+    wolf = plan_patch("turn the dog into a wolf", EDITED)
+    assert parrot is not None and wolf is not None
+    assert parrot.changed[0].opening == "Parrot" and parrot.gone == {"cat"}
+    assert wolf.changed[1].opening == "Wolf" and wolf.gone == {"dog"}
 
 
 def test_add_remove_and_a_verb_carried_over_and() -> None:
     patch = plan_patch("remove the cat and add a lamp and a rug", EDITED)
     assert patch is not None
     assert patch.removed == {0} and [s.opening for s in patch.added] == ["Lamp", "Rug"] and not patch.changed
+    assert patch.gone == {"cat"}
 
 
 def test_recount_names_the_region_after_the_number() -> None:

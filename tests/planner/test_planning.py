@@ -126,6 +126,27 @@ def test_subject_constraints_shape_the_grammar_per_request() -> None:
     assert off.shaping(PlanInput(prompt="a red cube")).grammar == off.grammar
 
 
+def test_the_prompts_words_open_the_global_tags_and_negated_or_removed_words_are_banned() -> None:
+    planner = make_planner([GOOD], [], subject_constraints=True, grammar_profile="strict-content")
+    fresh = planner.shaping(PlanInput(prompt="a quiet beach at sunset with no people, cinematic"))
+    assert '"quiet beach, sunset, cinematic"' in (fresh.grammar or "")
+    assert fresh.banned_words == ("person", "people", "Person", "People")
+    removed = planner.shaping(PlanInput(prompt="remove the cat", canvas=EDITED))
+    replaced = planner.shaping(PlanInput(prompt="replace the dog with a parrot", canvas=EDITED))
+    changed = planner.shaping(PlanInput(prompt="make the dog a corgi", canvas=EDITED))
+    assert removed.banned_words == ("cat", "cats", "Cat", "Cats")
+    assert replaced.banned_words == ("dog", "dogs", "Dog", "Dogs")
+    assert changed.banned_words == ()  # a corgi is still a dog
+
+
+def test_banned_words_reach_the_server() -> None:
+    seen: list[dict] = []
+    planner = make_planner([GOOD], seen, subject_constraints=True, llm_kind="vllm")
+    planner.client.kind = "vllm"  # the body is what vLLM reads; no vLLM server runs here
+    asyncio.run(planner.plan(PlanInput(prompt="a street without cars")))
+    assert seen[0]["bad_words"] == ["car", "cars", "Car", "Cars"]
+
+
 def test_a_patched_edit_merges_into_the_previous_canvas() -> None:
     # A fixed answer (the real model does this in test_subject_plans_real.py), so the merge is checked
     # exactly: the dog region rewritten only, which is what the per-request grammar allows.

@@ -90,3 +90,25 @@ def test_the_opening_word_does_not_run_on_into_junk() -> None:
     grammar = omost_grammar("strict-content", regions=(RegionShape("Parrot"), RegionShape("Brown dog")))
     assert accepts(grammar, code("Parrots.", "Brown dog, sitting."))
     assert not accepts(grammar, code("Parrothink.com", "Brown dog."))  # measured with SmolLM2
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_the_global_tags_open_with_the_prompts_words(profile) -> None:
+    grammar = omost_grammar(profile, regions=SHAPES, global_tags=("grey cat", "brown dog", "sleeping"))
+    tagged = EDITED.global_description.model_copy(update={"tags": "grey cat, brown dog, sleeping, sofa, cosy"})
+    text = code("Grey cat.", "Brown dog.").replace(EDITED.global_description.tags, tagged.tags)
+    assert tagged.tags in text
+    assert accepts(grammar, text)
+    assert accepts(omost_grammar("permissive"), text)  # still Omost code
+    assert not accepts(grammar, code("Grey cat.", "Brown dog."))  # the tags lack the prompt's words
+    exact = text.replace(tagged.tags, "grey cat, brown dog, sleeping")
+    assert accepts(grammar, exact)  # the model need not add any
+
+
+def test_global_tags_are_checked_and_bounded() -> None:
+    with pytest.raises(ValueError, match="opening"):
+        omost_grammar("strict-content", global_tags=("cat'); import os #",))
+    with pytest.raises(ValueError, match="global tags"):
+        omost_grammar("strict-content", global_tags=tuple(f"tag{i}" for i in range(40)))
+    apostrophe = omost_grammar("strict-content", global_tags=("children's kite",))
+    assert "children's kite" in apostrophe

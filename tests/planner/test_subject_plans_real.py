@@ -54,3 +54,15 @@ def test_an_edit_by_conversation_adds_and_removes(planner: RunningPlanner) -> No
     assert after.local_descriptions[-1].description.startswith("Lamp")
     regions = data["changes"]["regions"]
     assert {(c["kind"], c["index"]) for c in regions} == {("removed", gone), ("added", len(kept))}
+
+
+def test_a_replaced_subject_is_gone_from_what_the_model_writes(planner: RunningPlanner) -> None:
+    canvas_json = EDITED.model_dump(mode="json")
+    data = plan(planner, prompt="replace the cat with a parrot", canvas=canvas_json, seed=4, max_new_tokens=LONG)
+    canvas = check_plan(data)
+    parrot, dog = canvas.local_descriptions
+    assert parrot.description.startswith("Parrot") and dog == DOG
+    written = [canvas.global_description.description, *canvas.global_description.detailed_descriptions]
+    written += [parrot.description, *parrot.detailed_descriptions, parrot.tags]
+    # The cat's spellings are banned tokens (llama.cpp logit_bias): the model writes around them.
+    assert not [text for text in written if "cat" in {lemma(w) for w in words(text)}], written

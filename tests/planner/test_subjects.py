@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from planner_service.subjects import content_words, extract_subjects, lemma, noun_phrases
+from planner_service.subjects import content_words, extract_subjects, lemma, noun_phrases, prompt_tags, word_forms
 
 
 @pytest.mark.parametrize(
@@ -68,3 +68,42 @@ def test_content_words_are_lemmas_without_stop_words() -> None:
 
 def test_curly_apostrophes_become_plain_ones() -> None:
     assert extract_subjects("the children’s kite")[0].phrase == "children's kite"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "tags"),
+    [
+        ("a cat and a dog on a sofa", ["cat", "dog", "sofa"]),
+        ("two children flying a kite on a beach", ["two children", "flying", "kite", "beach"]),
+        ("a cyberpunk street with neon signs, cinematic", ["cyberpunk street", "neon signs", "cinematic"]),
+        ("a quiet beach with no people", ["quiet beach"]),  # a negated word is no tag
+        ("a city street at night without cars, raining", ["city street", "night", "raining"]),
+        ("un chat et un chien sur un canapé", ["chat", "chien", "canapé"]),
+        ("a cat, a cat", ["cat"]),
+        ("in the of and", []),
+    ],
+)
+def test_prompt_tags_hold_every_content_word_but_the_negated(prompt: str, tags: list[str]) -> None:
+    assert prompt_tags(prompt) == tags
+    tagged = {lemma(w) for tag in tags for w in tag.split()}
+    negated = set(noun_phrases(prompt)[1])
+    assert set(content_words(prompt)) - negated <= tagged
+
+
+def test_prompt_tags_are_bounded() -> None:
+    assert prompt_tags("fox, owl, elk, yak, emu", limit=4) == ["fox", "owl", "elk", "yak"]
+    assert prompt_tags("big red old wooden toy boat", words_per_tag=4) == ["big red old wooden", "toy boat"]
+
+
+@pytest.mark.parametrize(
+    ("word", "forms"),
+    [
+        ("cat", ("cat", "cats", "Cat", "Cats")),
+        ("vases", ("vase", "vases", "Vase", "Vases")),
+        ("box", ("box", "boxes", "Box", "Boxes")),
+        ("children", ("child", "children", "Child", "Children")),
+        ("person", ("person", "people", "Person", "People")),
+    ],
+)
+def test_word_forms(word: str, forms: tuple[str, ...]) -> None:
+    assert word_forms(word) == forms
