@@ -45,11 +45,21 @@ def _is_edit(request: PlanInput) -> bool:
 
 MAX_SUBJECT_REGIONS = 8
 """Long scenes name more subjects than the strict profile's default of 6 regions."""
-SHAPED_DETAILS = 3
-SHAPED_TAGS = 16
-"""A per-request grammar asks for a region per subject (2-3 times the regions SmolLM2 wrote on its
-own: measured, median fresh-plan latency 1.5x); fewer details and tags per region pay for them.
-Applies to the strict-content profile only (the permissive one bounds no content)."""
+SHAPED_LIMITS = ContentLimits(
+    min_regions=0,
+    max_regions=MAX_SUBJECT_REGIONS,
+    max_detailed_descriptions=2,
+    max_region_details=1,
+    description_words=12,
+    text_words=28,
+    phrase_words=14,
+    max_tags=16,
+    comment_chars=0,
+)
+"""A per-request grammar asks for a region per subject (2-3 times the regions SmolLM2 writes on its
+own: measured, 1.45x the tokens of a fresh plan), so each region says less: one detail, lengths no
+longer than Omost's own (descriptions ~10 words, details ~28, atmosphere/style/quality 6-14), no
+comments. Applies to the strict-content profile only (the permissive one bounds no content)."""
 PROMPT_TAGS = 12
 """The global tags open with up to this many of the prompt's own words (``prompt_tags``)."""
 
@@ -162,14 +172,8 @@ class Planner:
 
     @staticmethod
     def _shaped(profile: Profile, shapes: tuple[RegionShape, ...], global_tags: tuple[str, ...] = ()) -> str:
-        limits = ContentLimits(
-            min_regions=0,
-            max_regions=MAX_SUBJECT_REGIONS,
-            max_detailed_descriptions=SHAPED_DETAILS,
-            max_tags=SHAPED_TAGS,
-        )
         return omost_grammar(
-            profile, limits=limits, max_regions=MAX_SUBJECT_REGIONS, regions=shapes, global_tags=global_tags
+            profile, limits=SHAPED_LIMITS, max_regions=MAX_SUBJECT_REGIONS, regions=shapes, global_tags=global_tags
         )
 
     def _max_tokens(self, request: PlanInput) -> int:

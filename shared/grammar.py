@@ -38,6 +38,7 @@ _LIST_FIELDS = {"detailed_descriptions"}
 _NUMBER_FIELDS = {"distance_to_viewer"}
 _TAG_FIELDS = {"tags"}
 _SHORT_FIELDS = {"description"}
+_PHRASE_FIELDS = {"atmosphere", "style", "quality_meta"}
 
 
 @dataclass(frozen=True)
@@ -52,10 +53,15 @@ class ContentLimits:
     max_detailed_descriptions: int = 5
     description_words: int = 20
     text_words: int = 40
+    phrase_words: int | None = None
+    """Words of a region's atmosphere, style and quality_meta (Omost writes 6-14); None: ``text_words``."""
+    max_region_details: int | None = None
+    """Detailed descriptions of a region; None: ``max_detailed_descriptions``, like the global one."""
     max_tags: int = 32
     words_per_tag: int = 5
     word_chars: int = 24
     comment_chars: int = 160
+    """0: no comments (Omost's "# Add a cat." lines are a tenth of a plan's tokens and steer nothing)."""
     gap_lines: int = 3
     indent_chars: int = 12
 
@@ -110,13 +116,15 @@ def _arguments(method: str, names: tuple[str, ...], value_rule: dict[str, str]) 
     return " ".join(parts)
 
 
-def _value_rules(names: tuple[str, ...]) -> dict[str, str]:
+def _value_rules(names: tuple[str, ...], *, region: bool = False) -> dict[str, str]:
     rules = {}
     for name in names:
         if name in ENUM_TABLES:
             rules[name] = "enum-" + name.lower().replace("_", "-")
         elif name in _LIST_FIELDS:
-            rules[name] = "string-list"
+            rules[name] = "region-string-list" if region else "string-list"
+        elif name in _PHRASE_FIELDS:
+            rules[name] = "phrase-string"
         elif name in _NUMBER_FIELDS:
             rules[name] = "number"
         elif name in _TAG_FIELDS:
@@ -148,13 +156,13 @@ def _structure(
     _enum_rules(rules)
     if shapes is None:
         rules["code"] = f"gap init gap global ( gap local ){regions} gap"
-        rules["local"] = _arguments("add_local_description", LOCAL_ARGUMENTS, _value_rules(LOCAL_ARGUMENTS))
-        rules["local"] += " line-end"
+        local_values = _value_rules(LOCAL_ARGUMENTS, region=True)
+        rules["local"] = _arguments("add_local_description", LOCAL_ARGUMENTS, local_values) + " line-end"
         return
     # Exactly these regions, in this order: each subject opens one region and no two share one.
     rules["code"] = "gap init gap global " + "".join(f"gap local-{i} " for i in range(len(shapes))) + "gap"
     for i, shape in enumerate(shapes):
-        values = _value_rules(LOCAL_ARGUMENTS)
+        values = _value_rules(LOCAL_ARGUMENTS, region=True)
         values["description"] = f"opening-{i}"
         for name in ("location", "offset", "area"):
             fixed = getattr(shape, name)
@@ -193,6 +201,8 @@ def _permissive(
         "number": '( [0-9]+ ( "." [0-9]* )? | "." [0-9]+ ) ( [eE] [+-]? [0-9]+ )?',
         "tags": "string",
         "short-string": "string",
+        "phrase-string": "string",
+        "region-string-list": "string-list",
         "string": "string-sq | string-dq",
     }
     for suffix, (quote, in_class) in _quotes().items():
@@ -214,7 +224,7 @@ def _strict(
         "fence-close": '"```" "\\n"?',
         "init": '"canvas = Canvas()" line-end',
         "line-end": '"\\n"',
-        "gap": f'( [ \\t]{{0,8}} comment? "\\n" ){{0,{lim.gap_lines}}}',
+        "gap": f'( [ \\t]{{0,8}} {"comment? " if lim.comment_chars else ""}"\\n" ){{0,{lim.gap_lines}}}',
         "comment": f'"#" [^\\n]{{0,{lim.comment_chars}}}',
         # Omost's layout: arguments one per line or space-separated, never a lone comma line.
         "ws": ws,
@@ -223,19 +233,25 @@ def _strict(
         "close": '","? ws ")"',
         "sep": f'"," ( " " | "\\n" [ ]{{0,{lim.indent_chars}}} )',
         "number": '[1-9] [0-9]{0,2} ( "." [0-9]{1,2} )? | "0." [0-9]? [1-9]',
-        "string-list": (
-            f'"[" ws string ( sep string ){{{lim.min_detailed_descriptions - 1},'
-            f'{lim.max_detailed_descriptions - 1}}} ","? ws "]"'
+        "string-list": _strict_list(lim.min_detailed_descriptions, lim.max_detailed_descriptions),
+        "region-string-list": _strict_list(
+            lim.min_detailed_descriptions, lim.max_region_details or lim.max_detailed_descriptions
         ),
         "string": "string-sq | string-dq",
         "short-string": "short-sq | short-dq",
+        "phrase-string": "phrase-sq | phrase-dq",
         "tags": "tags-sq | tags-dq",
     }
     for suffix, (quote, in_class) in _quotes().items():
         # A word: no spaces, no raw quote/backslash/control characters; escaped quotes allowed.
         rules[f"char-{suffix}"] = f'[^ {in_class}\\\\\\n\\r\\t] | "\\\\" [{in_class}\\\\]'
         chars = f"char-{suffix}{{1,{lim.word_chars}}}"
-        for rule, words in ((f"string-{suffix}", lim.text_words), (f"short-{suffix}", lim.description_words)):
+        lengths = {
+            f"string-{suffix}": lim.text_words,
+            f"short-{suffix}": lim.description_words,
+            f"phrase-{suffix}": lim.phrase_words or lim.text_words,
+        }
+        for rule, words in lengths.items():
             # At least two words, one space between: rules out '', ', ', 'white' and runs of blanks.
             rules[rule] = (
                 f'{quote} [A-Za-z0-9] char-{suffix}{{0,{lim.word_chars - 1}}} ( " " {chars} ){{1,{words - 1}}} {quote}'
@@ -245,14 +261,19 @@ def _strict(
         rules[f"word-{suffix}"] = f"[A-Za-z] [A-Za-z0-9{apostrophe}’-]{{0,{lim.word_chars - 1}}}"
         rules[f"tag-{suffix}"] = f'word-{suffix} ( " " word-{suffix} ){{0,{lim.words_per_tag - 1}}}'
         rules[f"tags-{suffix}"] = f'{quote} tag-{suffix} ( ", " tag-{suffix} ){{0,{lim.max_tags - 1}}} {quote}'
-        # After a region's opening: a plural ending and punctuation ("Cat" -> "Cats."), further words.
-        # No other letters: measured, "Parrot" went on as "Parrothink.com".
+        # After a region's opening: punctuation, further words. No letters glued on: measured with
+        # SmolLM2, "Parrot" went on as "Parrothink.com", and a plural ending allowed here turned
+        # "Cliff" into "Cliffes" and "Neon signs" into "Neon signss" (the prompt's number is in the opening).
         rules[f"opening-rest-{suffix}"] = (
-            f'( "s" | "es" )? [.,;:!]? ( " " {chars} ){{0,{lim.description_words - 1}}}'
+            f'[.,;:!]? ( " " {chars} ){{0,{lim.description_words - 1}}}'
         )
         rules[f"tags-rest-{suffix}"] = f'( ", " tag-{suffix} ){{0,{max(0, lim.max_tags - len(global_tags or ()))}}}'
     _structure(rules, f"{{{lim.min_regions},{lim.max_regions}}}", shapes, global_tags)
     return rules
+
+
+def _strict_list(least: int, most: int) -> str:
+    return f'"[" ws string ( sep string ){{{least - 1},{most - 1}}} ","? ws "]"'
 
 
 @cache
@@ -300,8 +321,11 @@ def omost_grammar(
         max_regions = MAX_LOCAL_DESCRIPTIONS if profile == "permissive" else limits.max_regions
     if not 0 <= max_regions <= MAX_LOCAL_DESCRIPTIONS:
         raise ValueError(f"max_regions must be within 0..{MAX_LOCAL_DESCRIPTIONS}")
-    if not 1 <= limits.min_detailed_descriptions <= limits.max_detailed_descriptions:
-        raise ValueError("need 1 <= min_detailed_descriptions <= max_detailed_descriptions")
+    region_details = limits.max_region_details or limits.max_detailed_descriptions
+    if not 1 <= limits.min_detailed_descriptions <= min(limits.max_detailed_descriptions, region_details):
+        raise ValueError("need 1 <= min_detailed_descriptions <= max_detailed_descriptions, max_region_details")
+    if limits.phrase_words is not None and limits.phrase_words < 2:
+        raise ValueError("phrase_words must be 2 or more (a string is two or more words)")
     limits = replace(limits, max_regions=max_regions)
     if profile == "permissive":
         limits = ContentLimits()  # its content bounds do not apply; keep the cache key independent

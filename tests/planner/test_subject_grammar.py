@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.grammar import PROFILES, RegionShape, omost_grammar
+from shared.grammar import PROFILES, ContentLimits, RegionShape, omost_grammar
 from shared.omost_code import canvas_to_code
 from tests.planner.test_plans_real import EDITED
 
@@ -36,7 +36,9 @@ SHAPES = (RegionShape("Grey cat"), RegionShape("Brown dog"))
 def test_each_subject_opens_its_region_in_order(profile) -> None:
     grammar = omost_grammar(profile, regions=SHAPES)
     assert accepts(grammar, code("Grey cat curled up.", "Brown dog sitting."))
-    assert accepts(grammar, code("Grey cats.", "Brown dog."))  # the opening's word may go on
+    assert accepts(grammar, code("Grey cat, curled.", "Brown dog."))  # words and punctuation may follow
+    # Strict: nothing glued to its last word. Permissive (a fine-tuned model) may write any string on.
+    assert accepts(grammar, code("Grey cats.", "Brown dog.")) == (profile == "permissive")
     assert not accepts(grammar, code("Brown dog sitting.", "Grey cat curled up."))  # order
     assert not accepts(grammar, code("A grey cat.", "A brown dog."))  # not opened by the subject
     assert not accepts(grammar, code("Grey cat.", "Grey cat."))  # a duplicate region
@@ -88,7 +90,8 @@ def test_a_fixed_place_must_be_a_valid_value() -> None:
 
 def test_the_opening_word_does_not_run_on_into_junk() -> None:
     grammar = omost_grammar("strict-content", regions=(RegionShape("Parrot"), RegionShape("Brown dog")))
-    assert accepts(grammar, code("Parrots.", "Brown dog, sitting."))
+    assert accepts(grammar, code("Parrot.", "Brown dog, sitting."))
+    assert not accepts(grammar, code("Parrotes a cat.", "Brown dog."))  # measured with SmolLM2
     assert not accepts(grammar, code("Parrothink.com", "Brown dog."))  # measured with SmolLM2
 
 
@@ -112,3 +115,34 @@ def test_global_tags_are_checked_and_bounded() -> None:
         omost_grammar("strict-content", global_tags=tuple(f"tag{i}" for i in range(40)))
     apostrophe = omost_grammar("strict-content", global_tags=("children's kite",))
     assert "children's kite" in apostrophe
+
+
+def test_region_details_and_phrases_have_their_own_bounds() -> None:
+    limits = ContentLimits(max_detailed_descriptions=2, max_region_details=1, phrase_words=6)
+    grammar = omost_grammar("strict-content", limits=limits, regions=(RegionShape("Grey cat"),))
+    cat = CAT.model_copy(update={"description": "Grey cat.", "detailed_descriptions": ["A grey cat curled up."]})
+    two = ["A grey cat curled up.", "Its fur is soft."]
+    base = EDITED.model_copy(update={"local_descriptions": [cat]})
+    assert accepts(grammar, canvas_to_code(base))
+    global_two = base.global_description.model_copy(update={"detailed_descriptions": two})
+    assert accepts(grammar, canvas_to_code(base.model_copy(update={"global_description": global_two})))
+    region_two = cat.model_copy(update={"detailed_descriptions": two})
+    assert not accepts(grammar, canvas_to_code(base.model_copy(update={"local_descriptions": [region_two]})))
+    long_style = cat.model_copy(update={"style": "A very soft and warm photo style with film grain"})
+    styled = canvas_to_code(base.model_copy(update={"local_descriptions": [long_style]}))
+    assert not accepts(grammar, styled) and accepts(omost_grammar("permissive"), styled)
+
+
+def test_the_bounds_are_checked() -> None:
+    with pytest.raises(ValueError, match="phrase_words"):
+        omost_grammar("strict-content", limits=ContentLimits(phrase_words=1))
+    with pytest.raises(ValueError, match="max_region_details"):
+        omost_grammar("strict-content", limits=ContentLimits(min_detailed_descriptions=2, max_region_details=1))
+
+
+def test_a_grammar_without_comments() -> None:
+    bare = omost_grammar("strict-content", limits=ContentLimits(comment_chars=0), regions=SHAPES)
+    text = code("Grey cat.", "Brown dog.")
+    assert "# Add" in text and not accepts(bare, text)
+    uncommented = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+    assert accepts(bare, uncommented) and accepts(omost_grammar("strict-content", regions=SHAPES), uncommented)
