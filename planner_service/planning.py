@@ -182,7 +182,6 @@ class Planner:
     def _params(self, request: PlanInput, attempt: int, seed: int, banned_words: tuple[str, ...]) -> SamplingParams:
         s = self.settings
         return SamplingParams(
-            banned_words=banned_words,
             temperature=s.temperature if request.temperature is None else request.temperature,
             top_p=s.top_p if request.top_p is None else request.top_p,
             max_tokens=self._max_tokens(request),
@@ -190,6 +189,7 @@ class Planner:
             # An edit should copy most of the previous canvas: a repetition penalty fights exactly
             # that (measured: SmolLM2 then dropped the untouched regions), so it is for fresh plans only.
             frequency_penalty=0.0 if _is_edit(request) else s.resolved_frequency_penalty,
+            banned_words=banned_words,
         )
 
     @property

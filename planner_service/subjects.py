@@ -130,9 +130,9 @@ def _phrase_subject(run: list[str]) -> Subject | None:
     return Subject(" ".join(kept).replace("’", "'"), lemma(kept[-1]), count)
 
 
-def _runs(text: str, stops: frozenset[str]) -> Iterator[tuple[list[str], bool]]:
-    """Runs of words between stop words, each with whether a negation governs it. A long -ing word
-    ends a run and comes as a run of its own (a verb: a content word, never a subject)."""
+def _runs(text: str, stops: frozenset[str]) -> Iterator[tuple[list[str], bool, bool]]:
+    """Runs of words between stop words, each with whether a negation governs it and whether it is a
+    verb: a long -ing word ends a run and comes as a run of its own (a content word, never a subject)."""
     for clause in _CLAUSE.split(text):
         run: list[str] = []
         negating = False
@@ -143,18 +143,14 @@ def _runs(text: str, stops: frozenset[str]) -> Iterator[tuple[list[str], bool]]:
                 run.append(word)
                 continue
             if run:
-                yield run, negating
+                yield run, negating, False
             run = []
             if low in NEGATIONS:
                 negating = True
             elif low not in stops:  # a verb ends the negation's scope ("no cars, parking")
                 negating = False
             if verb:
-                yield [word], False
-
-
-def _is_verb_run(run: list[str]) -> bool:
-    return len(run) == 1 and run[0].lower().endswith("ing") and len(run[0]) > 5
+                yield [word], False, True
 
 
 def noun_phrases(text: str, extra_stops: frozenset[str] = frozenset()) -> tuple[list[Subject], list[str]]:
@@ -162,10 +158,10 @@ def noun_phrases(text: str, extra_stops: frozenset[str] = frozenset()) -> tuple[
     ``extra_stops`` are more words that end a phrase (an edit's verbs)."""
     subjects: list[Subject] = []
     negated: list[str] = []
-    for run, negating in _runs(text, STOP_WORDS | extra_stops):
+    for run, negating, verb in _runs(text, STOP_WORDS | extra_stops):
         if negating:
             negated.extend(lemma(w) for w in run)
-        elif not _is_verb_run(run) and (subject := _phrase_subject(run)):
+        elif not verb and (subject := _phrase_subject(run)):
             subjects.append(subject)
     return subjects, negated
 
@@ -175,7 +171,7 @@ def prompt_tags(prompt: str, limit: int = 12, words_per_tag: int = 5) -> list[st
     ``["watercolor painting", "fox", "flying"]``. Every content word of the prompt is in one, negated
     words in none (a diffusion model draws what its prompt names, "no people" included)."""
     tags: dict[str, None] = {}
-    for run, negating in _runs(prompt, STOP_WORDS):
+    for run, negating, _ in _runs(prompt, STOP_WORDS):
         if not negating:  # a run longer than a tag may be goes into several tags: no word lost
             for start in range(0, len(run), words_per_tag):
                 tags.setdefault(" ".join(run[start : start + words_per_tag]).replace("’", "'"), None)

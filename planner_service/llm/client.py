@@ -8,6 +8,7 @@ the server may already be generating and must not be sent twice. An unreachable 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ LLMKind = Literal["llamacpp", "vllm", "none"]
 ``structured_outputs.grammar``, or nowhere (any other OpenAI-compatible server)."""
 
 ChatMessage = Mapping[str, str]
+log = logging.getLogger(__name__)
 _CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
@@ -143,11 +145,15 @@ class OpenAIClient:
         if self.kind == "vllm":
             return {"bad_words": list(words)}
         ids: dict[int, None] = {}
-        for word in words:
-            for text in (word, " " + word):
-                tokens = await self._tokenize(text)
-                if len(tokens) == 1:
-                    ids.setdefault(tokens[0], None)
+        try:
+            for word in words:
+                for text in (word, " " + word):
+                    tokens = await self._tokenize(text)
+                    if len(tokens) == 1:
+                        ids.setdefault(tokens[0], None)
+        except LLMError as exc:  # a llama.cpp-like server without /tokenize: plan without the ban
+            log.warning("no banned words for this plan: %s", exc)
+            return {}
         return {"logit_bias": [[token, False] for token in ids]} if ids else {}
 
     async def _tokenize(self, text: str) -> list[int]:

@@ -62,3 +62,20 @@ async def test_other_servers(kind, expected) -> None:
     await client.complete(MESSAGES, SamplingParams(0.6, 0.9, 8, seed=1, banned_words=CAT), None)
     await client.aclose()
     assert {k: seen[0][k] for k in ("bad_words", "logit_bias") if k in seen[0]} == expected
+
+
+async def test_a_server_without_tokenize_plans_without_the_ban() -> None:
+    # A llama.cpp-like server that answers 404 to /tokenize (an Ollama, a proxy): faked, since the
+    # real llama.cpp server has the endpoint. The plan still goes out, without logit_bias.
+    seen: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/tokenize":
+            return httpx.Response(404, text="not found")
+        seen.append(json.loads(request.content))
+        return httpx.Response(200, json={"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}]})
+
+    client = OpenAIClient("http://llm/v1", kind="llamacpp", transport=httpx.MockTransport(handler))
+    completion = await client.complete(MESSAGES, SamplingParams(0.6, 0.9, 8, seed=1, banned_words=CAT), None)
+    await client.aclose()
+    assert completion.text == "hi" and "logit_bias" not in seen[0]
