@@ -54,8 +54,9 @@ class PlannerSettings(ServiceSettings):
     )
     subject_constraints: bool | None = Field(
         default=None,
-        description="Per-request grammar: one region per subject of the prompt, each opening with it; an edit "
-        "rewrites only the regions it names. None: on for the embedded model.",
+        description="Per-request grammar: one region per subject of the prompt, each opening with it, the "
+        "prompt's words opening the global tags; an edit rewrites only the regions it names; negated and "
+        "removed words are banned. None: on for the embedded model.",
     )
     one_shot: bool | None = Field(
         default=None, description="Put a real Omost answer in the context first. None: on for the embedded model."
