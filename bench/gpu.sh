@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU check of the render engine and the full benchmark, in one call on a bare CUDA machine
 # (no internet: torch preinstalled, the other wheels installed by the caller). About 7 minutes on
-# an H200 (--quick: the compiled comparison only, 2.5-4 minutes). Figures print as they come
+# an H200 before the batching bench was added (--quick: the compiled comparison and the batching
+# bench, 3.5-5 minutes; neither timing re-measured since). Figures print as they come
 # and land under $OUT (or ./out/gpu) as logs and JSON.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,12 +27,18 @@ if [ "${1:-}" = "--quick" ]; then
   done
   wait
   python3 bench/gpu_quick.py summary "$OUT" | tee "$OUT/quick_summary.txt"
+  echo "== same-shape batching: 512², 25 steps, 8 jobs, one by one vs batches of 2/4/8"
+  timeout 150 python3 bench/batch_bench.py --full --repeats 1 --json "$OUT/batch.json" 2>&1 \
+    | grep -v Warning | tee "$OUT/batch.log" || status=1
   for side in $sides; do grep -q '"error"' "$OUT/$side.json" 2>/dev/null && status=1; done
   exit $status
 fi
 echo "== full bench: 1024², 25 steps, fp16, eager and compiled"
 timeout 330 python3 bench/render_bench.py --full --compile --repeats 2 --json "$OUT/bench.json" 2>&1 \
   | grep -v Warning | tee "$OUT/bench.log" || status=1
+echo "== same-shape batching: 512², 25 steps, 8 jobs, one by one vs batches of 2/4/8"
+timeout 150 python3 bench/batch_bench.py --full --repeats 1 --json "$OUT/batch.json" 2>&1 \
+  | grep -v Warning | tee "$OUT/batch.log" || status=1
 echo "== CUDA checks (tiny model)"
 timeout 80 python3 bench/gpu_checks.py "$OUT/checks.json" 2>&1 | grep -v Warning | tee "$OUT/checks.log" || status=1
 echo "== end to end with an fp16-safe VAE (eager, 5 regions)"

@@ -102,6 +102,19 @@ class RenderSettings(ServiceSettings):
     warm_up_sizes: str = Field(
         default="1024x1024", description="WIDTHxHEIGHT,... rendered once at worker start when compile is on."
     )
+    batch_max_images: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Images one UNet batch may hold across queued jobs that share size, steps, sampler, hires "
+        "fix and CFG; 1: one job at a time. Jobs join only if already waiting, in queue order.",
+    )
+    batch_max_pixels: int = Field(
+        default=512 * 512,
+        ge=64 * 64,
+        description="Only jobs of at most this many pixels (width x height) are batched: at larger sizes one job "
+        "already fills the device.",
+    )
     worker_name: str | None = Field(default=None, description="Consumer name; hostname-pid-random if unset.")
     claim_idle_seconds: float = Field(
         default=60.0, gt=0, description="A job whose worker sent no heartbeat for this long is reclaimed."

@@ -19,7 +19,7 @@ dynamic). Nothing in diffusers is patched.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -45,6 +45,7 @@ __all__ = [
     "install_regional_processors",
     "layer_size",
     "regional_attention",
+    "stack_jobs",
     "token_bucket",
 ]
 
@@ -391,6 +392,48 @@ class RegionalJob:
                 size = layer_size(latent_size, unet_level(name, levels))
                 inputs[f"{name}.processor"] = self.layer_inputs(module, context[:1], size, dtype)
         return inputs
+
+
+def stack_jobs(inputs: Sequence[dict[str, LayerInputs]], images: Sequence[int], cfg: bool) -> dict[str, LayerInputs]:
+    """The :meth:`RegionalJob.unet_inputs` of several jobs as the inputs of one UNet batch.
+
+    Each job's own rows are ``[negative x images | positive x images]`` (positive only without CFG);
+    the batch's rows are kind-major, ``[negatives of job 1, job 2, ... | positives of job 1, job 2,
+    ...]``, so the sampling loop still splits CFG with one ``chunk(2)``. Every job keeps its own
+    keys, values and masks, so a row sees only its own job's tokens. Adjacent unmasked groups with
+    equal keys and values (jobs with the same negative prompt) become one SDPA call.
+    """
+    if len(inputs) != len(images):
+        raise ValueError(f"{len(inputs)} jobs but {len(images)} image counts")
+    if len(inputs) == 1:
+        return inputs[0]
+    total = sum(images)
+    stacked = {}
+    for name in inputs[0]:
+        groups: list[GroupInputs] = []
+        offset = 0
+        for job_inputs, count in zip(inputs, images, strict=True):
+            for start, stop, key, value, attn_mask in job_inputs[name]:
+                # A group never straddles the negative/positive boundary (RegionalJob checks it).
+                shift = total + offset - count if cfg and start >= count else offset
+                groups.append((start + shift, stop + shift, key, value, attn_mask))
+            offset += count
+        groups.sort(key=lambda group: group[0])
+        merged: list[GroupInputs] = []
+        for group in groups:
+            if merged and _same_unmasked_text(merged[-1], group):
+                merged[-1] = (merged[-1][0], group[1], *merged[-1][2:])
+            else:
+                merged.append(group)
+        stacked[name] = tuple(merged)
+    return stacked
+
+
+def _same_unmasked_text(before: GroupInputs, after: GroupInputs) -> bool:
+    """Whether two adjacent groups can share one attention call: both unmasked, same keys and values."""
+    if before[1] != after[0] or before[4] is not None or after[4] is not None:
+        return False
+    return before[2].shape == after[2].shape and torch.equal(before[2], after[2]) and torch.equal(before[3], after[3])
 
 
 def mark_token_dims_dynamic(inputs: dict[str, LayerInputs]) -> None:

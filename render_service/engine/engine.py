@@ -28,16 +28,15 @@ from render_service.engine.attention import (
     RegionalJob,
     install_regional_processors,
     mark_token_dims_dynamic,
+    stack_jobs,
 )
+from render_service.engine.batching import OnStep, RenderTask, ShouldCancel, batch_key
 from render_service.engine.loading import load_pipeline, load_vae, resolve_device, resolve_dtype
 from render_service.engine.schedulers import make_scheduler
 from render_service.engine.text import EncodedText, OmostTextEncoder
 from render_service.engine.types import RenderCanceled, RenderResult
 from shared.jobs import MAX_SEED, RenderRequest
 from shared.layout import CanvasLayout, layout_canvas
-
-OnStep = Callable[[int, int], None]
-ShouldCancel = Callable[[], bool]
 
 INITIAL_LATENT_BLUR = 40
 """Omost blurs its 90x90 colour composition with an 81x81 box (reflect-padded) before encoding."""
@@ -118,7 +117,59 @@ class _Prepared:
     passes: list[_Pass]
     start: torch.Tensor | None = None
     """The initial latent (``initial_latent_strength``), else None: start from noise."""
-    progress: Any = field(default=None)
+    progress: _Progress | None = field(default=None)
+
+
+@dataclass
+class _Batch:
+    """Jobs denoised as one UNet batch (equal :func:`batch_key`: same size, passes and CFG).
+
+    Rows are kind-major, ``[negatives of every job | positives of every job]`` (see
+    :func:`~render_service.engine.attention.stack_jobs`), latents and noise job after job. The first
+    job's scheduler plans the passes for all: schedulers act on each row alone, so one scheduler
+    over the stacked latents equals one per job. A batch of one is an ordinary render.
+    """
+
+    jobs: list[_Prepared]
+
+    @property
+    def lead(self) -> _Prepared:
+        return self.jobs[0]
+
+    @property
+    def images(self) -> list[int]:
+        return [len(job.seeds) for job in self.jobs]
+
+    @property
+    def generators(self) -> list[torch.Generator]:
+        return [g for job in self.jobs for g in job.generators]
+
+    def start(self) -> torch.Tensor | None:
+        starts = [job.start for job in self.jobs]
+        return None if starts[0] is None else torch.cat(starts)
+
+    def guidance(self, device: torch.device) -> torch.Tensor:
+        """Each image's CFG scale, ``(images, 1, 1, 1)``: jobs of a batch may ask for different ones."""
+        scales = [job.request.guidance_scale for job in self.jobs for _ in job.seeds]
+        return torch.tensor(scales, dtype=torch.float32, device=device)[:, None, None, None]
+
+    def pooled(self, device: torch.device) -> torch.Tensor:
+        negative = [job.encoded.pooled_negative for job in self.jobs for _ in job.seeds] if self.lead.cfg else []
+        positive = [job.encoded.pooled_positive for job in self.jobs for _ in job.seeds]
+        return torch.cat(negative + positive).to(device)
+
+    def check_cancel(self) -> None:
+        """Ask every job; raise only when all of them are canceled. A job canceled alone keeps its rows
+        until the batch ends (schedulers keep per-batch state, so rows cannot leave mid-pass), but it
+        reports no more progress and its result is :class:`RenderCanceled`."""
+        canceled = [job.progress.poll_cancel() for job in self.jobs if job.progress is not None]
+        if all(canceled):
+            raise RenderCanceled(f"canceled after {self.lead.progress.done if self.lead.progress else 0} steps")
+
+    def advance(self) -> None:
+        for job in self.jobs:
+            if job.progress is not None and job.progress.canceled is None:
+                job.progress.advance()
 
 
 class RenderEngine:
@@ -268,23 +319,65 @@ class RenderEngine:
         ``should_cancel()`` is asked before every step and, in an eager UNet, before each of its
         blocks, so a cancel takes effect within one UNet call at any size: :class:`RenderCanceled`.
         """
+        (result,) = self.render_batch([RenderTask(request, on_step, should_cancel)])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def render_batch(self, tasks: Sequence[RenderTask]) -> list[RenderResult | Exception]:
+        """Render jobs of equal :func:`batch_key` as one UNet batch; each job's result or error, in order.
+
+        Each job's images equal those it gets rendered alone (same seeds; within float rounding of
+        a larger batch). A job whose request is invalid gets its ``ValueError`` and the others go on;
+        a job canceled mid-batch gets :class:`RenderCanceled` when the batch ends, and the batch stops
+        early only when every job is canceled. Timings are the batch's, with ``batch_jobs``.
+        """
+        keys = {batch_key(task.request) for task in tasks}
+        if len(keys) > 1:
+            raise ValueError("jobs of one batch must share size, steps, sampler, strength, hires fix and CFG")
         timer = _Timer(self._exec_device)
         started = time.perf_counter()
+        results: list[RenderResult | Exception | None] = [None] * len(tasks)
         with self._render_lock, torch.inference_mode():
+            jobs: list[tuple[int, _Prepared]] = []
             with timer("encode"):
-                prepared = self._prepare(request)
-            prepared.progress = _Progress(sum(len(p.timesteps) for p in prepared.passes), on_step, should_cancel)
-            self._cancel_check = prepared.progress.check_cancel
-            try:
-                latents = self._base_pass(prepared, timer)
-                if prepared.hires_size is not None:
-                    latents = self._hires_pass(prepared, latents, timer)
-            finally:
-                self._cancel_check = None
-            with timer("decode"):
-                images = [_to_pil(p) for p in self._decode(latents)]
-        timings = {**timer.seconds, "total": time.perf_counter() - started}
-        return RenderResult(images=images, seeds=prepared.seeds, timings=timings)
+                for index, task in enumerate(tasks):
+                    try:
+                        prepared = self._prepare(task.request)
+                    except ValueError as exc:
+                        results[index] = exc
+                        continue
+                    steps = sum(len(p.timesteps) for p in prepared.passes)
+                    prepared.progress = _Progress(steps, task.on_step, task.should_cancel)
+                    jobs.append((index, prepared))
+            if jobs:
+                batch = _Batch([prepared for _, prepared in jobs])
+                self._cancel_check = batch.check_cancel
+                try:
+                    latents = self._base_pass(batch, timer)
+                    if batch.lead.hires_size is not None:
+                        latents = self._hires_pass(batch, latents, timer)
+                except RenderCanceled as exc:
+                    for index, prepared in jobs:
+                        assert prepared.progress is not None
+                        results[index] = prepared.progress.canceled or exc
+                    jobs = []
+                finally:
+                    self._cancel_check = None
+            if jobs:
+                with timer("decode"):
+                    images = [_to_pil(p) for p in self._decode(latents)]
+                timings = {**timer.seconds, "total": time.perf_counter() - started}
+                if len(tasks) > 1:
+                    timings["batch_jobs"] = float(len(tasks))
+                for index, prepared in jobs:
+                    assert prepared.progress is not None
+                    count = len(prepared.seeds)
+                    mine, images = images[:count], images[count:]
+                    canceled = prepared.progress.canceled
+                    results[index] = canceled or RenderResult(images=mine, seeds=prepared.seeds, timings=timings)
+        assert all(result is not None for result in results)
+        return results  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ the steps of a render
 
@@ -327,22 +420,23 @@ class RenderEngine:
             start=start,
         )
 
-    def _base_pass(self, prepared: _Prepared, timer: _Timer) -> torch.Tensor:
-        height, width = prepared.size
+    def _base_pass(self, batch: _Batch, timer: _Timer) -> torch.Tensor:
+        height, width = batch.lead.size
         latent_size = (height // self._vae_factor, width // self._vae_factor)
         with timer("denoise"):
-            return self._denoise(prepared, prepared.passes[0], prepared.start, latent_size, prepared.size)
+            return self._denoise(batch, batch.lead.passes[0], batch.start(), latent_size, batch.lead.size)
 
-    def _hires_pass(self, prepared: _Prepared, latents: torch.Tensor, timer: _Timer) -> torch.Tensor:
+    def _hires_pass(self, batch: _Batch, latents: torch.Tensor, timer: _Timer) -> torch.Tensor:
         """Omost's hires fix: decode, bicubic upscale, encode, then an img2img pass at the new size."""
-        assert prepared.hires_size is not None
+        hires_size = batch.lead.hires_size
+        assert hires_size is not None
         with timer("decode"):
             pixels = self._decode(latents)
         with timer("encode"):
-            pixels = F.interpolate(pixels, size=prepared.hires_size, mode="bicubic", align_corners=False).clamp(-1, 1)
+            pixels = F.interpolate(pixels, size=hires_size, mode="bicubic", align_corners=False).clamp(-1, 1)
             start = self._encode(pixels)
         with timer("denoise"):
-            return self._denoise(prepared, prepared.passes[1], start, tuple(start.shape[-2:]), prepared.hires_size)
+            return self._denoise(batch, batch.lead.passes[1], start, tuple(start.shape[-2:]), hires_size)
 
     # ------------------------------------------------------------------ pieces
 
@@ -400,16 +494,18 @@ class RenderEngine:
             flex=self.flex and self.compiled,
         )
 
-    def _regional_inputs(
-        self, job: RegionalJob, context: torch.Tensor, latent_size: tuple[int, int]
-    ) -> dict[str, LayerInputs]:
+    def _regional_inputs(self, batch: _Batch, latent_size: tuple[int, int]) -> dict[str, LayerInputs]:
         """The per-job tensors every cross-attention layer gets through the UNet call (one pass)."""
         hook = getattr(self.unet, "_hf_hook", None)
         if hook is not None:
             # cpu_offload: the projections use the UNet's weights, which accelerate moves to the
             # device only in its pre-forward hook; run that hook now.
             hook.pre_forward(self.unet)
-        inputs = job.unet_inputs(self.unet, context, latent_size, self.dtype)
+        per_job = [
+            job.job.unet_inputs(self.unet, job.encoded.tokens.to(self._exec_device), latent_size, self.dtype)
+            for job in batch.jobs
+        ]
+        inputs = stack_jobs(per_job, batch.images, batch.lead.cfg)
         if self.compiled:
             mark_token_dims_dynamic(inputs)
         return inputs
@@ -422,15 +518,14 @@ class RenderEngine:
 
     def _denoise(
         self,
-        prepared: _Prepared,
+        batch: _Batch,
         plan: _Pass,
         start: torch.Tensor | None,
         latent_size: tuple[int, int],
         pixel_size: tuple[int, int],
     ) -> torch.Tensor:
         scheduler, timesteps = plan.scheduler, plan.timesteps
-        generators, encoded, cfg = prepared.generators, prepared.encoded, prepared.cfg
-        guidance_scale = prepared.request.guidance_scale
+        generators, cfg = batch.generators, batch.lead.cfg
         images = len(generators)
         noise = self._noise(generators, latent_size)
         if start is None:
@@ -440,11 +535,11 @@ class RenderEngine:
             latents = scheduler.add_noise(start.to(noise), noise, first)
 
         rows = 2 * images if cfg else images
-        tokens = encoded.tokens.to(self._exec_device)
-        context = tokens.expand(rows, -1, -1)
-        pooled = torch.cat(([encoded.pooled_negative] * images if cfg else []) + [encoded.pooled_positive] * images).to(
-            self._exec_device
-        )
+        # The processors read each job's text through ``regional``; the UNet's signature still
+        # wants a sequence per row, and the first job's serves (nothing else in SDXL reads it).
+        context = batch.lead.encoded.tokens.to(self._exec_device).expand(rows, -1, -1)
+        pooled = batch.pooled(self._exec_device)
+        guidance = batch.guidance(self._exec_device)
         # SDXL's micro-conditioning: original size = target size = the render, no crop.
         height, width = pixel_size
         time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=self.dtype, device=self._exec_device)
@@ -453,14 +548,13 @@ class RenderEngine:
         if "generator" in inspect.signature(scheduler.step).parameters:
             step_kwargs["generator"] = generators  # ancestral samplers: per-image noise streams
 
-        regional = {"regional": self._regional_inputs(prepared.job, tokens, latent_size)}
+        regional = {"regional": self._regional_inputs(batch, latent_size)}
         if self.compiled:
             # The processors read the text through ``regional``; the raw sequence still passes
             # through the UNet's signature, so its length must not be a guard either.
             torch._dynamo.maybe_mark_dynamic(context, 1)
-        progress = prepared.progress
         for t in timesteps:
-            progress.check_cancel()
+            batch.check_cancel()
             model_input = torch.cat([latents, latents]) if cfg else latents
             model_input = scheduler.scale_model_input(model_input, t).to(self.dtype)
             prediction = self._unet_call(
@@ -469,9 +563,9 @@ class RenderEngine:
             )[0].float()  # fmt: skip
             if cfg:
                 negative, positive = prediction.chunk(2)
-                prediction = negative + guidance_scale * (positive - negative)
+                prediction = negative + guidance * (positive - negative)
             latents = scheduler.step(prediction, t, latents, return_dict=False, **step_kwargs)[0]
-            progress.advance()
+            batch.advance()
         return latents
 
     def _initial_latent(self, layout: CanvasLayout, height: int, width: int) -> torch.Tensor:
@@ -505,17 +599,20 @@ class RenderEngine:
 
 
 class _Progress:
-    """Counts steps over all passes of a job; reports them and checks for cancel."""
+    """Counts steps over all passes of a job; reports them and remembers whether it was canceled."""
 
     def __init__(self, total: int, on_step: OnStep | None, should_cancel: ShouldCancel | None) -> None:
         self.total = total
         self.done = 0
         self.on_step = on_step
         self.should_cancel = should_cancel
+        self.canceled: RenderCanceled | None = None
 
-    def check_cancel(self) -> None:
-        if self.should_cancel is not None and self.should_cancel():
-            raise RenderCanceled(f"canceled after {self.done} of {self.total} steps")
+    def poll_cancel(self) -> bool:
+        """Whether the job is canceled; asks ``should_cancel`` until it first says yes."""
+        if self.canceled is None and self.should_cancel is not None and self.should_cancel():
+            self.canceled = RenderCanceled(f"canceled after {self.done} of {self.total} steps")
+        return self.canceled is not None
 
     def advance(self) -> None:
         self.done += 1

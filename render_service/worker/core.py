@@ -1,7 +1,10 @@
-"""The render worker: one process, one device, one job at a time from the Redis stream.
+"""The render worker: one process, one device, one job (or one batch of jobs) at a time from the Redis stream.
 
 The loop is *take -> render -> settle*; every state change is a transition of
-:mod:`shared.queue`. Guarantees, and how they are kept:
+:mod:`shared.queue`. With ``batch_max_images`` above 1, *take* goes on reading while the next
+queued jobs can share the first one's UNet batch (:func:`~render_service.engine.batching.batch_key`,
+sides within ``batch_max_pixels``); each job of a batch is still claimed, beaten for, canceled and
+settled on its own. Guarantees, and how they are kept:
 
 * **A job is rendered by one live worker.** ``XREADGROUP`` hands each entry to one consumer. While
   rendering, the :class:`~render_service.worker.heartbeat.Heartbeat` resets the entry's idle time
@@ -35,7 +38,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from types import FrameType
@@ -47,13 +50,14 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 from redis.retry import Retry
 
-from render_service.engine import ModelNotFoundError, RenderCanceled, RenderEngine
+from render_service.engine import ModelNotFoundError, RenderCanceled, RenderEngine, RenderResult
+from render_service.engine.batching import RenderTask, batch_key
 from render_service.images import S3Images, describe, image_keys, is_transient, register, sweep
 from render_service.settings import RenderSettings, configure_logging
 from render_service.webhooks import deliver
 from render_service.worker.heartbeat import Heartbeat, owner_is_alive
 from render_service.worker.retry import REDIS_ERRORS, RetryPolicy, Stopping
-from shared.jobs import JobStatus
+from shared.jobs import JobStatus, RenderRequest
 from shared.queue import (
     Delivery,
     Rec,
@@ -111,7 +115,10 @@ class Worker:
         # retries: during an outage they fail fast instead of stalling the render.
         fast = {"protocol": 2, "socket_timeout": 2, "socket_connect_timeout": 2, "retry": Retry(NoBackoff(), 0)}
         self.step_redis = redis.Redis.from_url(url, **fast)
-        self.current: _Running | None = None
+        self.current: list[_Running] = []
+        """The jobs being rendered now (one unless batching)."""
+        self._held: tuple[str, Mapping[Any, Any]] | None = None
+        """An entry read while filling a batch that could not join it: this worker's next job."""
         self._stop_requested_at: float | None = None
         self._webhooks = ThreadPoolExecutor(max_workers=2, thread_name_prefix="webhook")
         self.images = S3Images(settings) if settings.image_store == "s3" else None
@@ -119,7 +126,7 @@ class Worker:
         self._sweeper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-sweep")
         self._sweeping: Future[None] | None = None
         self.retry = RetryPolicy(
-            self.name, settings.redis_retry_seconds, give_up=lambda: self.stopping and self.current is None
+            self.name, settings.redis_retry_seconds, give_up=lambda: self.stopping and not self.current
         )
         self.heartbeat = Heartbeat(
             redis.Redis.from_url(url, **fast),
@@ -128,7 +135,7 @@ class Worker:
             interval=settings.heartbeat_interval,
             claim_idle_seconds=settings.claim_idle_seconds,
             info={"model": engine.model_name, "device": engine.device},
-            current=lambda: self.current.delivery if self.current else None,
+            holding=self._holding,
             on_webhook=self._schedule_webhook,
             on_beat=self._sweep_soon if self.images is not None else None,
         )
@@ -161,28 +168,34 @@ class Worker:
         signal.signal(signal.SIGINT, handler)
 
     def run(self) -> None:
-        """Take -> render -> settle, one job at a time, until asked to stop."""
+        """Take -> render -> settle, one job (or batch) at a time, until asked to stop."""
         fields = {"worker": self.name, "model": self.engine.model_name, "device": self.engine.device}
         log.info("worker starting", extra={"fields": fields})
         try:
             self.retry(self._ensure_group, "create consumer group", forever=True)
             self.heartbeat.start()
             while not self.stopping:
-                entry = self.retry(self._take, "read the job stream", forever=True)
+                entry, self._held = self._held, None
+                if entry is None:
+                    entry = self.retry(self._take, "read the job stream", forever=True)
                 if entry is None:
                     continue
                 running = self._claim(*entry)
                 if running is None:
                     continue
-                self.current = running
+                batch = self.current = [running]
                 try:
                     self._publish_claim()
-                    outcome = self._render(running)
-                    if outcome.pngs and self.images is not None:
-                        outcome = self._upload(running, outcome)  # still heartbeating for the job
+                    self._fill(batch)
+                    outcomes = self._render(batch)
+                    if self.images is not None:
+                        # Still heartbeating for every job of the batch.
+                        outcomes = [self._upload(r, o) if o.pngs else o for r, o in zip(batch, outcomes, strict=True)]
                 finally:
-                    self.current = None
-                self._settle(running, outcome)
+                    self.current = []
+                for running, outcome in zip(batch, outcomes, strict=True):
+                    self._settle(running, outcome)
+            self._give_back_held()
         except Stopping:
             pass
         finally:
@@ -204,27 +217,87 @@ class Worker:
         with contextlib.suppress(*REDIS_ERRORS):
             self.heartbeat.publish()
 
+    def _holding(self) -> list[tuple[str, str]]:
+        """(job id, entry id) of every stream entry this worker must keep alive: the jobs it renders and
+        the entry it holds for next (its job may be unknown: a malformed message is dead-lettered later)."""
+        held = [(r.delivery.job_id, r.delivery.entry_id) for r in self.current]
+        entry = self._held
+        if entry is not None:
+            try:
+                job_id = decode_message(entry[1]).job_id
+            except ValueError:
+                job_id = ""
+            held.append((job_id, entry[0]))
+        return held
+
     # --- take ----------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _group_may_vanish(self) -> Iterator[None]:
+        """A Redis without persistence that restarted has no stream: recreate it, and read again later."""
+        try:
+            yield
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._ensure_group()
 
     def _take(self) -> tuple[str, Mapping[Any, Any]] | None:
         """The next stream entry for this worker: an abandoned one first (it is older), else a new one."""
-        keys = self.keys
-        try:
+        with self._group_may_vanish():
             reclaimed = self._reclaim()
             if reclaimed is not None or self.stopping:
                 return reclaimed
-            answer = self.redis.xreadgroup(
-                keys.group, self.name, {keys.stream: ">"}, count=1, block=int(self.settings.block_seconds * 1000)
-            )
-        except ResponseError as exc:
-            if "NOGROUP" in str(exc):
-                # The stream vanished (a Redis without persistence restarted): recreate and go on.
-                self._ensure_group()
-                return None
-            raise
-        for entry_id, fields in read_entries(answer):
-            return entry_id, fields
+            return self._read_new(block_seconds=self.settings.block_seconds)
         return None
+
+    def _read_new(self, block_seconds: float | None) -> tuple[str, Mapping[Any, Any]] | None:
+        """The next never-delivered entry; waits up to ``block_seconds`` for one (None: answers at once)."""
+        keys = self.keys
+        block = None if block_seconds is None else int(block_seconds * 1000)
+        with self._group_may_vanish():
+            answer = self.redis.xreadgroup(keys.group, self.name, {keys.stream: ">"}, count=1, block=block)
+            for entry_id, fields in read_entries(answer):
+                return entry_id, fields
+        return None
+
+    def _fill(self, batch: list[_Running]) -> None:
+        """Claim the next queued jobs while they can join the first one's UNet batch.
+
+        Only jobs already waiting join (no wait for more), in stream order: the first entry that
+        cannot join is held as this worker's next job, so no job is overtaken by a later one.
+        """
+        limit, first = self.settings.batch_max_images, batch[0].delivery.message.request
+        if limit <= 1 or first.width * first.height > self.settings.batch_max_pixels:
+            return
+        key, images = batch_key(first), first.num_images
+        while images < limit and not self.stopping:
+            entry = self.retry(lambda: self._read_new(block_seconds=None), "read the job stream")
+            if entry is None:
+                return
+            request: RenderRequest | None
+            try:
+                request = decode_message(entry[1]).request
+            except ValueError:
+                request = None  # _claim dead-letters it when its turn comes
+            if request is None or batch_key(request) != key or images + request.num_images > limit:
+                self._held = entry
+                return
+            running = self._claim(*entry)
+            if running is not None:
+                batch.append(running)
+                images += request.num_images
+                self._publish_claim()
+
+    def _give_back_held(self) -> None:
+        """On shutdown, a held entry goes back to the queue at once (claimed, then requeued like a job
+        stopped mid-render) rather than waiting in this worker's pending list to be reclaimed."""
+        entry, self._held = self._held, None
+        if entry is None:
+            return
+        running = self._claim(*entry)
+        if running is not None:
+            self._settle(running, _Outcome(None))
 
     def _reclaim(self) -> tuple[str, Mapping[Any, Any]] | None:
         """XCLAIM a pending entry idle past our deadline whose owner no longer beats for it."""
@@ -287,10 +360,32 @@ class Worker:
 
     # --- render --------------------------------------------------------------------------------
 
-    def _render(self, running: _Running) -> _Outcome:
+    def _render(self, batch: list[_Running]) -> list[_Outcome]:
+        """Render the batch in one engine call; each job's outcome, in order.
+
+        A batch of several that fails as a whole (out of memory, say) is rendered again job by job,
+        so a job is failed only by its own render.
+        """
+        started = time.monotonic()
+        tasks = [self._task(running, started) for running in batch]
+        try:
+            results: list[RenderResult | Exception] = self.engine.render_batch(tasks)
+        except Exception as exc:
+            if len(batch) == 1:
+                results = [exc]
+            else:
+                log.exception(
+                    "batch render failed; rendering its jobs one by one", extra={"fields": {"jobs": len(batch)}}
+                )
+                return [outcome for running in batch for outcome in self._render([running])]
+        render_seconds = time.monotonic() - started
+        return [self._outcome(r, result, started, render_seconds) for r, result in zip(batch, results, strict=True)]
+
+    def _task(self, running: _Running, started: float) -> RenderTask:
+        """The job's request with its progress writes and its cancel check (user, shutdown, time limit, superseded)."""
         keys, delivery = self.keys, running.delivery
         job_key = keys.job(delivery.job_id)
-        started = last_step = time.monotonic()
+        last_step = started
 
         def on_step(done: int, total: int) -> None:
             nonlocal last_step
@@ -327,20 +422,26 @@ class Worker:
                 return True
             return False
 
-        try:
-            result = self.engine.render(delivery.message.request, on_step=on_step, should_cancel=should_cancel)
-        except RenderCanceled:
+        return RenderTask(delivery.message.request, on_step=on_step, should_cancel=should_cancel)
+
+    def _outcome(
+        self, running: _Running, result: RenderResult | Exception, started: float, render_seconds: float
+    ) -> _Outcome:
+        delivery = running.delivery
+        if isinstance(result, RenderCanceled):
             if running.cancel_reason == "user":
                 return _Outcome("canceled", message="canceled while running")
             if running.cancel_reason == "time limit":
-                error = f"stopped after {time.monotonic() - started:.1f} s: over the per-job time limit of {limit} s"
+                error = (
+                    f"stopped after {time.monotonic() - started:.1f} s: over the per-job time limit of "
+                    f"{self.settings.max_job_seconds} s"
+                )
                 return _Outcome("failed", error=error)
             return _Outcome(None)
-        except Exception as exc:
+        if isinstance(result, Exception):
             # Any engine failure fails this job (it would fail again), not the worker.
-            log.exception("render failed", extra={"fields": {"job": delivery.job_id}})
-            return _Outcome("failed", error=f"render failed: {type(exc).__name__}: {exc}"[:2000])
-        render_seconds = time.monotonic() - started
+            log.error("render failed", exc_info=result, extra={"fields": {"job": delivery.job_id}})
+            return _Outcome("failed", error=f"render failed: {type(result).__name__}: {result}"[:2000])
         pngs = []
         for image in result.images:
             buffer = io.BytesIO()

@@ -13,7 +13,7 @@ from typing import Any
 import redis
 
 from render_service.worker.retry import REDIS_ERRORS
-from shared.queue import Delivery, QueueKeys, text
+from shared.queue import QueueKeys, text
 
 log = logging.getLogger("render_service.worker")
 
@@ -23,10 +23,11 @@ FORGET_AFTER_SECONDS = 600.0
 class Heartbeat:
     """Every ``interval`` seconds, on its own thread and its own fail-fast connection:
 
-    * ``ZADD {p}workers`` and the ``{p}worker:{name}`` hash, which names the entry being rendered
-      and this worker's claim deadline, so another worker (whatever *its* settings) can tell that
-      the entry's owner is alive and must not reclaim it;
-    * ``XCLAIM ... JUSTID`` of that entry, which resets its idle time without counting a delivery;
+    * ``ZADD {p}workers`` and the ``{p}worker:{name}`` hash, which names the entries this worker
+      holds (``holding()``: (job id, entry id) of the jobs it renders, comma-separated when it
+      renders a batch) and its claim deadline, so another worker (whatever *its* settings) can tell
+      that an entry's owner is alive and must not reclaim it;
+    * ``XCLAIM ... JUSTID`` of those entries, which resets their idle time without counting a delivery;
     * pops due webhooks from the outbox (jobs canceled while queued) and hands them to ``on_webhook``;
     * calls ``on_beat`` (the worker hands it expired images to delete, on another thread).
     """
@@ -40,7 +41,7 @@ class Heartbeat:
         interval: float,
         claim_idle_seconds: float,
         info: dict[str, str],
-        current: Callable[[], Delivery | None],
+        holding: Callable[[], list[tuple[str, str]]],
         on_webhook: Callable[[str], None],
         on_beat: Callable[[], None] | None = None,
     ) -> None:
@@ -50,7 +51,7 @@ class Heartbeat:
         self.interval = interval
         self.claim_idle_seconds = claim_idle_seconds
         self.info = info
-        self.current = current
+        self.holding = holding
         self.on_webhook = on_webhook
         self.on_beat = on_beat
         self._exit = threading.Event()
@@ -73,7 +74,7 @@ class Heartbeat:
     def publish(self) -> None:
         """One beat now (the worker calls it right after taking a job, so its claim is visible at once)."""
         keys = self.keys
-        delivery = self.current()
+        held = self.holding()
         now = time.time()
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.zadd(keys.workers, {self.name: now})
@@ -84,16 +85,16 @@ class Heartbeat:
                 **self.info,
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
-                "job": delivery.job_id if delivery else "",
-                "entry": delivery.entry_id if delivery else "",
+                "job": ",".join(job_id for job_id, _ in held),
+                "entry": ",".join(entry_id for _, entry_id in held),
                 "claim_idle_seconds": repr(self.claim_idle_seconds),
                 "beat_at": repr(now),
             }
             pipe.hset(keys.worker(self.name), mapping=fields)
             pipe.expire(keys.worker(self.name), max(1, int(3 * self.interval) + 1))
             pipe.execute()
-        if delivery is not None:
-            self._touch(delivery)
+        for _, entry_id in held:
+            self._touch(entry_id)
 
     def _loop(self) -> None:
         while not self._exit.is_set():
@@ -109,22 +110,18 @@ class Heartbeat:
                 log.exception("heartbeat crashed")
             self._exit.wait(self.interval)
 
-    def _touch(self, delivery: Delivery) -> None:
+    def _touch(self, entry_id: str) -> None:
         """Reset the idle time of our pending entry so no other worker reclaims it."""
         keys = self.keys
-        pending = self.redis.xpending_range(
-            keys.stream, keys.group, min=delivery.entry_id, max=delivery.entry_id, count=1
-        )
+        pending = self.redis.xpending_range(keys.stream, keys.group, min=entry_id, max=entry_id, count=1)
         # Only re-claim what is still ours: XCLAIM with min-idle 0 would otherwise steal it back.
         if pending and text(pending[0]["consumer"]) == self.name:
-            self.redis.xclaim(
-                keys.stream, keys.group, self.name, min_idle_time=0, message_ids=[delivery.entry_id], justid=True
-            )
+            self.redis.xclaim(keys.stream, keys.group, self.name, min_idle_time=0, message_ids=[entry_id], justid=True)
 
 
 def owner_is_alive(client: redis.Redis, keys: QueueKeys, consumer: str, entry_id: str) -> bool:
     """Whether ``consumer`` is beating for ``entry_id`` within the claim deadline *it* published."""
-    entry, deadline, beat_at = client.hmget(keys.worker(consumer), ["entry", "claim_idle_seconds", "beat_at"])
-    if entry is None or deadline is None or beat_at is None or text(entry) != entry_id:
+    entries, deadline, beat_at = client.hmget(keys.worker(consumer), ["entry", "claim_idle_seconds", "beat_at"])
+    if entries is None or deadline is None or beat_at is None or entry_id not in text(entries).split(","):
         return False
     return time.time() - float(text(beat_at)) < float(text(deadline))

@@ -49,8 +49,11 @@ def test_compiled_unet_is_one_graph_for_every_canvas(engine: RenderEngine, tiny_
     few, many = request(steps=2), request(canvas=MANY_REGIONS, steps=2)
     assert len(compiled._prepare(few).encoded.tokens[0]) != len(compiled._prepare(many).encoded.tokens[0])
     for req in (few, many):
-        ours = pixels(compiled.render(req))[0]
-        assert np.array_equal(ours, pixels(engine.render(req))[0]), "the traced graph computes what eager does"
+        ours = pixels(compiled.render(req))[0].astype(int)
+        gap = np.abs(ours - pixels(engine.render(req))[0].astype(int))
+        # The traced graph computes what eager does; on some CPUs (AVX-512 Xeon, not AMD EPYC) its
+        # kernels round differently, which moved one pixel of 12,288 by one grey level.
+        assert gap.max() <= 1 and (gap > 0).mean() < 1e-3, (gap.max(), (gap > 0).mean())
     assert len(graphs) == 1, "token counts in different buckets reuse the one graph"
     assert graph_calls(graphs, torch._C._nn.scaled_dot_product_attention) > 0, "the processors were traced"
 
