@@ -11,9 +11,12 @@ images per job) twice:
 2. **queue**: all 20 submitted at once; the wall time runs from the first POST to the last
    ``finished_at``.
 
-It prints images per minute under the queue and ``queue wall / sum of single-job times - 1``, the
-queue's overhead (target <= 3 %), plus the overhead against the engine's own render time of the same
-queued jobs (what the worker adds around ``RenderEngine.render``: claims, progress, PNGs, records).
+With ``--batch N`` the worker batches waiting jobs of one shape (``OMOST_RENDER_BATCH_MAX_IMAGES``;
+the single jobs are alone anyway), so the queue's figure includes what batching gains;
+``--same-shape`` makes every job batchable. It prints images per minute under the queue and
+``queue wall / sum of single-job times - 1``, the queue's overhead (target <= 3 %), plus the
+overhead against the engine's own render time of the same queued jobs (what the worker adds around
+``RenderEngine.render``: claims, progress, PNGs, records; a batch's time counted once).
 The first single job against the same job in the queue shows whether the worker started warm. On
 a shared machine the load average is printed with the figures: other processes inflate both sides.
 
@@ -57,8 +60,12 @@ def canvas(regions: int) -> dict[str, Any]:
             "local_descriptions": local}  # fmt: skip
 
 
-def mixed_jobs(count: int, scale: int, seed: int) -> list[dict[str, Any]]:
-    """``count`` jobs of mixed shape: sides of 8·scale·{8, 12, 16}, 0-5 regions, 2-6 steps, 1-2 images."""
+def mixed_jobs(count: int, scale: int, seed: int, same_shape: bool = False) -> list[dict[str, Any]]:
+    """``count`` jobs of mixed shape: sides of 8·scale·{8, 12, 16}, 0-5 regions, 2-6 steps, 1-2 images.
+
+    ``same_shape``: every job 8·scale·12 square and 4 steps (what a worker can batch); canvases,
+    seeds and image counts still differ.
+    """
     rng = random.Random(seed)
     sides = [8 * scale * n for n in (8, 12, 16)]
     jobs = []
@@ -67,6 +74,8 @@ def mixed_jobs(count: int, scale: int, seed: int) -> list[dict[str, Any]]:
             {"canvas": canvas(rng.randint(0, 5)), "width": rng.choice(sides), "height": rng.choice(sides),
              "steps": rng.choice([2, 3, 4, 6]), "num_images": rng.choice([1, 1, 1, 2]), "seed": n}
         )  # fmt: skip
+        if same_shape:
+            jobs[-1].update(width=sides[1], height=sides[1], steps=4)
     return jobs
 
 
@@ -116,16 +125,20 @@ def main() -> int:
     parser.add_argument("--scale", type=int, default=1, help="image sides are 8·scale·{8,12,16} px (1: 64-128 px)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="the worker's torch CPU threads (CPU runs)")
+    parser.add_argument("--batch", type=int, default=1, help="OMOST_RENDER_BATCH_MAX_IMAGES (1: no batching)")
+    parser.add_argument("--same-shape", action="store_true", help="every job one size and step count (batchable)")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     args = parser.parse_args()
 
-    jobs = mixed_jobs(args.jobs, args.scale, args.seed)
+    jobs = mixed_jobs(args.jobs, args.scale, args.seed, args.same_shape)
     sizes = sorted({(j["width"], j["height"]) for j in jobs})
     worker_env = {
         "OMOST_RENDER_DEVICE": args.device, "OMOST_RENDER_DTYPE": args.dtype,
         "OMOST_RENDER_COMPILE": "1" if args.compile else "0",
         "OMOST_RENDER_WARM_UP_SIZES": ",".join(f"{w}x{h}" for w, h in sizes),
         "OMOST_RENDER_BLOCK_SECONDS": "5", "OMP_NUM_THREADS": str(args.threads),
+        "OMOST_RENDER_BATCH_MAX_IMAGES": str(args.batch),
+        "OMOST_RENDER_BATCH_MAX_PIXELS": str(max(w * h for w, h in sizes)),
     }  # fmt: skip
     load_before = os.getloadavg()
     with render_stack(
@@ -143,12 +156,15 @@ def main() -> int:
 
     images = sum(j["num_images"] for j in jobs)
     single_sum = sum(worker_seconds(r) for r in single)
-    engine_sum = sum(r["timings"]["total"] for r in queued)
+    # Every job of a batch reports the batch's time: count it once.
+    engine_sum = sum(r["timings"]["total"] / r["timings"].get("batch_jobs", 1) for r in queued)
     figures = {
         "machine": machine(),
         "device": args.device,
         "model": args.model or "tiny (random weights)",
         "compile": args.compile,
+        "batch_max_images": args.batch,
+        "queued_jobs_in_batches": sum("batch_jobs" in r["timings"] for r in queued),
         "jobs": len(jobs),
         "images": images,
         "sizes": [f"{w}x{h}" for w, h in sizes],
@@ -179,6 +195,9 @@ def main() -> int:
     print(f"worker CPU time: single jobs {figures['worker_cpu_s_single']:.2f} s, queue "
           f"{figures['worker_cpu_s_queue']:.2f} s -> overhead {cpu_overhead:+.1f} %")  # fmt: skip
     print(f"first job alone / same job in the queue: {figures['first_job_single_vs_queued']:.2f} (1.0: warm start)")
+    if args.batch > 1:
+        print(f"batching up to {args.batch} images: {figures['queued_jobs_in_batches']} of {len(jobs)} queued jobs "
+              "shared a batch")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0

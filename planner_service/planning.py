@@ -17,7 +17,7 @@ from planner_service.llm.client import ChatStream, Completion, OpenAIClient, Sam
 from planner_service.metrics import PlannerMetrics
 from planner_service.prompting import build_messages, previous_canvas, with_canvas
 from planner_service.settings import PlannerSettings
-from planner_service.subjects import extract_subjects, noun_phrases, prompt_tags, word_forms
+from planner_service.subjects import distinct_subjects, noun_phrases, prompt_tags, word_forms
 from shared.canvas import Canvas
 from shared.grammar import ContentLimits, Profile, RegionShape, omost_grammar
 from shared.jobs import MAX_SEED
@@ -162,8 +162,8 @@ class Planner:
             if patch is None:
                 return Shaping(self.grammar)
             return Shaping(self._shaped(profile, patch.shapes), patch, previous, _spellings(patch.gone))
-        subjects = extract_subjects(request.prompt, MAX_SUBJECT_REGIONS)
-        negated = noun_phrases(request.prompt)[1]
+        phrases, negated = noun_phrases(request.prompt)
+        subjects = distinct_subjects(phrases, MAX_SUBJECT_REGIONS)
         if not subjects:
             return Shaping(self.grammar, banned_words=_spellings(negated))
         shapes = tuple(RegionShape(_capitalised(s.phrase)) for s in subjects)

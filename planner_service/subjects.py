@@ -189,7 +189,12 @@ def word_forms(word: str) -> tuple[str, ...]:
 
 def extract_subjects(prompt: str, limit: int = 8) -> list[Subject]:
     """The distinct subjects of a prompt (by head lemma), first ``limit`` of them."""
+    return distinct_subjects(noun_phrases(prompt)[0], limit)
+
+
+def distinct_subjects(subjects: list[Subject], limit: int = 8) -> list[Subject]:
+    """The first subject of each head lemma, first ``limit`` of them (a prompt's phrases, parsed once)."""
     found: dict[str, Subject] = {}
-    for subject in noun_phrases(prompt)[0]:
+    for subject in subjects:
         found.setdefault(subject.head, subject)
     return list(found.values())[:limit]

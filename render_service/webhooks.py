@@ -171,7 +171,7 @@ def deliver(
         retrying = Retrying(
             retry=retry_if_exception(_retryable),
             stop=stop_after_attempt(max_attempts),
-            wait=wait_exponential_jitter(initial=0.5, max=30.0),
+            wait=wait_exponential_jitter(multiplier=0.5, max=30.0),
             reraise=True,
         )
         try:

@@ -64,7 +64,7 @@ class RetryPolicy:
 
         retrying = Retrying(
             retry=retry_if_exception(transient) if transient else retry_if_exception_type(REDIS_ERRORS),
-            wait=wait_exponential_jitter(initial=0.1, max=5.0),
+            wait=wait_exponential_jitter(multiplier=0.1, max=5.0),
             stop=(lambda _state: self.give_up()) if forever else stop_after_delay(seconds or self.write_seconds),
             before_sleep=before_sleep,
             reraise=not forever,
