@@ -7,7 +7,9 @@ compile's time. Sides:
 
 * ``stock``: diffusers' ``StableDiffusionXLPipeline`` with ``torch.compile(unet, fullgraph=True)``;
 * ``flex``: our engine compiled with regional attention through FlexAttention (``flex=True``);
-* ``sdpa``: our engine compiled with the SDPA path (the default).
+* ``sdpa``: our engine compiled with the SDPA path (the default);
+* ``graphs``: the SDPA path compiled with ``mode="reduce-overhead"`` (CUDA graphs: one replay per
+  step instead of ~1,500 kernel launches; not yet measured).
 
 Before compiling, our sides render the same jobs eagerly through the SDPA path: the equivalence
 reference.
@@ -39,7 +41,8 @@ from bench.render_bench import StepClock, Stock, canvas_with, ours, peak_gib, re
 from render_service.engine import RenderEngine  # noqa: E402
 from render_service.engine.tiny import FULL, TINY, build_random_pipeline  # noqa: E402
 
-ORDER = ("stock", "flex", "sdpa")
+ORDER = ("stock", "flex", "sdpa", "graphs")
+"""``graphs``: the SDPA path compiled with ``mode="reduce-overhead"`` (CUDA graphs)."""
 
 
 def wait_for(paths: list[Path], timeout: float) -> None:
@@ -90,7 +93,8 @@ def main() -> int:
             stock.pipe.unet = torch.compile(stock.unet, backend=args.backend, fullgraph=True)
             stock.denoise(args.size, 2, clock())
         else:
-            engine.compile_unet(backend=args.backend, flex=side == "flex")
+            mode = "reduce-overhead" if side == "graphs" else None
+            engine.compile_unet(backend=args.backend, mode=mode, flex=side == "flex")
             ours(engine, canvas_with(1), args.size, 2, clock())
         report["compile_s"] = time.perf_counter() - started
         log(f"compiled, first call {report['compile_s']:.1f} s")
@@ -149,7 +153,7 @@ def summary(folder: Path) -> None:
     stock = reports.get("stock", {}).get("rows", {})
     stock_s = next(iter(stock.values()), {}).get("denoise")
     print(f"{'side':<6}{'regions':>8}{'denoise s':>10}{'/ stock':>8}{'e2e s':>8}{'peak GiB':>9}  gap vs eager SDPA")
-    for name in ("stock", "flex", "sdpa"):
+    for name in ORDER:
         for count, row in reports.get(name, {}).get("rows", {}).items():
             ratio = row["denoise"] / stock_s if stock_s else float("nan")
             print(f"{name:<6}{count:>8}{row['denoise']:>10.3f}{ratio:>8.2f}{row.get('e2e', float('nan')):>8.3f}"

@@ -195,6 +195,8 @@ class Worker:
                     self.current = []
                 for running, outcome in zip(batch, outcomes, strict=True):
                     self._settle(running, outcome)
+            # Only on a clean stop: when Redis is down (Stopping) the held entry stays pending and
+            # is reclaimed by another worker after the claim deadline.
             self._give_back_held()
         except Stopping:
             pass
@@ -272,7 +274,10 @@ class Worker:
             return
         key, images = batch_key(first), first.num_images
         while images < limit and not self.stopping:
-            entry = self.retry(lambda: self._read_new(block_seconds=None), "read the job stream")
+            try:
+                entry = self._read_new(block_seconds=None)
+            except REDIS_ERRORS:
+                return  # an outage: render what is claimed; the stream is read again after it
             if entry is None:
                 return
             request: RenderRequest | None
