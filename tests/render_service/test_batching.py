@@ -20,17 +20,12 @@ from PIL import Image
 from render_service.worker.heartbeat import owner_is_alive
 from shared.queue import GROUP, text
 from tests.render_service.helpers import Stack, render_stack, submit, unique_prefix, wait_for, wait_terminal
+from tests.render_service.test_workers import CLAIM_IDLE_SECONDS
+from tests.render_service.test_workers import SETTINGS as WORKER_SETTINGS
 from tests.support import RedisServer, wait_until
 
-CLAIM_IDLE_SECONDS = 2.0
-SETTINGS = {
-    "claim_idle_seconds": CLAIM_IDLE_SECONDS,
-    "heartbeat_seconds": 0.25,
-    "shutdown_grace_seconds": 0.5,
-    "block_seconds": 0.5,
-    "batch_max_images": 5,
-    "batch_max_pixels": 64 * 64,
-}
+# The short deadlines of the multi-worker tests, so heartbeats are put to work within seconds.
+SETTINGS = {**WORKER_SETTINGS, "batch_max_images": 5, "batch_max_pixels": 64 * 64}
 STEPS = 150
 """Enough that a batch of three outlives the claim deadline (about 2 s per 100 steps here)."""
 OTHER_CANVAS = {"global_description": {"description": "a blue boat on a lake", "HTML_web_color_name": "blue"}}
