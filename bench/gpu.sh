@@ -37,8 +37,8 @@ fi
 echo "== full bench: 1024², 25 steps, fp16, eager and compiled"
 timeout 330 python3 bench/render_bench.py --full --compile --repeats 2 --json "$OUT/bench.json" 2>&1 \
   | grep -v Warning | tee "$OUT/bench.log" || status=1
-echo "== same-shape batching: 512², 25 steps, 8 jobs, one by one vs batches of 2/4/8"
-timeout 150 python3 bench/batch_bench.py --full --repeats 1 --json "$OUT/batch.json" 2>&1 \
+echo "== same-shape batching: 512², 25 steps, 4 jobs, one by one vs one batch (--quick: 8 jobs, 2/4/8)"
+timeout 100 python3 bench/batch_bench.py --full --jobs 4 --batches 1,4 --repeats 1 --json "$OUT/batch.json" 2>&1 \
   | grep -v Warning | tee "$OUT/batch.log" || status=1
 echo "== CUDA checks (tiny model)"
 timeout 80 python3 bench/gpu_checks.py "$OUT/checks.json" 2>&1 | grep -v Warning | tee "$OUT/checks.log" || status=1

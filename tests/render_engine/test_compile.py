@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from render_service.engine import ModelNotFoundError, RenderCanceled, RenderEngine
+from render_service.engine import ModelNotFoundError, RenderCanceled, RenderEngine, RenderResult
+from render_service.engine.batching import RenderTask
 from render_service.engine.engine import parse_sizes
 from render_service.engine.loading import load_pipeline
 from render_service.engine.tiny import TINY, build_random_pipeline
@@ -56,6 +57,25 @@ def test_compiled_unet_is_one_graph_for_every_canvas(engine: RenderEngine, tiny_
         assert gap.max() <= 1 and (gap > 0).mean() < 1e-3, (gap.max(), (gap > 0).mean())
     assert len(graphs) == 1, "token counts in different buckets reuse the one graph"
     assert graph_calls(graphs, torch._C._nn.scaled_dot_product_attention) > 0, "the processors were traced"
+
+
+def test_a_compiled_batch_is_one_more_graph_with_no_break(engine: RenderEngine, tiny_model: Path) -> None:
+    """Same-shape batching under ``fullgraph=True``: a batch of two jobs (their own masks, a merged
+    negative group) traces without a break into one graph of its own, reused by the next batch of
+    that make-up, and renders what the eager engine renders."""
+    compiled, graphs = counting_compile(tiny_model, flex=False)
+    jobs = [request(steps=1, seed=1), request(canvas=MANY_REGIONS, steps=1, seed=2)]
+    compiled.render(jobs[0])
+    assert len(graphs) == 1
+    for _ in range(2):
+        batched = compiled.render_batch([RenderTask(job) for job in jobs])
+        eager = engine.render_batch([RenderTask(job) for job in jobs])
+        for ours, theirs in zip(batched, eager, strict=True):
+            assert isinstance(ours, RenderResult) and isinstance(theirs, RenderResult)
+            gap = np.abs(pixels(ours)[0].astype(int) - pixels(theirs)[0].astype(int))
+            assert gap.max() <= 1, gap.max()
+    assert len(graphs) == 2, "one more graph for the batch, and only one"
+    torch._dynamo.reset()
 
 
 def test_flex_compiled_unet_is_one_graph_and_matches_the_sdpa_path(engine: RenderEngine, tiny_model: Path) -> None:
