@@ -112,6 +112,19 @@ def test_one_job_of_a_batch_is_canceled_alone(stack: Stack) -> None:
     assert http.get(f"/v1/renders/{canceled}/images/0").status_code == 409
 
 
+def test_the_next_job_renders_while_the_last_one_settles(stack: Stack) -> None:
+    """PNG encoding and the record write run on the settle thread: a 1024² PNG of noise takes
+    0.2-0.3 s here, a claim a few milliseconds, so the next job starts before the last one ends."""
+    http = stack.http
+    blocker = submit(http, steps=60)
+    rendering(stack, blocker)
+    big, small = submit(http, steps=1, width=1024, height=1024), submit(http, steps=1, seed=9)
+    records = [wait_terminal(http, job_id, 120) for job_id in (big, small)]
+    assert all(record["status"] == "succeeded" for record in records)
+    assert records[1]["started_at"] < records[0]["finished_at"], "rendering and settling overlap"
+    assert len(image(stack, big)) == 1024
+
+
 def test_sigterm_gives_the_batch_and_the_held_job_back(stack: Stack) -> None:
     http, r, keys = stack.http, stack.redis, stack.keys
     blocker = submit(http, steps=60)
