@@ -19,12 +19,13 @@ if [ "${1:-}" = "--quick" ]; then
   # SDPA path: one process per side, compiling at once, then timing in turns (bench/gpu_quick.py).
   # QUICK_SIDES="stock flex sdpa" adds the FlexAttention path (its compile is the long pole: the
   # three sides took 256 s on an H200; stock + sdpa should take about 150 s). The default adds
-  # "graphs" (the SDPA path under CUDA graphs, mode="reduce-overhead"), never measured yet;
+  # "packed" (packed attention: FlashAttention varlen over the allowed pixel-token pairs, eager and
+  # compiled) and "graphs" (the SDPA path under CUDA graphs, mode="reduce-overhead"), never measured yet;
   # QUICK_SIDES="stock-tuned tuned" compares both with diffusers' channels-last + inductor flags.
-  sides="${QUICK_SIDES:-stock sdpa graphs}"
-  rm -f "$OUT"/*.ready "$OUT"/*.done "$OUT"/stock.json "$OUT"/flex.json "$OUT"/sdpa.json "$OUT"/graphs.json
+  sides="${QUICK_SIDES:-stock sdpa packed graphs}"
+  rm -f "$OUT"/*.ready "$OUT"/*.done; for side in $sides; do rm -f "$OUT/$side.json"; done
   for side in $sides; do
-    timeout 225 python3 bench/gpu_quick.py --side "$side" --sides "${sides// /,}" --dir "$OUT" 2>&1 \
+    timeout 270 python3 bench/gpu_quick.py --side "$side" --sides "${sides// /,}" --dir "$OUT" 2>&1 \
       | grep -v Warning | tee "$OUT/quick_$side.log" &
   done
   wait

@@ -30,6 +30,7 @@ from render_service.engine.attention import (  # noqa: E402
     regional_attention,
     token_bucket,
 )
+from render_service.engine.packed import packed_attend, packed_kernel, packed_key_scale, packed_mask  # noqa: E402
 from render_service.engine.tiny import build_tiny_model  # noqa: E402
 from shared.jobs import RenderRequest  # noqa: E402
 
@@ -108,6 +109,42 @@ def main() -> int:
         error_plain = float((plain.double().cpu() - ref).norm() / ref.norm())
         return error < 5e-3, f"rel. error padded {error:.2e}, unpadded {error_plain:.2e} ({tokens}->{padded} tokens)"
 
+    def packed_attention() -> tuple[bool, object]:
+        # FlashAttention's varlen kernel (fp16 and bf16) on SDXL's head shape, conditions as
+        # rectangles over a 32x32 level, one vanished, two images, against float64.
+        gen = torch.Generator().manual_seed(2)
+        rows, heads, side, dim = 2, 10, 32, 64
+        covered = torch.zeros(6, side, side, dtype=torch.bool)
+        covered[0] = True
+        for c, (top, left, size) in enumerate([(0, 0, 20), (10, 12, 16), (20, 0, 12), (4, 20, 10)], start=1):
+            covered[c, top : top + size, left : left + size] = True
+        covered = covered.flatten(1)  # condition 5 covers nothing
+        owner = torch.repeat_interleave(torch.arange(6), torch.tensor([154, 77, 154, 77, 231, 77]))
+        scale = (covered.shape[1] / covered.sum(1).clamp(min=1).float())[owner]
+        q = torch.randn(rows, heads, side * side, dim, generator=gen)
+        k, v = (torch.randn(1, heads, len(owner), dim, generator=gen) for _ in range(2))
+        ref = regional_attention(q.double(), k.double(), v.double(), covered[owner].T, scale.double())
+        mask = packed_mask(covered.cuda(), owner.cuda(), rows)
+        errors = {}
+        for dtype in (torch.float16, torch.bfloat16):
+            key = fold_token_scale(k.cuda().to(dtype), scale.cuda(), packed_key_scale(1 / math.sqrt(dim), dim))
+            packed_k, packed_v = (t[0].transpose(0, 1).contiguous() for t in (key, v.cuda().to(dtype)))
+            out = packed_attend(q.cuda().to(dtype).transpose(1, 2), packed_k, packed_v, mask).transpose(1, 2)
+            errors[str(dtype)] = float((out.double().cpu() - ref).norm() / ref.norm())
+        kernel = packed_kernel("cuda", torch.float16)
+        ok = kernel == "flash-varlen" and errors["torch.float16"] < 5e-3 and errors["torch.bfloat16"] < 3e-2
+        return ok, f"kernel {kernel}, rel. error {errors}"
+
+    def packed_render() -> tuple[bool, object]:
+        sdpa = pixels(fp16, request(num_images=2))
+        fp16.set_attention("packed")
+        try:
+            packed = pixels(fp16, request(num_images=2))
+        finally:
+            fp16.set_attention("sdpa")
+        gap = int(np.abs(packed - sdpa).max())
+        return gap <= 2, f"max grey-level gap packed vs SDPA path, fp16 {gap}"
+
     def tiled_decode() -> tuple[bool, object]:
         engine = RenderEngine.load(model, device="cuda", dtype="fp32")
         latents = torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(1))
@@ -140,6 +177,8 @@ def main() -> int:
         ("bf16 render", bf16_render),
         ("cpu_offload", cpu_offload),
         ("mask padding (efficient SDPA kernel, fp16)", mask_padding),
+        ("packed attention (FlashAttention varlen, fp16/bf16)", packed_attention),
+        ("packed render equals the SDPA path (fp16)", packed_render),
         ("tiled fp32 decode", tiled_decode),
         ("cancel inside a UNet call", cancel_inside_step),
     ]:

@@ -8,6 +8,9 @@ compile's time. Sides:
 * ``stock``: diffusers' ``StableDiffusionXLPipeline`` with ``torch.compile(unet, fullgraph=True)``;
 * ``flex``: our engine compiled with regional attention through FlexAttention (``flex=True``);
 * ``sdpa``: our engine compiled with the SDPA path (the default);
+* ``packed``: our engine compiled with packed attention (``set_attention("packed")``: only the
+  pixel-token pairs a region allows, FlashAttention's varlen kernel; not yet measured), and its
+  eager denoise times beside the eager SDPA path's;
 * ``graphs``: the SDPA path compiled with ``mode="reduce-overhead"`` (CUDA graphs: one replay per
   step instead of ~1,500 kernel launches; not yet measured);
 * ``stock-tuned`` and ``tuned``: stock and our SDPA path with a channels-last UNet and the inductor
@@ -16,7 +19,7 @@ compile's time. Sides:
   against tuned stock.
 
 Before compiling, our sides render the same jobs eagerly through the SDPA path: the equivalence
-reference.
+reference (its denoise seconds are reported as ``eager``).
 
 Each prints its figures and writes ``<side>.json``: per region count the denoise seconds (the same
 step clock as ``render_bench.py``), our end-to-end ``render`` seconds, the peak GPU memory of the
@@ -45,7 +48,7 @@ from bench.render_bench import StepClock, Stock, canvas_with, ours, peak_gib, re
 from render_service.engine import RenderEngine  # noqa: E402
 from render_service.engine.tiny import FULL, TINY, build_random_pipeline  # noqa: E402
 
-ORDER = ("stock", "flex", "sdpa", "graphs", "stock-tuned", "tuned")
+ORDER = ("stock", "flex", "sdpa", "packed", "graphs", "stock-tuned", "tuned")
 TUNED = ("stock-tuned", "tuned")
 """Sides compiled the way diffusers' "accelerate inference" tutorial compiles SDXL: channels-last
 UNet and its inductor flags (1x1 convolutions as matmuls, coordinate-descent tuning, no epilogue
@@ -101,9 +104,21 @@ def main() -> int:
         engine = RenderEngine.from_pipeline(pipeline, model_name="random-sdxl", device=device, dtype=dtype)
         reference: dict[int, list[np.ndarray]] = {}
         if not side.startswith("stock"):
+            report["eager"] = {}
             for count in counts:  # the equivalence reference: eager, SDPA path
-                reference[count] = ours(engine, canvas_with(count), args.size, args.steps, clock())[2]
-            log("eager SDPA reference rendered")
+                denoise, _, reference[count] = ours(engine, canvas_with(count), args.size, args.steps, clock())
+                report["eager"][count] = {"sdpa": denoise}
+            log(f"eager SDPA reference rendered: {report['eager']}")
+        if side == "packed":
+            for count in counts:  # warm now: eager SDPA again, then eager packed, turn by turn
+                row = report["eager"][count]
+                for attention in ("sdpa", "packed"):
+                    engine.set_attention(attention)
+                    denoise, _, images = ours(engine, canvas_with(count), args.size, args.steps, clock())
+                    row[f"{attention}_warm"] = denoise
+                gaps = [np.abs(a.astype(int) - b.astype(int)) for a, b in zip(reference[count], images, strict=True)]
+                row["packed_max_gap"] = int(max(g.max() for g in gaps))
+            log(f"eager packed rendered: {report['eager']}")
         started = time.perf_counter()
         if side in TUNED:  # process-wide flags: each side is its own process
             tune_inductor(engine.unet)
@@ -178,6 +193,8 @@ def summary(folder: Path) -> None:
         rows = reports.get(name, {}).get("rows", {})
         return next(iter(rows.values()), {}).get("denoise")
 
+    for count, row in reports.get("packed", {}).get("eager", {}).items():
+        print(f"eager, {count} regions: denoise s {row}")
     print(f"{'side':<12}{'regions':>8}{'denoise s':>10}{'/ stock':>8}{'e2e s':>8}{'peak GiB':>9}  gap vs eager SDPA")
     for name in ORDER:
         stock_s = stock_seconds("stock-tuned" if name in TUNED else "stock")  # like with like

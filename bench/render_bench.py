@@ -41,6 +41,7 @@ from render_service.engine import RenderEngine  # noqa: E402
 from render_service.engine.loading import resolve_dtype  # noqa: E402
 from render_service.engine.schedulers import make_scheduler  # noqa: E402
 from render_service.engine.tiny import FULL, MID, TINY, build_random_pipeline, build_tiny_model  # noqa: E402
+from render_service.engine.types import ATTENTION_KINDS  # noqa: E402
 from shared.canvas import Canvas  # noqa: E402
 from shared.contract import AREAS, LOCATIONS  # noqa: E402
 from shared.jobs import RenderRequest  # noqa: E402
@@ -289,6 +290,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile", action="store_true", help="also time both UNets under torch.compile")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     parser.add_argument("--fp16-vae", action="store_true", help="treat the random VAE as fp16-safe (no upcast)")
+    parser.add_argument(
+        "--attention", choices=ATTENTION_KINDS, default="sdpa", help="our regional attention (set_attention)"
+    )
     args = parser.parse_args(argv)
     if args.full:
         if not torch.cuda.is_available():
@@ -300,6 +304,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
 
     engine = load_engine(args)
+    engine.set_attention(args.attention)
     device = engine.device
     cpu_clock = torch.device(device).type == "cpu" and torch.get_num_threads() == 1
 
@@ -310,11 +315,13 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"device {device} ({machine}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
         f"dtype {engine.dtype}, {size}x{size}, {args.steps} steps, CFG 5, DPM++ 2M Karras, min of {args.repeats}, "
-        f"clock: {'thread CPU time' if cpu_clock else 'wall'}, ours decodes tiled: {engine.tiled_decode}",
+        f"clock: {'thread CPU time' if cpu_clock else 'wall'}, ours decodes tiled: {engine.tiled_decode}, "
+        f"attention: {engine.attention}",
         flush=True,
     )
     report: dict[str, Any] = {"device": device, "machine": machine, "torch": torch.__version__, "size": size,
-                              "steps": args.steps, "dtype": str(engine.dtype)}  # fmt: skip
+                              "steps": args.steps, "dtype": str(engine.dtype),
+                              "attention": engine.attention}  # fmt: skip
 
     def save() -> None:
         if args.json:

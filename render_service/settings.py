@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from render_service.engine.types import AttentionKind
 from shared.jobs import DEFAULT_MAX_MEGAPIXEL_STEPS
 from shared.queue import DEFAULT_TTL_SECONDS, QueueKeys
 from shared.service.logging import configure_logging
@@ -98,6 +99,11 @@ class RenderSettings(ServiceSettings):
     )
     compile: bool = Field(
         default=False, description="torch.compile the UNet (GPU); compiled at worker start for warm_up_sizes."
+    )
+    attention: AttentionKind = Field(
+        default="sdpa",
+        description="Regional attention: sdpa (one masked SDPA call over all tokens) or packed (only the pixel-token "
+        "pairs a region allows, FlashAttention's varlen kernel on CUDA fp16/bf16). Same images within rounding.",
     )
     warm_up_sizes: str = Field(
         default="1024x1024", description="WIDTHxHEIGHT,... rendered once at worker start when compile is on."

@@ -26,6 +26,8 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from render_service.engine.packed import PackedMask, packed_attend, packed_key_scale, packed_mask
+
 try:  # the processors need diffusers; the pure maths below does not.
     from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 except ImportError:  # pragma: no cover - diffusers is a render extra
@@ -233,9 +235,12 @@ def unet_level(name: str, levels: int) -> int:
     raise ValueError(f"cannot tell the resolution of attention layer {name!r}")
 
 
-GroupInputs = tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor | FlexMask | None]
-"""One group's share of a cross-attention call: (first row, end row, folded keys ``(1, heads, T, d)``,
-values, additive mask ``(1, 1, N, T)``, :class:`FlexMask` or None)."""
+GroupMask = torch.Tensor | FlexMask | PackedMask | None
+"""How a group's rows see its tokens: an additive SDPA mask ``(1, 1, N, T)``, a :class:`FlexMask`,
+a :class:`~render_service.engine.packed.PackedMask`, or None (every pixel sees every token)."""
+GroupInputs = tuple[int, int, torch.Tensor, torch.Tensor, GroupMask]
+"""One group's share of a cross-attention call: (first row, end row, folded keys, values, mask).
+Keys and values are ``(1, heads, T, d)``, or ``(T, heads, d)`` with a :class:`PackedMask`."""
 LayerInputs = tuple[GroupInputs, ...]
 
 
@@ -275,9 +280,10 @@ class RegionalJob:
     :data:`MASK_ALIGNMENT` (eager: fewer masked tokens to attend over)."""
     flex: bool = False
     """Masks as :class:`FlexMask` for :func:`flex_attend` (compiled UNets) instead of SDPA biases."""
-    mask_cache: dict[
-        tuple[int, int, torch.dtype], list[tuple[torch.Tensor | FlexMask | None, torch.Tensor]]
-    ] = field(default_factory=dict)
+    packed: bool = False
+    """Masks as :class:`PackedMask` for :func:`~render_service.engine.packed.packed_attend`: only
+    the allowed (pixel, token) pairs are computed (eager or compiled)."""
+    mask_cache: dict[tuple[int, int, torch.dtype], list[tuple[GroupMask, torch.Tensor]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         token_kind = self.condition_kind[self.token_condition]
@@ -325,9 +331,8 @@ class RegionalJob:
 
     def group_masks(
         self, height: int, width: int, device: torch.device, dtype: torch.dtype
-    ) -> list[tuple[torch.Tensor | FlexMask | None, torch.Tensor]]:
-        """Per group: (SDPA mask ``(1, 1, N, T_bucket)``, :class:`FlexMask` or None, token scale
-        ``(T_k,)``), cached per size."""
+    ) -> list[tuple[GroupMask, torch.Tensor]]:
+        """Per group: (its :data:`GroupMask`, token scale ``(T_k,)``), cached per size."""
         key = (height, width, dtype)
         cached = self.mask_cache.get(key)
         if cached is None:
@@ -335,8 +340,10 @@ class RegionalJob:
             cached = []
             for group in self.groups:
                 conditions = group.conditions.to(device)
-                mask: torch.Tensor | FlexMask | None = None
-                if group.masked:
+                mask: GroupMask = None
+                if group.masked and self.packed:
+                    mask = packed_mask(covered, conditions, group.rows.stop - group.rows.start)
+                elif group.masked:
                     count = len(conditions)
                     tokens = token_bucket(count) if self.bucket_tokens else -(-count // MASK_ALIGNMENT) * MASK_ALIGNMENT
                     if self.flex:
@@ -370,8 +377,12 @@ class RegionalJob:
         masks = self.group_masks(*size, device=key.device, dtype=dtype)
         result = []
         for group, (attn_mask, token_scale) in zip(self.groups, masks, strict=True):
-            folded = fold_token_scale(key[:, :, group.tokens], token_scale, attn.scale)
             group_value = value[:, :, group.tokens]
+            if isinstance(attn_mask, PackedMask):
+                folded = fold_token_scale(key[:, :, group.tokens], token_scale, packed_key_scale(attn.scale, head_dim))
+                result.append((group.rows.start, group.rows.stop, *_varlen_layout(folded, group_value), attn_mask))
+                continue
+            folded = fold_token_scale(key[:, :, group.tokens], token_scale, attn.scale)
             if attn_mask is not None:
                 tokens = len(attn_mask.token_condition) if isinstance(attn_mask, FlexMask) else attn_mask.shape[-1]
                 folded = _pad_tokens(folded, tokens)
@@ -392,6 +403,11 @@ class RegionalJob:
                 size = layer_size(latent_size, unet_level(name, levels))
                 inputs[f"{name}.processor"] = self.layer_inputs(module, context[:1], size, dtype)
         return inputs
+
+
+def _varlen_layout(key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(1, heads, T, d)`` -> ``(T, heads, d)``, contiguous: the layout of variable-length attention."""
+    return key[0].transpose(0, 1).contiguous(), value[0].transpose(0, 1).contiguous()
 
 
 def stack_jobs(inputs: Sequence[dict[str, LayerInputs]], images: Sequence[int], cfg: bool) -> dict[str, LayerInputs]:
@@ -441,6 +457,11 @@ def mark_token_dims_dynamic(inputs: dict[str, LayerInputs]) -> None:
     for layer in inputs.values():
         for _, _, key, value, attn_mask in layer:
             if attn_mask is None:
+                continue
+            if isinstance(attn_mask, PackedMask):
+                # Tokens, packed queries, conditions and slots all vary with the canvas.
+                for tensor in (key, value, *attn_mask):
+                    torch._dynamo.maybe_mark_dynamic(tensor, 0)
                 continue
             for tensor in (key, value):
                 torch._dynamo.maybe_mark_dynamic(tensor, 2)
@@ -516,7 +537,9 @@ class RegionalCrossAttnProcessor:
         for start, stop, key, value, attn_mask in groups:
             count = stop - start
             rows = query[start:stop]
-            if isinstance(attn_mask, FlexMask):
+            if isinstance(attn_mask, PackedMask):
+                outputs.append(packed_attend(rows.transpose(1, 2), key, value, attn_mask).transpose(1, 2))
+            elif isinstance(attn_mask, FlexMask):
                 outputs.append(flex_attend(rows, key, value, attn_mask).to(rows.dtype))
             else:
                 outputs.append(attend(rows, key.expand(count, -1, -1, -1), value.expand(count, -1, -1, -1), attn_mask))

@@ -34,7 +34,7 @@ from render_service.engine.batching import OnStep, RenderTask, ShouldCancel, bat
 from render_service.engine.loading import load_pipeline, load_vae, resolve_device, resolve_dtype
 from render_service.engine.schedulers import make_scheduler
 from render_service.engine.text import EncodedText, OmostTextEncoder
-from render_service.engine.types import RenderCanceled, RenderResult
+from render_service.engine.types import ATTENTION_KINDS, AttentionKind, RenderCanceled, RenderResult
 from shared.jobs import MAX_SEED, RenderRequest
 from shared.layout import CanvasLayout, layout_canvas
 
@@ -192,6 +192,8 @@ class RenderEngine:
         self.compiled = False
         self.flex = False
         """Regional attention through FlexAttention (compiled UNets only; see :meth:`compile_unet`)."""
+        self.attention: AttentionKind = "sdpa"
+        """How positive rows attend to their regions; see :meth:`set_attention`."""
         self._unet_call: Callable[..., Any] = self.unet
         self._offloaded = offloaded
         self._render_lock = threading.Lock()
@@ -215,18 +217,19 @@ class RenderEngine:
         config: str | None = None,
         vae: str | None = None,
         compile: bool = False,
+        attention: AttentionKind = "sdpa",
     ) -> RenderEngine:
         """Load ``model`` (hub id, diffusers folder or single .safetensors file) once per process.
 
         ``config`` only matters for single files: a diffusers folder or hub id with SDXL's
         component configs. ``vae`` replaces the checkpoint's VAE (a hub id or diffusers folder of an
         ``AutoencoderKL``, e.g. the fp16-safe ``madebyollin/sdxl-vae-fp16-fix``). ``compile``
-        compiles the UNet (see :meth:`compile_unet`). Raises :class:`ModelNotFoundError` when the
-        model cannot be found.
+        compiles the UNet (see :meth:`compile_unet`); ``attention`` is :meth:`set_attention`'s. Raises
+        :class:`ModelNotFoundError` when the model cannot be found.
         """
         resolved_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, resolved_device)
-        key = (str(model), resolved_device, str(torch_dtype), cpu_offload, config, vae, compile)
+        key = (str(model), resolved_device, str(torch_dtype), cpu_offload, config, vae, compile, attention)
         with cls._load_lock:
             engine = cls._loaded.get(key)
             if engine is None:
@@ -236,6 +239,7 @@ class RenderEngine:
                 engine = cls.from_pipeline(
                     pipeline, model_name=str(model), device=resolved_device, dtype=torch_dtype, cpu_offload=cpu_offload
                 )
+                engine.set_attention(attention)
                 if compile:
                     engine.compile_unet()
                 cls._loaded[key] = engine
@@ -280,6 +284,17 @@ class RenderEngine:
         self._unet_call = torch.compile(self.unet, backend=backend, mode=mode, fullgraph=True)
         self.compiled = True
         self.flex = flex
+
+    def set_attention(self, kind: AttentionKind) -> None:
+        """How the positive rows attend to their regions, from the next job on: ``sdpa`` (default;
+        one SDPA call over all of the job's tokens with an additive mask) or ``packed`` (only the
+        allowed pixel-token pairs, one variable-length sequence per condition; FlashAttention's
+        varlen kernel on CUDA in fp16/bf16, see ``packed.py``). Both give the same images within
+        rounding; which is faster depends on the device. FlexAttention (``compile_unet(flex=True)``)
+        takes precedence when set."""
+        if kind not in ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION_KINDS)}; got {kind!r}")
+        self.attention = kind
 
     def warm_up(
         self, sizes: Sequence[tuple[int, int]] = ((1024, 1024),), *, num_images: int = 1, steps: int = 2
@@ -492,6 +507,7 @@ class RenderEngine:
             row_kind=torch.tensor(kinds, dtype=torch.long),
             bucket_tokens=self.compiled,
             flex=self.flex and self.compiled,
+            packed=self.attention == "packed" and not (self.flex and self.compiled),
         )
 
     def _regional_inputs(self, batch: _Batch, latent_size: tuple[int, int]) -> dict[str, LayerInputs]:

@@ -670,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         engine = RenderEngine.load(
             settings.model, device=settings.device, dtype=settings.dtype, cpu_offload=settings.cpu_offload,
-            vae=settings.vae, compile=settings.compile,
+            vae=settings.vae, compile=settings.compile, attention=settings.attention,
         )  # fmt: skip
     except ModelNotFoundError as exc:
         log.error("cannot load the model", extra={"fields": {"model": settings.model, "error": str(exc)}})

@@ -1,0 +1,174 @@
+"""Regional attention computed only where it is allowed: variable-length attention per condition.
+
+The SDPA path (:func:`render_service.engine.attention.attend`) scores every pixel against every
+token of the positive prompt and masks most of the scores away: on real Omost canvases a pixel may
+see 35-60 % of the tokens (12 regions: 34 %), yet it pays for all of them, on the
+memory-efficient kernel that takes a bias. Here each condition is one sequence of a
+variable-length ("varlen") attention call: its queries are the pixels it covers (in every row of
+the group), its keys its own tokens. No masked pair is computed, and on CUDA in fp16/bf16 the call
+is FlashAttention's varlen kernel (:func:`torch.nn.attention.varlen.varlen_attn`), no bias.
+
+A pixel covered by several conditions gets one partial result per condition, each with its
+log-sum-exp; softmax over the union of their tokens is the LSE-weighted sum of the partials,
+``out = sum_c exp(lse_c - logsumexp_c lse_c) out_c``. The partials are laid out in *slots* (the
+k-th condition covering a pixel goes to slot k), so the merge is a softmax over slots and a
+weighted sum: deterministic, no atomic adds. Scores keep Omost's per-token factor folded into the
+keys, as on the SDPA path.
+
+Everything is a tensor or a size read from a tensor's shape (a custom op with a fake kernel), so
+``torch.compile`` traces it in one graph whose token, condition and slot counts are dynamic.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["PackedMask", "packed_attend", "packed_attention", "packed_kernel", "packed_key_scale", "packed_mask"]
+
+
+class PackedMask(NamedTuple):
+    """A masked group's mask as varlen sequences, one per condition (made once per job and size).
+
+    Rows of the group and pixels are flattened as ``row * pixels + pixel`` ("places")."""
+
+    gather: torch.Tensor
+    """(Q,) long: the place of each packed query; sequence c holds the places its condition covers."""
+    slot: torch.Tensor
+    """(Q,) long: where each packed query's partial result goes, ``slot * places + place``."""
+    cu_seq_q: torch.Tensor
+    """(C + 1,) int32: cumulative packed queries per condition."""
+    cu_seq_k: torch.Tensor
+    """(C + 1,) int32: cumulative tokens per condition (a condition's tokens are contiguous)."""
+    slots: torch.Tensor
+    """(K,): only its length is read -- the most conditions covering one pixel (dynamic when compiled)."""
+
+
+def packed_mask(covered: torch.Tensor, token_condition: torch.Tensor, rows: int) -> PackedMask:
+    """The :class:`PackedMask` of a group: ``covered`` (conditions, N) bool at one resolution,
+    ``token_condition`` (T,) the condition of each of the group's tokens, ``rows`` rows of the batch."""
+    conditions, counts = torch.unique_consecutive(token_condition, return_counts=True)
+    if len(torch.unique(conditions)) != len(conditions):
+        raise ValueError("a condition's tokens must be contiguous for packed attention")
+    cover = covered[conditions]  # (C, N), in token order
+    pixels = cover.shape[1]
+    # Packed queries in (condition, row, pixel) order: nonzero() walks the expanded mask that way.
+    condition, row, pixel = cover[:, None, :].expand(-1, rows, -1).nonzero(as_tuple=True)
+    place = row * pixels + pixel
+    rank = torch.cumsum(cover.to(torch.long), dim=0) - 1  # the k-th condition covering a pixel: slot k
+    slot = rank[condition, pixel] * (rows * pixels) + place
+    per_condition = cover.sum(dim=1) * rows
+    zero = torch.zeros(1, dtype=torch.long, device=cover.device)
+    cu_seq_q = torch.cat([zero, per_condition.cumsum(0)]).to(torch.int32)
+    cu_seq_k = torch.cat([zero, counts.to(cover.device).cumsum(0)]).to(torch.int32)
+    slots = torch.arange(int(cover.sum(dim=0).max()), device=cover.device)
+    return PackedMask(place, slot, cu_seq_q, cu_seq_k, slots)
+
+
+def packed_key_scale(softmax_scale: float, head_dim: int) -> float:
+    """The factor folded into packed keys beside each token's: the kernel applies its default
+    ``1/sqrt(head_dim)`` (every torch version has that; not every one takes ``scale=``)."""
+    return softmax_scale * math.sqrt(head_dim)
+
+
+def _varlen_flash() -> Callable[..., tuple[torch.Tensor, torch.Tensor]] | None:
+    """FlashAttention's varlen kernel with the log-sum-exp, or None on a torch without it."""
+    try:
+        from torch.nn.attention.varlen import AuxRequest, varlen_attn
+    except ImportError:  # the reference kernel serves
+        return None
+    return functools.partial(varlen_attn, return_aux=AuxRequest(lse=True))
+
+
+def packed_kernel(device: torch.device | str, dtype: torch.dtype) -> str:
+    """Which kernel :func:`packed_attention` runs for these inputs: ``flash-varlen`` or ``reference``."""
+    flash = torch.device(device).type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+    return "flash-varlen" if flash and _varlen_flash() is not None else "reference"
+
+
+def _reference(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seq_q: torch.Tensor, cu_seq_k: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence by sequence in fp32, explicit softmax: the CPU kernel, and CUDA's in fp32."""
+    heads, dim = query.shape[1], query.shape[2]
+    out = torch.zeros_like(query)
+    lse = torch.full((heads, query.shape[0]), float("-inf"), dtype=torch.float32, device=query.device)
+    starts_q, starts_k = cu_seq_q.tolist(), cu_seq_k.tolist()
+    for q0, q1, k0, k1 in zip(starts_q, starts_q[1:], starts_k, starts_k[1:], strict=False):
+        if q1 == q0 or k1 == k0:
+            continue
+        q = query[q0:q1].transpose(0, 1).float()
+        k = key[k0:k1].transpose(0, 1).float()
+        v = value[k0:k1].transpose(0, 1).float()
+        scores = (q @ k.transpose(1, 2)) / math.sqrt(dim)
+        lse[:, q0:q1] = torch.logsumexp(scores, dim=-1)
+        out[q0:q1] = (torch.softmax(scores, dim=-1) @ v).transpose(0, 1).to(out.dtype)
+    return out, lse
+
+
+@torch.library.custom_op("omost::packed_attention", mutates_args=())
+def packed_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seq_q: torch.Tensor,
+    cu_seq_k: torch.Tensor,
+    max_q: int,
+    max_k: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Variable-length attention, softmax scale ``1/sqrt(d)``: query ``(Q, H, d)``, keys and values
+    ``(T, H, d)``, sequence i = queries ``cu_seq_q[i]:cu_seq_q[i+1]`` x keys ``cu_seq_k[i]:...``.
+    Returns the output ``(Q, H, d)`` and the log-sum-exp ``(H, Q)`` in fp32 (FlashAttention's layout).
+    ``max_q``/``max_k`` bound the longest sequence (upper bounds are fine)."""
+    return _reference(query, key, value, cu_seq_q, cu_seq_k)
+
+
+@packed_attention.register_kernel("cuda")
+def _packed_attention_cuda(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seq_q: torch.Tensor,
+    cu_seq_k: torch.Tensor,
+    max_q: int,
+    max_k: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    flash = _varlen_flash()
+    if flash is None or query.dtype not in (torch.float16, torch.bfloat16):
+        return _reference(query, key, value, cu_seq_q, cu_seq_k)
+    out, lse = flash(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k)
+    return out, lse.float()
+
+
+@packed_attention.register_fake
+def _packed_attention_fake(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seq_q: torch.Tensor,
+    cu_seq_k: torch.Tensor,
+    max_q: int,
+    max_k: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    lse = query.new_empty((query.shape[1], query.shape[0]), dtype=torch.float32)
+    return torch.empty_like(query), lse
+
+
+def packed_attend(rows: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: PackedMask) -> torch.Tensor:
+    """Regional attention of a group's ``rows`` ``(R, N, H, d)`` over its tokens (keys folded with
+    each token's factor and :func:`packed_key_scale`, ``(T, H, d)``); returns ``(R, N, H, d)``."""
+    count, pixels, heads, dim = rows.shape
+    places = count * pixels
+    query = rows.reshape(places, heads, dim).index_select(0, mask.gather)
+    # Bounds from shapes, not Python ints: a compiled graph then guards on nothing per canvas.
+    out, lse = packed_attention(query, key, value, mask.cu_seq_q, mask.cu_seq_k, places, key.shape[0])
+    slots = mask.slots.shape[0]
+    partial_lse = lse.new_full((heads, slots * places), float("-inf")).index_copy(1, mask.slot, lse)
+    weight = torch.softmax(partial_lse.view(heads, slots, places), dim=1)
+    partial = out.new_zeros((slots * places, heads, dim)).index_copy(0, mask.slot, out)
+    merged = torch.einsum("hkp,kphd->phd", weight, partial.view(slots, places, heads, dim).float())
+    return merged.to(rows.dtype).view(count, pixels, heads, dim)
