@@ -22,6 +22,7 @@ Everything is a tensor or a size read from a tensor's shape (a custom op with a 
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -75,11 +76,14 @@ def packed_key_scale(softmax_scale: float, head_dim: int) -> float:
     return softmax_scale * math.sqrt(head_dim)
 
 
+@functools.cache
 def _varlen_flash() -> Callable[..., tuple[torch.Tensor, torch.Tensor]] | None:
     """FlashAttention's varlen kernel with the log-sum-exp, or None on a torch without it."""
     try:
         from torch.nn.attention.varlen import AuxRequest, varlen_attn
     except ImportError:  # the reference kernel serves
+        return None
+    if "return_aux" not in inspect.signature(varlen_attn).parameters:  # early versions gave no LSE
         return None
     return functools.partial(varlen_attn, return_aux=AuxRequest(lse=True))
 
