@@ -254,22 +254,28 @@ def test_layer_inputs_pad_the_masked_group_to_a_bucket(layer: Attention) -> None
     assert job.layer_inputs(layer, context, (8, 8), torch.float32)[1][4].shape[3] == 160
 
 
-@pytest.mark.parametrize("rows", [[0, 1], [0, 0, 1, 1]])
-def test_flex_path_equals_the_sdpa_path(layer: Attention, rows: list[int]) -> None:
-    """FlexAttention with a block mask (``compile_unet(flex=True)``) computes what the SDPA bias does,
-    for one and two images (rows folded into one query sequence), at sizes that are not multiples
-    of the block, with a region that vanishes at the coarse size."""
+def assert_same_as_sdpa(layer: Attention, rows: list[int], option: str, mask_type: type) -> None:
+    """The job with ``option`` set (``flex``, ``packed``) gives the SDPA path's output on ``layer``,
+    for the given rows, at sizes that are not multiples of a block, with a region that vanishes at
+    the coarse size."""
     rects = [(0, GRID, 0, GRID), (0, 45, 0, 30), (30, 90, 50, 90), (44, 46, 44, 46)]
     gen = torch.Generator().manual_seed(8)
     context = torch.randn(1, 5 * 9, 24, generator=gen).expand(len(rows), -1, -1)
     for size in [(16, 24), (4, 4)]:
         hidden = torch.randn(len(rows), size[0] * size[1], 32, generator=gen)
         sdpa = run_layer(layer, make_job(rects, 9, rows), size, hidden, context)
-        flex_job = make_job(rects, 9, rows)
-        flex_job.flex = True
-        flex = run_layer(layer, flex_job, size, hidden, context)
-        assert isinstance(flex_job.layer_inputs(layer, context[:1], size, torch.float32)[1][4], FlexMask)
-        torch.testing.assert_close(flex, sdpa, rtol=1e-5, atol=1e-5)
+        job = make_job(rects, 9, rows)
+        setattr(job, option, True)
+        ours = run_layer(layer, job, size, hidden, context)
+        assert isinstance(job.layer_inputs(layer, context[:1], size, torch.float32)[-1][4], mask_type)
+        torch.testing.assert_close(ours, sdpa, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [[0, 1], [0, 0, 1, 1]])
+def test_flex_path_equals_the_sdpa_path(layer: Attention, rows: list[int]) -> None:
+    """FlexAttention with a block mask (``compile_unet(flex=True)``) computes what the SDPA bias
+    does, for one and two images (rows folded into one query sequence)."""
+    assert_same_as_sdpa(layer, rows, "flex", FlexMask)
 
 
 def test_flex_block_mask_skips_blocks_no_pixel_sees(layer: Attention) -> None:

@@ -24,7 +24,7 @@ from render_service.engine.packed import (
     packed_mask,
 )
 from render_service.settings import RenderSettings
-from tests.render_engine.test_attention import GRID, formula, make_job, region_masks, run_layer
+from tests.render_engine.test_attention import assert_same_as_sdpa, formula, region_masks
 from tests.render_engine.test_compile import MANY_REGIONS, counting_compile, graph_calls
 from tests.render_engine.test_render import pixels, request
 
@@ -115,19 +115,8 @@ def layer() -> Attention:
 
 @pytest.mark.parametrize("rows", [[0, 1], [0, 0, 1, 1], [1]])
 def test_processor_equals_the_sdpa_path(layer: Attention, rows: list[int]) -> None:
-    """On a real diffusers layer, with and without CFG rows, one and two images, sizes where a small
-    region vanishes: the packed job's output equals the SDPA job's."""
-    rects = [(0, GRID, 0, GRID), (0, 45, 0, 30), (30, 90, 50, 90), (44, 46, 44, 46)]
-    gen = torch.Generator().manual_seed(8)
-    context = torch.randn(1, 5 * 9, 24, generator=gen).expand(len(rows), -1, -1)
-    for size in [(16, 24), (4, 4)]:
-        hidden = torch.randn(len(rows), size[0] * size[1], 32, generator=gen)
-        sdpa = run_layer(layer, make_job(rects, 9, rows), size, hidden, context)
-        packed_job = make_job(rects, 9, rows)
-        packed_job.packed = True
-        packed = run_layer(layer, packed_job, size, hidden, context)
-        assert isinstance(packed_job.layer_inputs(layer, context[:1], size, torch.float32)[-1][4], PackedMask)
-        torch.testing.assert_close(packed, sdpa, rtol=1e-5, atol=1e-5)
+    """On a real diffusers layer, with and without CFG rows, one and two images."""
+    assert_same_as_sdpa(layer, rows, "packed", PackedMask)
 
 
 def test_kernel_choice() -> None:
