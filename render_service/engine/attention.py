@@ -14,6 +14,9 @@ job and pass (:meth:`RegionalJob.unet_inputs`), and the processors only slice, e
 SDPA. That is what lets ``torch.compile`` trace the UNet in one graph with no data-dependent
 branch, and reuse that graph for any canvas (token counts are padded to a few buckets and marked
 dynamic). Nothing in diffusers is patched.
+
+The SDPA call pays for every (pixel, token) pair, masked or not; :mod:`render_service.engine.packed`
+computes only the allowed pairs instead (``RegionalJob.packed``), with the same keys and inputs.
 """
 
 from __future__ import annotations
