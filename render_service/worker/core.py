@@ -683,7 +683,8 @@ def main(argv: list[str] | None = None) -> int:
     # compile the configured sizes, or else one dummy step at a small size (lazy initialisation).
     sizes = parse_sizes(settings.warm_up_sizes) if settings.compile else [(128, 128)]
     seconds = engine.warm_up(sizes, steps=2 if settings.compile else 1)
-    log.info("warmed up", extra={"fields": {"seconds": round(seconds, 2), "compiled": settings.compile}})
+    fields = {"seconds": round(seconds, 2), "compiled": settings.compile, "attention": engine.attention}
+    log.info("warmed up", extra={"fields": fields})
     worker = Worker(settings, engine)
     worker.install_signal_handlers()
     if stopper:
