@@ -82,7 +82,9 @@ def env(redis_server: RedisServer, tiny_model, tmp_path_factory: pytest.TempPath
     settings = {"allow_private_webhooks": "true", "webhook_secret": WEBHOOK_SECRET}
     receiver = Receiver()
     try:
-        workers = {"life-worker": settings}
+        # This worker attends through the packed path (the others in the suite use the default SDPA
+        # path), so a real worker process renders it end to end too.
+        workers = {"life-worker": {**settings, "attention": "packed"}}
         with render_stack(redis_server.url, unique_prefix("life"), tiny_model, logs, workers, settings) as stack:
             yield Stack(stack.http, stack.api, stack.workers["life-worker"], stack.keys, stack.redis, receiver)
     finally:
@@ -290,3 +292,5 @@ def test_worker_stays_healthy(env: Stack) -> None:
     worker = env.worker
     assert worker.process is not None and worker.process.poll() is None
     assert "Traceback" not in worker.log()
+    warmed_up = next(line for line in worker.log().splitlines() if "warmed up" in line)
+    assert "packed" in warmed_up, warmed_up
