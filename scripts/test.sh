@@ -22,6 +22,11 @@ if [ ! -x .tools/oapc/bin/openapi-python-client ]; then
     .tools/oapc/bin/python -m pip install --quiet 'openapi-python-client>=0.21'
 fi
 export OMOST_OPENAPI_GENERATOR="$PWD/.tools/oapc/bin/openapi-python-client"
+# torch.compile's inductor caches the kernels it builds (by default under /tmp, which a reboot or a fresh CI
+# machine empties). Keep them in the user's cache folder, outside the tree, where a CI cache can keep them
+# too: the compile tests then build their C++ kernels (~40 s cold, 1-2 min on a loaded machine) once per
+# torch version and graph, not on every run. A changed graph or torch is a new key: it is compiled anew.
+export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/omost-tests/torchinductor}"
 .venv/bin/ruff check planner_service render_service shared tests bench scripts
 .venv/bin/lint-imports
 .venv/bin/mypy

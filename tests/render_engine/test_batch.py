@@ -138,8 +138,9 @@ def test_batch_renders_each_job_as_if_alone(engine: RenderEngine) -> None:
     ]
     results = engine.render_batch([RenderTask(job) for job in jobs])
     for job, result in zip(jobs, results, strict=True):
-        assert_same_images(result, engine.render(job))
-        assert isinstance(result, RenderResult) and result.seeds == engine.render(job).seeds
+        alone = engine.render(job)
+        assert_same_images(result, alone)
+        assert isinstance(result, RenderResult) and result.seeds == alone.seeds
         assert result.timings["batch_jobs"] == 3
     assert not np.array_equal(pixels(results[0])[0], pixels(results[2])[0]), "each job keeps its negative prompt"
 
