@@ -77,7 +77,7 @@ def packed_key_scale(softmax_scale: float, head_dim: int) -> float:
 
 
 @functools.cache
-def _varlen_flash() -> Callable[..., tuple[torch.Tensor, torch.Tensor]] | None:
+def _varlen_flash() -> Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor]] | None:
     """FlashAttention's varlen kernel with the log-sum-exp, or None on a torch without it."""
     try:
         from torch.nn.attention.varlen import AuxRequest, varlen_attn
@@ -144,7 +144,9 @@ def _packed_attention_cuda(
     flash = _varlen_flash()
     if flash is None or query.dtype not in (torch.float16, torch.bfloat16):
         return _reference(query, key, value, cu_seq_q, cu_seq_k)
-    out, lse = flash(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k)
+    result = flash(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k)
+    assert isinstance(result, tuple)  # asked for the log-sum-exp: (output, lse)
+    out, lse = result
     return out, lse.float()
 
 
