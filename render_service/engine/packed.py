@@ -32,6 +32,10 @@ import torch
 __all__ = ["PackedMask", "packed_attend", "packed_attention", "packed_kernel", "packed_key_scale", "packed_mask"]
 
 
+MIN_DYNAMIC = 2
+"""The least sequence and slot count of a :class:`PackedMask` (see :func:`packed_mask`)."""
+
+
 class PackedMask(NamedTuple):
     """A masked group's mask as varlen sequences, one per condition (made once per job and size).
 
@@ -64,10 +68,15 @@ def packed_mask(covered: torch.Tensor, token_condition: torch.Tensor, rows: int)
     slot = rank[condition, pixel] * (rows * pixels) + place
     per_condition = cover.sum(dim=1) * rows
     zero = torch.zeros(1, dtype=torch.long, device=cover.device)
-    cu_seq_q = torch.cat([zero, per_condition.cumsum(0)]).to(torch.int32)
-    cu_seq_k = torch.cat([zero, counts.to(cover.device).cumsum(0)]).to(torch.int32)
-    slots = torch.arange(int(cover.sum(dim=0).max()), device=cover.device)
-    return PackedMask(place, slot, cu_seq_q, cu_seq_k, slots)
+    cu_seq_q = torch.cat([zero, per_condition.cumsum(0)])
+    cu_seq_k = torch.cat([zero, counts.to(cover.device).cumsum(0)])
+    # A compiled graph specialises any dimension of size 1, so a global-only canvas (one sequence,
+    # one slot) would compile a graph of its own on a user's job; an empty sequence and an empty
+    # slot keep both at 2 or more. Neither changes the result.
+    if len(conditions) < MIN_DYNAMIC:
+        cu_seq_q, cu_seq_k = (torch.cat([cu, cu[-1:]]) for cu in (cu_seq_q, cu_seq_k))
+    slots = torch.arange(max(int(cover.sum(dim=0).max()), MIN_DYNAMIC), device=cover.device)
+    return PackedMask(place, slot, cu_seq_q.to(torch.int32), cu_seq_k.to(torch.int32), slots)
 
 
 def packed_key_scale(softmax_scale: float, head_dim: int) -> float:

@@ -26,7 +26,7 @@ from render_service.engine.packed import (
 from render_service.settings import RenderSettings
 from tests.render_engine.test_attention import assert_same_as_sdpa, formula, region_masks
 from tests.render_engine.test_compile import MANY_REGIONS, counting_compile, graph_calls
-from tests.render_engine.test_render import pixels, request
+from tests.render_engine.test_render import CANVAS, pixels, request
 
 
 def attend_packed(
@@ -76,6 +76,18 @@ def test_mask_lays_out_one_sequence_per_condition() -> None:
     assert len(mask.slots) == 3, "pixel 2 is covered by three conditions"
     assert len(set(mask.slot.tolist())) == len(mask.slot), "every partial result has a place of its own"
     assert (mask.slot % 12 == mask.gather).all(), "a slot keeps its place"
+
+
+def test_a_single_condition_still_has_two_sequences_and_two_slots() -> None:
+    """A compiled graph specialises dimensions of size 1: a global-only canvas would otherwise be a
+    graph of its own, compiled on a user's job."""
+    mask = packed_mask(torch.ones(1, 6, dtype=torch.bool), torch.zeros(4, dtype=torch.long), rows=1)
+    assert mask.cu_seq_q.tolist() == [0, 6, 6] and mask.cu_seq_k.tolist() == [0, 4, 4]
+    assert len(mask.slots) == 2
+    query, key, value = torch.randn(1, 6, 2, 8), torch.randn(4, 2, 8), torch.randn(4, 2, 8)
+    plain = torch.softmax(torch.einsum("nhd,thd->hnt", query[0], key) / math.sqrt(8), dim=-1)
+    expected = torch.einsum("hnt,thd->nhd", plain, value)
+    torch.testing.assert_close(packed_attend(query, key, value, mask)[0], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_condition_tokens_must_be_contiguous() -> None:
@@ -166,12 +178,13 @@ def test_batch_equals_the_sdpa_path(packed_engine: RenderEngine) -> None:
 
 def test_compiled_packed_unet_is_one_graph_for_every_canvas(engine: RenderEngine, tiny_model: Path) -> None:
     """``fullgraph=True``: no graph break, one graph for canvases with different token, condition
-    and slot counts, the packed op in it, and the eager SDPA path's images."""
+    and slot counts (a global-only one too), the packed op in it, and the eager SDPA path's images."""
     compiled, graphs = counting_compile(tiny_model, flex=False)
     compiled.set_attention("packed")
-    for req in (request(steps=1), request(canvas=MANY_REGIONS, steps=1)):
+    global_only = {**CANVAS, "local_descriptions": []}
+    for req in (request(steps=1), request(canvas=MANY_REGIONS, steps=1), request(canvas=global_only, steps=1)):
         same_images(compiled.render(req), engine.render(req))
-    assert len(graphs) == 1, "one graph for both canvases"
+    assert len(graphs) == 1, "one graph for every canvas"
     assert graph_calls(graphs, torch.ops.omost.packed_attention.default) > 0, "regional attention ran packed"
     torch._dynamo.reset()
 
