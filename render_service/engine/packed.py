@@ -2,7 +2,7 @@
 
 The SDPA path (:func:`render_service.engine.attention.attend`) scores every pixel against every
 token of the positive prompt and masks most of the scores away: on real Omost canvases a pixel may
-see 35-60 % of the tokens (12 regions: 34 %), yet it pays for all of them, on the
+see 34-60 % of the tokens (34 % on a 12-region canvas), yet it pays for all of them, on the
 memory-efficient kernel that takes a bias. Here each condition is one sequence of a
 variable-length ("varlen") attention call: its queries are the pixels it covers (in every row of
 the group), its keys its own tokens. No masked pair is computed, and on CUDA in fp16/bf16 the call
