@@ -151,7 +151,7 @@ def _packed_attention_cuda(
     max_k: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     flash = _varlen_flash()
-    if flash is None or query.dtype not in (torch.float16, torch.bfloat16):
+    if flash is None or packed_kernel(query.device, query.dtype) == "reference":
         return _reference(query, key, value, cu_seq_q, cu_seq_k)
     result = flash(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k)
     assert isinstance(result, tuple)  # asked for the log-sum-exp: (output, lse)
