@@ -6,6 +6,7 @@ for the whole deployment. The Redis URL is ``OMOST_REDIS_URL``, shared with the 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
@@ -136,6 +137,11 @@ class RenderSettings(ServiceSettings):
     )
     redis_retry_seconds: float = Field(
         default=600.0, gt=0, description="How long a worker retries writing a result through a Redis outage."
+    )
+    test_step_gate: Path | None = Field(
+        default=None,
+        description="Tests only: a folder whose files hold rendering jobs between steps "
+        "(render_service/worker/step_gate.py); unset in production.",
     )
 
     @model_validator(mode="after")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -129,3 +130,45 @@ class RedisServer:
         self.stop()
         time.sleep(down_seconds)
         self.start()
+
+
+class StepGate:
+    """The test's side of ``render_service/worker/step_gate.py``: hold rendering jobs between two steps.
+
+    A job held here is running (it reported step 1) and stays so until released, however fast the
+    machine renders, so a test can cancel it, stop its worker or outlive a deadline meanwhile. Every
+    worker of a :class:`Stack` watches its stack's gate (``OMOST_RENDER_TEST_STEP_GATE``).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+
+    def hold_all(self) -> None:
+        """Every job waits after its first step (and any later one) until :meth:`release_all`."""
+        (self.folder / "all").touch()
+
+    def release_all(self) -> None:
+        for path in self.folder.iterdir():
+            if path.name == "all" or path.name.startswith("pass-"):
+                path.unlink()
+
+    def let_pass(self, job_id: str) -> None:
+        """While every job is held, let this one run to its end."""
+        (self.folder / f"pass-{job_id}").touch()
+
+    def hold(self, job_id: str) -> None:
+        """Hold this job (whatever ``hold_all``) until :meth:`release`."""
+        (self.folder / job_id).touch()
+
+    def release(self, job_id: str) -> None:
+        (self.folder / job_id).unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def holding_all(self) -> Iterator[StepGate]:
+        """Hold every job inside the block; let them all go at its end, whatever happened."""
+        self.hold_all()
+        try:
+            yield self
+        finally:
+            self.release_all()

@@ -62,6 +62,7 @@ from render_service.settings import RenderSettings, configure_logging
 from render_service.webhooks import deliver
 from render_service.worker.heartbeat import Heartbeat, owner_is_alive
 from render_service.worker.retry import REDIS_ERRORS, RetryPolicy, Stopping
+from render_service.worker.step_gate import StepGate
 from shared.jobs import JobStatus, RenderRequest
 from shared.queue import (
     Delivery,
@@ -141,6 +142,7 @@ class Worker:
         # Sweeps talk to the image store, which may be slow or down: never on the heartbeat's thread.
         self._sweeper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-sweep")
         self._sweeping: Future[None] | None = None
+        self.step_gate = StepGate(settings.test_step_gate)
         self.retry = RetryPolicy(
             self.name,
             settings.redis_retry_seconds,
@@ -413,9 +415,11 @@ class Worker:
         keys, delivery = self.keys, running.delivery
         job_key = keys.job(delivery.job_id)
         last_step = started
+        stepped = False
 
         def on_step(done: int, total: int) -> None:
-            nonlocal last_step
+            nonlocal last_step, stepped
+            stepped = True
             now = time.monotonic()
             seconds, last_step = now - last_step, now
             try:
@@ -431,6 +435,14 @@ class Worker:
         last_poll = -CANCEL_POLL_SECONDS
 
         def should_cancel() -> bool:
+            if must_stop():
+                return True
+            if stepped:  # tests only: held between two steps while the test says so
+                self.step_gate.wait(delivery.job_id, until=must_stop)
+                return running.cancel_reason is not None
+            return False
+
+        def must_stop() -> bool:
             nonlocal last_poll
             if self._grace_expired():
                 running.cancel_reason = "shutdown"

@@ -20,7 +20,7 @@ from PIL import Image
 from shared.cli.stack import free_port
 from shared.client import OmostClient, RenderFailed
 from shared.jobs import RenderRequest
-from tests.support import RedisServer, wait_for_http, wait_until
+from tests.support import RedisServer, StepGate, wait_for_http, wait_until
 
 # SmolLM2 is small and fast, but a full 4096-token plan on two shared cores is minutes: bound it. A plan
 # cut off by the bound still yields the canvas of its complete calls (the global description comes first),
@@ -36,6 +36,7 @@ class Stack:
     log: Path
     env: dict[str, str]
     """What a user's shell holds: the same cache folder as ``serve``, so commands find it."""
+    gate: StepGate
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +46,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterato
     planner_port, render_port = free_port(), free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     cache = tmp_path_factory.mktemp("cache")
+    gate = StepGate(tmp_path_factory.mktemp("step-gate"))
     env = {
         **os.environ,
         "OMOST_RENDER_KEY_PREFIX": "e2e:",
         "OMOST_PLANNER_KEY_PREFIX": "e2e:",
         "XDG_CACHE_HOME": str(cache),
+        "OMOST_RENDER_TEST_STEP_GATE": str(gate.folder),
     }
     args = [
         sys.executable,
@@ -69,7 +72,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterato
     ]
     with open(log, "wb") as out:
         process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
-    running = Stack(f"http://127.0.0.1:{planner_port}", f"http://127.0.0.1:{render_port}", log, env)
+    running = Stack(f"http://127.0.0.1:{planner_port}", f"http://127.0.0.1:{render_port}", log, env, gate)
     try:
         wait_for_http(f"{running.render_url}/readyz", timeout=300, process=process)
         wait_for_http(f"{running.planner_url}/readyz", timeout=300, process=process)
@@ -117,12 +120,11 @@ def test_editing_turn_keeps_the_conversation(client: OmostClient) -> None:
     assert second.canvas.global_description.description
 
 
-def test_cancel_a_render(client: OmostClient) -> None:
+def test_cancel_a_render(stack: Stack, client: OmostClient) -> None:
     canvas = client.plan("a lighthouse by the sea", max_new_tokens=PLAN_TOKENS, seed=4).canvas
-    # Many steps at a bigger size, so the job is still queued or running when canceled.
-    accepted = client.submit(RenderRequest(canvas=canvas, width=256, height=256, steps=150))
-    client.cancel(accepted.id)
-    with pytest.raises(RenderFailed) as info:
+    with stack.gate.holding_all(), pytest.raises(RenderFailed) as info:  # queued or held: never done first
+        accepted = client.submit(RenderRequest(canvas=canvas, **SMALL))
+        client.cancel(accepted.id)
         client.wait(accepted.id, timeout=120)
     assert info.value.job.status == "canceled"
 

@@ -20,7 +20,7 @@ import pytest
 from shared.layout import placement_rect, rect_distance, snap_to_placement
 from shared.omost_code import canvas_to_code
 from tests.playground.browser import canvas_of, chromium, drag, open_page, require_chromium, screenshot
-from tests.support import ChildProcess, RedisServer, free_port, python_module, wait_for_http
+from tests.support import ChildProcess, RedisServer, StepGate, free_port, python_module, wait_for_http
 
 pytestmark = pytest.mark.slow
 
@@ -37,6 +37,7 @@ class Stack:
         self.log_dir = log_dir
         self.tiny_model = tiny_model
         self.children: list[ChildProcess] = []
+        self.gate = StepGate(log_dir / "step-gate")
 
     @property
     def render_url(self) -> str:
@@ -67,6 +68,7 @@ class Stack:
             "OMOST_PLANNER_RENDER_API_URL": self.render_url,
             "OMOST_RENDER_CORS_ORIGINS": self.planner_url,
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+            "OMOST_RENDER_TEST_STEP_GATE": str(self.gate.folder),
         }
         api = self._start(python_module("render_service"), env)
         self._start(python_module("render_service.worker"), env)
@@ -116,7 +118,7 @@ def assert_nearest(region, raw: tuple[float, float, float, float]) -> None:
 
 def test_plan_edit_render_and_cancel_in_the_browser(page, stack: Stack, screenshots: Path) -> None:
     try:
-        _session(page, screenshots)
+        _session(page, screenshots, stack.gate)
     except BaseException:
         shot = screenshot(page, "playground-failure.png", stack.log_dir)
         print(f"screenshot of the failure: {shot}")
@@ -124,7 +126,7 @@ def test_plan_edit_render_and_cancel_in_the_browser(page, stack: Stack, screensh
         raise
 
 
-def _session(page, screenshots: Path) -> None:
+def _session(page, screenshots: Path, gate: StepGate) -> None:
     # 1. Type a prompt; the plan streams, then its boxes appear. SmolLM2 is tiny and llama.cpp's
     # sampling is not bit-reproducible (the first answer after start-up differs from later ones), so
     # a plan may hold no region within the token bound: then the same prompt is planned again in a
@@ -195,15 +197,16 @@ def _session(page, screenshots: Path) -> None:
     page.locator(f'#boxes .box[data-index="{index}"]').click()
     screenshot(page, "playground.png", screenshots, full_page=True)
 
-    # 4. A second, long render, canceled from its card.
-    page.fill("#r-width", "256")
-    page.fill("#r-height", "256")
-    page.fill("#r-steps", "150")
-    page.click("#render-submit")
-    page.wait_for_function("document.querySelectorAll('#gallery .job').length === 2")
-    second = page.locator("#gallery .job").first
-    second.locator("button.cancel").click()
-    page.wait_for_selector('#gallery .job[data-status="canceled"]', timeout=120_000)
+    # 4. A second render, held by the step gate until it is canceled from its card.
+    with gate.holding_all():
+        page.fill("#r-width", "128")
+        page.fill("#r-height", "128")
+        page.fill("#r-steps", "8")
+        page.click("#render-submit")
+        page.wait_for_function("document.querySelectorAll('#gallery .job').length === 2")
+        second = page.locator("#gallery .job").first
+        second.locator("button.cancel").click()
+        page.wait_for_selector('#gallery .job[data-status="canceled"]', timeout=120_000)
     assert second.get_attribute("data-status") == "canceled"
     assert second.locator("img.result").count() == 0
 

@@ -15,7 +15,7 @@ import httpx
 import redis
 
 from shared.queue import QueueKeys
-from tests.support import ChildProcess, free_port, python_module, wait_for_http, wait_until
+from tests.support import ChildProcess, StepGate, free_port, python_module, wait_for_http, wait_until
 
 TERMINAL = {"succeeded", "failed", "canceled"}
 
@@ -91,6 +91,10 @@ class Stack:
     http: httpx.Client = field(init=False)
     workers: dict[str, ChildProcess] = field(default_factory=dict)
 
+    @functools.cached_property
+    def gate(self) -> StepGate:
+        return StepGate(self.log_dir / f"step-gate-{self.prefix.rstrip(':')}")
+
     @property
     def keys(self) -> QueueKeys:
         return QueueKeys(self.prefix)
@@ -101,7 +105,9 @@ class Stack:
 
     def add_worker(self, name: str, **settings: Any) -> ChildProcess:
         """Start one more worker; it is stopped (and its log shown on failure) with the others."""
-        worker = start_worker(self.redis_url, self.prefix, self.model, self.log_dir, name, **settings)
+        worker = start_worker(
+            self.redis_url, self.prefix, self.model, self.log_dir, name, test_step_gate=self.gate.folder, **settings
+        )
         self.workers[name] = worker
         return worker
 

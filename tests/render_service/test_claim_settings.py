@@ -35,23 +35,26 @@ def env(redis_server: RedisServer, tiny_model, tmp_path_factory: pytest.TempPath
             "start_fast": lambda: stack.add_worker("fast-claim", **FAST),
             "keys": stack.keys,
             "redis": stack.redis,
+            "gate": stack.gate,
         }
 
 
 def test_a_short_claim_deadline_does_not_steal_a_beating_owners_job(env: dict[str, Any]) -> None:
     http: httpx.Client = env["http"]
-    # Long enough to outlast the second worker's start and many of its 1 s deadlines.
-    job_id = submit(http, steps=150, num_images=4, width=128, height=128)
-    wait_for(http, job_id, lambda r: r["status"] == "running" and r["worker"] == "slow-beat", 120, "running")
-    env["start_fast"]()
-    wait_for_workers(http, 2)
-    time.sleep(4 * FAST["claim_idle_seconds"] + SLOW["heartbeat_seconds"])  # the fast worker had its chances
+    # Held between two steps, the job outlasts the second worker's start and many of its 1 s deadlines.
+    with env["gate"].holding_all():
+        job_id = submit(http, steps=4)
+        wait_for(http, job_id, lambda r: r["status"] == "running" and r["progress"]["step"] >= 1, 120, "running")
+        assert wait_for(http, job_id, lambda r: True)["worker"] == "slow-beat"
+        env["start_fast"]()
+        wait_for_workers(http, 2)
+        time.sleep(4 * FAST["claim_idle_seconds"] + SLOW["heartbeat_seconds"])  # the fast worker had its chances
 
-    record = wait_for(http, job_id, lambda r: True)
-    assert record["worker"] == "slow-beat" and record["deliveries"] == 1, record
-    if record["status"] == "running":  # no need to wait for the end: stop it
-        http.delete(f"/v1/renders/{job_id}")
-    record = wait_terminal(http, job_id, 120)
-    assert record["worker"] == "slow-beat" and record["deliveries"] == 1, record
+        record = wait_for(http, job_id, lambda r: True)
+        assert record["status"] == "running", record
+        assert record["worker"] == "slow-beat" and record["deliveries"] == 1, record
+        assert http.delete(f"/v1/renders/{job_id}").status_code == 202  # no need to wait for the end
+        record = wait_terminal(http, job_id, 120)
+    assert record["status"] == "canceled" and record["worker"] == "slow-beat" and record["deliveries"] == 1, record
     events = [json.loads(f[b"event"]) for _, f in env["redis"].xrange(env["keys"].events(job_id))]
     assert [e["status"] for e in events if e["type"] == "status"].count("running") == 1

@@ -28,7 +28,17 @@ from shared.queue import (
     initial_record,
     new_job_id,
 )
-from tests.render_service.helpers import CANVAS, Api, body, render_stack, submit, unique_prefix, wait_for, wait_terminal
+from tests.render_service.helpers import (
+    CANVAS,
+    Api,
+    StepGate,
+    body,
+    render_stack,
+    submit,
+    unique_prefix,
+    wait_for,
+    wait_terminal,
+)
 from tests.support import ChildProcess, RedisServer
 
 WEBHOOK_SECRET = "hook-secret"
@@ -74,6 +84,7 @@ class Stack:
     keys: QueueKeys
     redis: redis.Redis
     receiver: Receiver
+    gate: StepGate
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +97,8 @@ def env(redis_server: RedisServer, tiny_model, tmp_path_factory: pytest.TempPath
         # path), so a real worker process renders it end to end too.
         workers = {"life-worker": {**settings, "attention": "packed"}}
         with render_stack(redis_server.url, unique_prefix("life"), tiny_model, logs, workers, settings) as stack:
-            yield Stack(stack.http, stack.api, stack.workers["life-worker"], stack.keys, stack.redis, receiver)
+            worker = stack.workers["life-worker"]
+            yield Stack(stack.http, stack.api, worker, stack.keys, stack.redis, receiver, stack.gate)
     finally:
         receiver.server.shutdown()
 
@@ -227,18 +239,19 @@ def test_webhook_called_with_retries(env: Stack) -> None:
 
 def test_cancel_queued_and_running(env: Stack) -> None:
     http = env.http
-    long_id = submit(http, steps=150)
-    wait_for(http, long_id, lambda r: r["status"] == "running" and r["progress"]["step"] >= 1, 120, "rendering")
-    queued_id = submit(http, webhook_url=env.receiver.url)  # waits behind the long job
+    with env.gate.holding_all():
+        long_id = submit(http, steps=4)
+        wait_for(http, long_id, lambda r: r["status"] == "running" and r["progress"]["step"] >= 1, 120, "rendering")
+        queued_id = submit(http, webhook_url=env.receiver.url)  # waits behind the held job
 
-    answer = http.delete(f"/v1/renders/{queued_id}")
-    assert answer.status_code == 202 and answer.json()["status"] == "canceled"
-    answer = http.delete(f"/v1/renders/{long_id}")
-    assert answer.status_code == 202
-    assert answer.json()["status"] == "running" and answer.json()["cancel_requested"] is True
+        answer = http.delete(f"/v1/renders/{queued_id}")
+        assert answer.status_code == 202 and answer.json()["status"] == "canceled"
+        answer = http.delete(f"/v1/renders/{long_id}")
+        assert answer.status_code == 202
+        assert answer.json()["status"] == "running" and answer.json()["cancel_requested"] is True
 
-    record = wait_terminal(http, long_id, 60)
-    assert record["status"] == "canceled" and record["progress"]["step"] < 150
+        record = wait_terminal(http, long_id, 60)  # a cancel ends the hold: the render stops at its next step
+        assert record["status"] == "canceled" and record["progress"]["step"] < 4
     assert http.get(f"/v1/renders/{long_id}/images/0").status_code == 409
     assert http.delete(f"/v1/renders/{long_id}").status_code == 409
     assert [name for _, name, _ in sse_events(http, queued_id)] == ["queued", "canceled"]

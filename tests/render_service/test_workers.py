@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,8 +18,8 @@ import pytest
 import redis
 
 from shared.queue import GROUP, QueueKeys
-from tests.render_service.helpers import render_stack, submit, unique_prefix, wait_for, wait_terminal
-from tests.support import ChildProcess, RedisServer
+from tests.render_service.helpers import StepGate, render_stack, submit, unique_prefix, wait_for, wait_terminal
+from tests.support import ChildProcess, RedisServer, wait_until
 
 CLAIM_IDLE_SECONDS = 2.0
 SETTINGS = {
@@ -37,7 +38,13 @@ def env(redis_server: RedisServer, tiny_model, tmp_path_factory: pytest.TempPath
     logs = tmp_path_factory.mktemp("workers-logs")
     workers = {name: SETTINGS for name in ("w1", "w2", "w3")}
     with render_stack(redis_server.url, unique_prefix("workers"), tiny_model, logs, workers, SETTINGS) as stack:
-        yield {"http": stack.http, "workers": stack.workers, "keys": stack.keys, "redis": stack.redis}
+        yield {
+            "http": stack.http,
+            "workers": stack.workers,
+            "keys": stack.keys,
+            "redis": stack.redis,
+            "gate": stack.gate,
+        }
 
 
 def statuses(r: redis.Redis, keys: QueueKeys, job_id: str) -> list[str]:
@@ -48,17 +55,28 @@ def statuses(r: redis.Redis, keys: QueueKeys, job_id: str) -> list[str]:
 
 def test_three_workers_race_over_30_jobs(env: dict[str, Any]) -> None:
     http: httpx.Client = env["http"]
-    # One job outlives the claim deadline several times over: only heartbeats keep it from being stolen.
-    long_id = submit(http, steps=150, num_images=2)
-    ids = [long_id] + [submit(http, seed=n) for n in range(29)]
-    records = [wait_terminal(http, job_id, 240) for job_id in ids]
+    gate: StepGate = env["gate"]
+    # One job is held past the claim deadline several times over: only heartbeats keep it from being stolen.
+    with gate.holding_all():
+        long_id = submit(http, steps=4, num_images=2)
+        running_on(http, long_id)
+        gate.hold(long_id)
+    held_since = time.monotonic()
+    try:
+        ids = [long_id] + [submit(http, seed=n) for n in range(29)]
+        records = [wait_terminal(http, job_id, 240) for job_id in ids[1:]]
+        time.sleep(max(0.0, held_since + 2 * CLAIM_IDLE_SECONDS - time.monotonic()))
+        assert wait_for(http, long_id, lambda r: True)["status"] == "running"
+    finally:
+        gate.release(long_id)
+    records.insert(0, wait_terminal(http, long_id, 240))
 
     assert all(r["status"] == "succeeded" for r in records), [r["error"] for r in records]
     assert all(r["deliveries"] == 1 for r in records), "a job was delivered twice"
     for job_id in ids:  # rendered exactly once: one "running", one "succeeded"
         assert statuses(env["redis"], env["keys"], job_id) == ["queued", "running", "succeeded"]
     assert {r["worker"] for r in records} == {"w1", "w2", "w3"}
-    assert records[0]["timings"]["worker_total"] > CLAIM_IDLE_SECONDS
+    assert records[0]["timings"]["worker_total"] > 2 * CLAIM_IDLE_SECONDS
     r: redis.Redis = env["redis"]
     assert r.xlen(env["keys"].stream) == 0 and r.xpending(env["keys"].stream, GROUP)["pending"] == 0
 
@@ -71,13 +89,14 @@ def running_on(http: httpx.Client, job_id: str) -> str:
 def test_sigterm_requeues_the_running_job(env: dict[str, Any]) -> None:
     http: httpx.Client = env["http"]
     workers: dict[str, ChildProcess] = env["workers"]
-    job_id = submit(http, steps=150)
-    name = running_on(http, job_id)
-    process = workers[name].process
-    assert process is not None
-    process.send_signal(signal.SIGTERM)
-    # It can't finish 150 steps within the 0.5 s grace: it requeues the job and exits cleanly.
-    assert process.wait(60) == 0
+    with env["gate"].holding_all():
+        job_id = submit(http, steps=4)
+        name = running_on(http, job_id)
+        process = workers[name].process
+        assert process is not None
+        process.send_signal(signal.SIGTERM)
+        # Held, it can't finish within the 0.5 s grace: it requeues the job and exits cleanly.
+        assert process.wait(60) == 0
     record = wait_terminal(http, job_id, 240)
     assert record["status"] == "succeeded" and record["worker"] != name
     assert record["deliveries"] == 1  # a shutdown is not held against the job
@@ -89,9 +108,10 @@ def test_sigkill_mid_render_is_finished_by_another(env: dict[str, Any]) -> None:
     workers: dict[str, ChildProcess] = env["workers"]
     alive = [n for n, w in workers.items() if w.process is not None and w.process.poll() is None]
     assert len(alive) == 2
-    job_id = submit(http, steps=40)
-    name = running_on(http, job_id)
-    workers[name].kill()
+    with env["gate"].holding_all():
+        job_id = submit(http, steps=4)
+        name = running_on(http, job_id)
+        workers[name].kill()
     # The dead worker's entry idles past the deadline; the survivor reclaims and renders it.
     record = wait_terminal(http, job_id, 240)
     assert record["status"] == "succeeded" and record["worker"] != name
@@ -107,9 +127,11 @@ def test_superseded_worker_stops_and_the_job_is_redelivered(env: dict[str, Any])
     past the deadline and is reclaimed and finished."""
     http: httpx.Client = env["http"]
     r: redis.Redis = env["redis"]
-    job_id = submit(http, steps=150)
-    name = running_on(http, job_id)
-    r.hset(env["keys"].job(job_id), "owner", "someone-else/0000")
+    with env["gate"].holding_all():
+        job_id = submit(http, steps=4)
+        name = running_on(http, job_id)
+        r.hset(env["keys"].job(job_id), "owner", "someone-else/0000")
+        wait_until(lambda: "stopped rendering it" in env["workers"][name].log(), 60, 0.1, "the superseded run stopped")
     record = wait_terminal(http, job_id, 240)
     assert record["status"] == "succeeded" and record["deliveries"] == 2
     assert "stopped rendering it" in env["workers"][name].log()
