@@ -16,7 +16,7 @@ settled on its own. Guarantees, and how they are kept:
 * **Results are durable before the ack.** PNGs are written first, then :func:`shared.queue.finish`
   marks the record terminal and acks in one transaction fenced by the record's ``owner`` token: a
   worker that was cut off long enough for its job to be reclaimed does not overwrite or ack the
-  new owner's work. With the S3 image store (:mod:`render_service.images`) every PNG is uploaded
+  new owner's work. With the S3 image store (:mod:`shared.queue.s3`) every PNG is uploaded
   under the delivery's own keys while the heartbeat still holds the job, and the keys enter the
   record in that same ``finish`` transaction: a run killed mid-upload leaves the job reclaimable,
   and the record never names half a set. An upload that keeps failing fails the job, saying why.
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import secrets
@@ -48,7 +47,6 @@ from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any
 
-import redis
 import torch
 from PIL import Image
 from redis.backoff import NoBackoff
@@ -57,7 +55,6 @@ from redis.retry import Retry
 
 from render_service.engine import ModelNotFoundError, RenderCanceled, RenderEngine, RenderResult
 from render_service.engine.batching import RenderTask, batch_key
-from render_service.images import S3Images, describe, image_keys, is_transient, register, sweep
 from render_service.settings import RenderSettings, configure_logging
 from render_service.webhooks import deliver
 from render_service.worker.heartbeat import Heartbeat, owner_is_alive
@@ -66,22 +63,22 @@ from render_service.worker.step_gate import StepGate
 from shared.jobs import JobStatus, RenderRequest
 from shared.queue import (
     Delivery,
-    Rec,
+    ImagesNotSaved,
+    SyncRenderQueue,
     claim,
     dead_letter,
-    decode_hash,
     decode_message,
     fail,
     finish,
     progress,
     read_entries,
-    record_to_job,
+    render_job,
     requeue,
-    store_images,
+    result_fields,
     stream_entries,
     text,
-    transact,
 )
+from shared.queue.connect import image_stores, sync_client
 
 log = logging.getLogger("render_service.worker")
 
@@ -121,13 +118,12 @@ class Worker:
         self.name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         url = settings.redis_url
         # The main client blocks in XREADGROUP, so its socket timeout must outlast the block time.
-        self.redis = redis.Redis.from_url(
-            url, protocol=2, socket_timeout=settings.block_seconds + 10, socket_connect_timeout=5
-        )
+        self.redis = sync_client(url, socket_timeout=settings.block_seconds + 10)
+        self.queue = SyncRenderQueue(self.redis, self.keys)
         # Per-step progress/cancel checks and heartbeats use short timeouts and no client-side
         # retries: during an outage they fail fast instead of stalling the render.
-        fast = {"protocol": 2, "socket_timeout": 2, "socket_connect_timeout": 2, "retry": Retry(NoBackoff(), 0)}
-        self.step_redis = redis.Redis.from_url(url, **fast)
+        fast = {"socket_timeout": 2, "socket_connect_timeout": 2, "retry": Retry(NoBackoff(), 0)}
+        self.step_redis = sync_client(url, **fast)
         self.current: list[_Running] = []
         """The jobs being rendered now (one unless batching)."""
         self._settling: list[_Running] = []
@@ -138,7 +134,7 @@ class Worker:
         """An entry read while filling a batch that could not join it: this worker's next job."""
         self._stop_requested_at: float | None = None
         self._webhooks = ThreadPoolExecutor(max_workers=2, thread_name_prefix="webhook")
-        self.images = S3Images(settings) if settings.image_store == "s3" else None
+        self.images, _ = image_stores(settings, self.keys)
         # Sweeps talk to the image store, which may be slow or down: never on the heartbeat's thread.
         self._sweeper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-sweep")
         self._sweeping: Future[None] | None = None
@@ -149,7 +145,7 @@ class Worker:
             give_up=lambda: self.stopping and not self.current and not self._settling,
         )
         self.heartbeat = Heartbeat(
-            redis.Redis.from_url(url, **fast),
+            sync_client(url, **fast),
             self.keys,
             self.name,
             interval=settings.heartbeat_interval,
@@ -157,7 +153,7 @@ class Worker:
             info={"model": engine.model_name, "device": engine.device},
             holding=self._holding,
             on_webhook=self._schedule_webhook,
-            on_beat=self._sweep_soon if self.images is not None else None,
+            on_beat=self._sweep_soon if settings.image_store != "redis" else None,
         )
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -377,7 +373,7 @@ class Worker:
                 max_deliveries=self.settings.max_deliveries,
             )
 
-        decision = self.retry(lambda: transact(self.redis, keys, message.job_id, build), "start job")
+        decision = self.retry(lambda: self.queue.transact(message.job_id, build), "start job")
         if decision.settled is not None:
             fields = {"job": message.job_id, "status": decision.settled}
             log.info("job settled without rendering", extra={"fields": fields})
@@ -413,7 +409,6 @@ class Worker:
     def _task(self, running: _Running, started: float) -> RenderTask:
         """The job's request with its progress writes and its cancel check (user, shutdown, time limit, superseded)."""
         keys, delivery = self.keys, running.delivery
-        job_key = keys.job(delivery.job_id)
         last_step = started
         stepped = False
 
@@ -455,13 +450,13 @@ class Worker:
                 return False
             last_poll = now
             try:
-                flag, owner = self.step_redis.hmget(job_key, [Rec.CANCEL_REQUESTED, Rec.OWNER])
+                reason = self.queue.stop_reason(delivery.job_id, delivery.token, self.step_redis)
             except REDIS_ERRORS:
                 return False  # can't tell during an outage; keep rendering and ask again next step
-            if flag is not None and text(flag) == "1":
+            if reason == "canceled":
                 running.cancel_reason = "user"
                 return True
-            if owner is not None and text(owner) != delivery.token:
+            if reason == "superseded":
                 # Another worker reclaimed the job (we were cut off past the deadline): its run
                 # wins, so stop spending the device on ours.
                 running.cancel_reason = "superseded"
@@ -489,13 +484,13 @@ class Worker:
             log.error("render failed", exc_info=result, extra={"fields": {"job": delivery.job_id}})
             return _Outcome("failed", error=f"render failed: {type(result).__name__}: {result}"[:2000])
         timings = {**{k: float(v) for k, v in result.timings.items()}, "worker_total": render_seconds}
-        fields = {
-            Rec.SEEDS: json.dumps([int(s) for s in result.seeds]),
-            Rec.TIMINGS: json.dumps(timings),
-            Rec.MODEL: self.engine.model_name,
-            Rec.DEVICE: self.engine.device,
-            Rec.NUM_IMAGES: str(len(result.images)),
-        }
+        fields = result_fields(
+            seeds=[int(s) for s in result.seeds],
+            timings=timings,
+            model=self.engine.model_name,
+            device=self.engine.device,
+            num_images=len(result.images),
+        )
         return _Outcome("succeeded", fields=fields, images=result.images, render_seconds=render_seconds)
 
     # --- settle in the background ---------------------------------------------------------------
@@ -509,10 +504,7 @@ class Worker:
         """
         try:
             for running, outcome in zip(batch, outcomes, strict=True):
-                outcome = self._encoded(outcome)
-                if outcome.pngs and self.images is not None:
-                    outcome = self._upload(running, outcome)
-                self._settle(running, outcome)
+                self._settle(running, self._encoded(outcome))
         finally:
             self._settling = []
 
@@ -531,38 +523,23 @@ class Worker:
             pngs.append(buffer.getvalue())
         return replace(outcome, images=[], pngs=pngs)
 
-    # --- upload (S3 image store) ----------------------------------------------------------------
+    # --- images --------------------------------------------------------------------------------
 
-    def _upload(self, running: _Running, outcome: _Outcome) -> _Outcome:
-        """Upload every PNG under this delivery's keys; the outcome then carries the keys, not the bytes."""
-        store, delivery = self.images, running.delivery
-        assert store is not None
-        names = [store.key(delivery.job_id, delivery.token, n) for n in range(len(outcome.pngs))]
-        ttl = delivery.message.ttl_seconds
-
-        def enter() -> None:
-            # Before the first byte goes up: should this run die midway, the sweep still finds its objects.
-            with self.redis.pipeline(transaction=False) as pipe:
-                register(pipe, self.keys, names, time.time() + ttl)
-                pipe.execute()
-
-        self.retry(enter, "register images")
-        log.info("uploading images", extra={"fields": {"job": delivery.job_id, "objects": len(names)}})
-        for index, (name, png) in enumerate(zip(names, outcome.pngs, strict=True)):
-            try:
-                self.retry(
-                    lambda name=name, png=png: store.put(name, png),  # type: ignore[misc]
-                    "upload image",
-                    transient=is_transient,
-                    seconds=self.settings.s3_upload_retry_seconds,
-                )
-            except Exception as exc:
-                error = (
-                    f"could not store image {index + 1} of {len(names)} in s3://{store.bucket}/{name}: {describe(exc)}"
-                )
-                log.error("image upload failed", extra={"fields": {"job": delivery.job_id, "error": error}})
-                return _Outcome("failed", error=error[:2000])
-        return replace(outcome, pngs=[], fields={**outcome.fields, Rec.IMAGE_KEYS: json.dumps(names)})
+    def _save_images(self, delivery: Delivery, outcome: _Outcome) -> _Outcome:
+        """Save the PNGs in the image store; the outcome then carries the fields naming them, not the bytes
+        (or, if the store keeps failing, is a failure with the reason)."""
+        try:
+            fields = self.images.save(
+                self.redis,
+                self.retry,
+                job_id=delivery.job_id,
+                token=delivery.token,
+                pngs=outcome.pngs,
+                ttl_seconds=delivery.message.ttl_seconds,
+            )
+        except ImagesNotSaved as exc:
+            return _Outcome("failed", error=str(exc))
+        return replace(outcome, pngs=[], fields={**outcome.fields, **fields})
 
     def _sweep_soon(self) -> None:
         """Called each heartbeat: start a sweep of expired images unless one is still running."""
@@ -570,12 +547,11 @@ class Worker:
             self._sweeping = self._sweeper.submit(self._sweep)
 
     def _sweep(self) -> None:
-        assert self.images is not None
         try:
-            sweep(self.step_redis, self.keys, self.images)
+            self.images.sweep(self.step_redis)
         except Exception as exc:
             # The keys stay in the set: the next beat (or another worker) tries again.
-            log.warning("image sweep failed", extra={"fields": {"worker": self.name, "error": describe(exc)}})
+            log.warning("image sweep failed", extra={"fields": {"worker": self.name, "error": repr(exc)}})
 
     # --- settle --------------------------------------------------------------------------------
 
@@ -589,12 +565,7 @@ class Worker:
         if outcome.pngs:
             # Images go first and outside the transaction: once the record says "succeeded",
             # every image it counts is already readable.
-            def write_images() -> None:
-                with self.redis.pipeline(transaction=False) as pipe:
-                    store_images(pipe, keys, delivery.job_id, outcome.pngs, delivery.message.ttl_seconds)
-                    pipe.execute()
-
-            self.retry(write_images, "store images")
+            outcome = self._save_images(delivery, outcome)
 
         def build(pipe: Any, record: dict[str, str]) -> bool:
             if outcome.status is None:
@@ -612,13 +583,11 @@ class Worker:
                 render_seconds=outcome.render_seconds,
                 message=outcome.message,
             )
-            names = image_keys(outcome.fields)
-            if done and names:
-                # The record's TTL restarts now; the objects live exactly as long.
-                register(pipe, keys, names, time.time() + delivery.message.ttl_seconds)
+            if done:
+                self.images.on_finish(pipe, outcome.fields, delivery.message.ttl_seconds)
             return done
 
-        if not self.retry(lambda: transact(self.redis, keys, delivery.job_id, build), "settle job"):
+        if not self.retry(lambda: self.queue.transact(delivery.job_id, build), "settle job"):
             # Reclaimed by another worker while we were cut off: its run wins, and the entry is
             # now in its pending list, so we must not ack it either.
             log.warning("job was reclaimed by another worker; dropping our result", extra=job)
@@ -638,13 +607,12 @@ class Worker:
 
     def _send_webhook(self, job_id: str) -> None:
         settings = self.settings
-        job_key = self.keys.job(job_id)
         try:
-            record = decode_hash(self.retry(lambda: self.step_redis.hgetall(job_key), "read job"))
-            url = record.get(Rec.WEBHOOK_URL)
-            if not url:
+            record = self.retry(lambda: self.queue.find(job_id, self.step_redis), "read job")
+            url = record.webhook_url if record is not None else None
+            if record is None or not url:
                 return
-            job = record_to_job(record, settings.public_url)
+            job = render_job(record, settings.public_url)
             body = job.model_dump_json(by_alias=True).encode()
             outcome = deliver(
                 url,
@@ -655,7 +623,7 @@ class Worker:
                 max_attempts=settings.webhook_max_attempts,
                 timeout=settings.webhook_timeout_seconds,
             )
-            self.retry(lambda: self.step_redis.hset(job_key, Rec.WEBHOOK_STATUS, outcome), "record webhook")
+            self.retry(lambda: self.queue.record_webhook(job_id, outcome, self.step_redis), "record webhook")
             log.info("webhook sent", extra={"fields": {"job": job_id, "outcome": outcome}})
         except Exception:
             log.exception("webhook delivery crashed", extra={"fields": {"job": job_id}})
