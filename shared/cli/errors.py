@@ -41,7 +41,15 @@ def field_error(error: Mapping[str, Any]) -> str:
             return f"{where} {match[1]} (got {match[2]})"
         return f"{where}: {text}"
     message = str(error.get("msg", "is invalid"))
-    return f"{where}: {message[:1].lower()}{message[1:]}" + (f" (got {got!r})" if got is not None else "")
+    return f"{where}: {message[:1].lower()}{message[1:]}" + (f" (got {shown(got)})" if got is not None else "")
+
+
+def shown(value: Any, limit: int = 40) -> str:
+    """A value as an error quotes it: short ones as they are, a long string by its length, never a page."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{len(value):,} characters"
+    text = repr(value)
+    return text if len(text) <= limit else f"{type(value).__name__} of {len(text):,} characters"
 
 
 def error_line(exc: BaseException) -> str:

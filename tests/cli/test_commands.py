@@ -209,3 +209,42 @@ def test_a_worker_that_cannot_load_its_model_is_one_line(tmp_path: Path) -> None
 
 def test_console_is_stderr() -> None:
     assert commands.console.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["generate", "", "--tiny"], "error: prompt: string should have at least 1 character (got '')"),
+        (["generate", "x" * 5000, "--tiny"],
+         "error: prompt: string should have at most 4000 characters (got 5,000 characters)"),
+        (["generate", "   ", "--tiny"], "error: prompt: the prompt is empty"),
+        (["generate", "a cat", "--tiny", "--max-new-tokens", "3"], "error: max_new_tokens must be at least 16 (got 3)"),
+        (["generate", "a cat", "--tiny", "--steps", "999"], "error: steps must be at most 150 (got 999)"),
+        (["plan", ""], "error: prompt: string should have at least 1 character (got '')"),
+        (["plan", "a cat", "--seed", "-1"], "error: seed must be at least 0 (got -1)"),
+    ],
+    ids=["empty", "too-long", "blank", "tokens", "steps", "plan-empty", "plan-seed"],
+)
+def test_every_field_the_contract_checks_is_refused_before_any_stack_starts(
+    argv: list[str], expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ``serve`` runs and no --url is given: a bad request must not start a temporary stack (72 s
+    to be told the prompt is empty), so starting one fails the test."""
+
+    def no_stack(self: object, *args: object, **kwargs: object) -> None:
+        raise AssertionError("a stack was started for a request the contract refuses")
+
+    monkeypatch.setattr(commands.LocalStack, "start", no_stack)
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == expected
+
+
+def test_an_edit_is_checked_before_any_stack_starts(private_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    private_cache.mkdir(parents=True, exist_ok=True)
+    remember(private_cache, Conversation(planner_url=f"http://127.0.0.1:{free_port()}").followed_by(
+        "a cat", "canvas = Canvas()", planner_url=f"http://127.0.0.1:{free_port()}", conversation_id=None))
+    monkeypatch.setattr(commands.LocalStack, "start", lambda *a, **k: pytest.fail("a stack was started"))
+    result = runner.invoke(app, ["edit", " \n"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: prompt: the prompt is empty"
