@@ -5,7 +5,6 @@ started for the duration of the command."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ import typer
 from rich.console import Console
 
 from shared.canvas import Canvas, GlobalDescription
+from shared.cli.canvas_file import read_canvas
 from shared.cli.display import (
     Activity,
     changes_line,
@@ -28,7 +28,7 @@ from shared.cli.display import (
     show_canvas,
     show_corrections,
 )
-from shared.cli.errors import friendly_errors
+from shared.cli.errors import error_line, friendly_errors
 from shared.cli.mcp import mcp_command
 from shared.cli.memory import Conversation, recall, remember
 from shared.cli.options import (
@@ -47,10 +47,10 @@ from shared.cli.options import (
 )
 from shared.cli.stack import LocalStack, StackConfig, cache_dir, free_port
 from shared.cli.state import ServeState, remove_state, running_stack, write_state
-from shared.client import OmostClient
-from shared.jobs import RenderJob, RenderRequest
-from shared.omost_code import canvas_to_code, parse_canvas_code
-from shared.plans import ChatTurn, PlanRequest, PlanResult
+from shared.client import OmostAPIError, OmostClient
+from shared.jobs import RenderAccepted, RenderJob, RenderRequest
+from shared.omost_code import canvas_to_code
+from shared.plans import ChatTurn, GenerationAccepted, PlanRequest, PlanResult
 
 app = typer.Typer(help="LLM-planned, region-controlled image generation (Omost, as services).", no_args_is_help=True)
 console = Console(stderr=True)
@@ -115,13 +115,57 @@ def services(
         say(console, "[yellow]--tiny: random weights, offline. The images are noise; the pipeline is real.[/]")
     stack = LocalStack(config)
     started = time.perf_counter()
-    with Activity(console, "starting a temporary local stack (`omost serve` keeps one running)"):
-        stack.start()
     try:
+        try:
+            with Activity(console, "starting a temporary local stack (`omost serve` keeps one running)"):
+                stack.start()
+        except KeyboardInterrupt:
+            say(console, "interrupted: the temporary stack was stopped while it started")
+            raise
         say(console, f"[dim]stack ready in {time.perf_counter() - started:.1f} s[/]")
         yield Endpoints(stack.planner_url if need_planner else None, stack.render_url if need_render else None, tiny)
     finally:
+        stop_stack(stack, "the temporary stack")
+
+
+def stop_stack(stack: LocalStack, what: str) -> None:
+    """Stop ``stack``, saying what is being stopped: services finish or requeue their job first."""
+    names = [child.name for child in stack.children]
+    if not names:  # never started, or already stopped by a failed start
+        return
+    say(console, f"[dim]stopping {what}: {', '.join(names)}[/]")
+    with Activity(console, f"stopping {what}"):
         stack.stop()
+
+
+@contextlib.contextmanager
+def cancel_on_interrupt(client: OmostClient, job_id: str) -> Iterator[None]:
+    """Ctrl-C (or SIGTERM, SIGHUP: ``shared.cli.main`` turns them into KeyboardInterrupt) while
+    waiting for ``job_id`` cancels the job, so the worker stops too, and says so in one line."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        try:
+            job = client.cancel(job_id)
+            say(console, f"interrupted: canceled render {job_id} (it was {job.status})")
+        except (httpx.HTTPError, OmostAPIError) as exc:
+            say(console, f"[red]interrupted: render {job_id} could not be canceled: {error_line(exc)}[/]")
+        raise
+
+
+@contextlib.contextmanager
+def plan_stops_on_interrupt() -> Iterator[None]:
+    """Ctrl-C while planning: leaving the stream closes the connection, and the planner cancels a
+    plan whose client went away (its LLM request too) before it queues anything."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        say(console, "interrupted: the plan in progress was canceled (nothing was queued)")
+        raise
+
+
+def submitted(job_id: str, status_url: str) -> None:
+    say(console, f"queued render {job_id} ({status_url}); Ctrl-C cancels it")
 
 
 def write_images(client: OmostClient, job: RenderJob, output: Path) -> list[Path]:
@@ -172,22 +216,25 @@ def generate(
     ), OmostClient(ends.planner, ends.render, token=token) as client:
         assert ends.planner is not None
         fields = checked(options, tiny=ends.tiny)
+        queued: RenderAccepted | GenerationAccepted
         if ends.render:
             # Plan over the stream (progress as it is written), then queue the render ourselves.
-            data = plan_with_progress(console, client.stream_plan(prompt, max_new_tokens=max_new_tokens))
+            with plan_stops_on_interrupt():
+                data = plan_with_progress(console, client.stream_plan(prompt, max_new_tokens=max_new_tokens))
             plan = PlanResult.model_validate(data)
             canvas, code, conversation_id = plan.canvas, plan.code, plan.conversation_id
-            status_url = client.submit(RenderRequest(canvas=canvas, **fields)).urls.self_
+            queued = client.submit(RenderRequest(canvas=canvas, **fields))
         else:
             # Only the planner is known: it plans and queues in one call, without a token stream.
-            with Activity(console, "planning"):
-                accepted = client.generate(prompt, render=fields, max_new_tokens=max_new_tokens)
-            canvas, code, conversation_id = accepted.canvas, accepted.code, accepted.conversation_id
-            status_url = accepted.urls.self_
-        show_canvas(console, canvas)
-        remember(cache_dir(), Conversation(planner_url=ends.planner).followed_by(
-            prompt, code, planner_url=ends.planner, conversation_id=conversation_id))
-        job = render_with_progress(console, client.wait, status_url)
+            with plan_stops_on_interrupt(), Activity(console, "planning"):
+                queued = client.generate(prompt, render=fields, max_new_tokens=max_new_tokens)
+            canvas, code, conversation_id = queued.canvas, queued.code, queued.conversation_id
+        submitted(queued.id, queued.urls.self_)
+        with cancel_on_interrupt(client, queued.id):
+            show_canvas(console, canvas)
+            remember(cache_dir(), Conversation(planner_url=ends.planner).followed_by(
+                prompt, code, planner_url=ends.planner, conversation_id=conversation_id))
+            job = render_with_progress(console, client.wait, queued.urls.self_)
         report(console, job, write_images(client, job, output))
 
 
@@ -242,7 +289,8 @@ def plan_and_print(
             events = client.stream_plan(
                 prompt, history=last.history if last else None, seed=seed, max_new_tokens=max_new_tokens
             )
-            data = plan_with_progress(console, events, label="editing" if last else "planning")
+            with plan_stops_on_interrupt():
+                data = plan_with_progress(console, events, label="editing" if last else "planning")
         result = PlanResult.model_validate(data)
         previous = last or Conversation(planner_url=ends.planner)
         remember(cache_dir(), previous.followed_by(
@@ -251,15 +299,6 @@ def plan_and_print(
     if summary := changes_line(data.get("changes")):
         say(console, summary)
     typer.echo(result.canvas.model_dump_json(indent=2) if as_json else canvas_to_code(result.canvas))
-
-
-def read_canvas(path: Path) -> Canvas:
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        return parse_canvas_code(text).canvas  # Omost code form (.py / .md)
-    return Canvas.model_validate(data.get("canvas", data) if isinstance(data, dict) else data)
 
 
 @app.command()
@@ -281,7 +320,9 @@ def render(
             OmostClient(render_url=ends.render, token=token) as client:
         request = RenderRequest(canvas=canvas, **checked(options, tiny=ends.tiny, canvas=canvas))
         accepted = client.submit(request)
-        job = render_with_progress(console, client.wait, accepted.urls.self_)
+        submitted(accepted.id, accepted.urls.self_)
+        with cancel_on_interrupt(client, accepted.id):
+            job = render_with_progress(console, client.wait, accepted.urls.self_)
         report(console, job, write_images(client, job, output))
 
 
@@ -328,10 +369,10 @@ def serve(
         say(console, f"[red]{', '.join(dead)} stopped; shutting down (logs in {stack.log_dir})[/]")
         raise typer.Exit(1)
     except KeyboardInterrupt:
-        say(console, "[dim]stopping...[/]")
+        pass  # the usual way to stop serve: exit status 0
     finally:
         remove_state(cache, pid)
-        stack.stop()
+        stop_stack(stack, "the stack")
 
 
 app.command("mcp")(mcp_command)
