@@ -46,7 +46,7 @@ from shared.cli.options import (
     with_render_options,
 )
 from shared.cli.stack import LocalStack, StackConfig, cache_dir, free_port
-from shared.cli.state import ServeState, remove_state, running_stack, write_state
+from shared.cli.state import ServeRunning, ServeState, remove_state, running_stack, serve_lock, write_state
 from shared.client import OmostAPIError, OmostClient
 from shared.jobs import RenderAccepted, RenderJob, RenderRequest
 from shared.omost_code import canvas_to_code
@@ -346,6 +346,12 @@ def serve(
     chosen = TINY_MODEL if tiny else model or os.environ.get("OMOST_RENDER_MODEL")
     if not chosen:
         raise usage_error(NO_MODEL)
+    cache, pid = cache_dir(), os.getpid()
+    lock = contextlib.ExitStack()  # held until this serve ends: one per cache folder
+    try:
+        lock.enter_context(serve_lock(cache))
+    except ServeRunning as exc:
+        raise usage_error(str(exc)) from None
     if tiny:
         say(console, "[yellow]--tiny: random weights, offline. The images are noise; the pipeline is real.[/]")
     config = StackConfig(
@@ -353,7 +359,6 @@ def serve(
         llm_kind=llm_kind, model=chosen, workers=workers, redis_data=cache_dir() / "redis" / f"serve-{planner_port}",
     )
     stack = LocalStack(config)
-    cache, pid = cache_dir(), os.getpid()
     try:
         with Activity(console, "starting"):
             stack.start()
@@ -373,6 +378,7 @@ def serve(
     finally:
         remove_state(cache, pid)
         stop_stack(stack, "the stack")
+        lock.close()
 
 
 app.command("mcp")(mcp_command)

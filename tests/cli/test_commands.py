@@ -22,7 +22,7 @@ from shared.cli.errors import error_line
 from shared.cli.memory import Conversation, recall, remember
 from shared.cli.options import RenderOptions
 from shared.cli.stack import free_port, last_error
-from shared.cli.state import ServeState, remove_state, running_stack, write_state
+from shared.cli.state import ServeState, remove_state, running_stack, serve_lock, write_state
 from shared.client import OmostAPIError
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "omost_outputs" / "01_dragon_battle.md"
@@ -248,3 +248,23 @@ def test_an_edit_is_checked_before_any_stack_starts(private_cache: Path, monkeyp
     result = runner.invoke(app, ["edit", " \n"])
     assert result.exit_code == 1
     assert result.output.strip() == "error: prompt: the prompt is empty"
+
+
+def test_a_second_serve_is_refused_naming_the_first(
+    private_cache: Path, healthz: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first ``serve`` is this test holding the lock (as a running ``serve`` does) with its state
+    written; the second must neither start a stack nor touch the first one's state file."""
+    private_cache.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setattr(commands.LocalStack, "start", lambda *a, **k: pytest.fail("a second stack was started"))
+    first = ServeState(os.getpid(), healthz, healthz + "/r", "redis://x", "tiny")
+    with serve_lock(private_cache):
+        write_state(private_cache, first)
+        result = runner.invoke(app, ["serve", "--tiny", "--planner-port", str(free_port())])
+        assert running_stack(private_cache) == first
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert line.startswith(f"error: `omost serve` is already running (pid {os.getpid()}: planner {healthz}, ")
+    assert "Stop it first" in line and len(result.output.strip().splitlines()) == 1
+    with serve_lock(private_cache):  # released by the first: a new serve may start
+        pass
