@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -38,11 +39,12 @@ from shared.cli.options import (
     Model,
     Output,
     PlannerUrl,
+    PlanSeed,
     RenderOptions,
     RenderUrl,
-    Seed,
     Tiny,
     Token,
+    tiny_stack_env,
     with_render_options,
 )
 from shared.cli.stack import LocalStack, StackConfig, cache_dir, free_port
@@ -55,6 +57,24 @@ from shared.plans import ChatTurn, GenerationAccepted, PlanRequest, PlanResult
 app = typer.Typer(help="LLM-planned, region-controlled image generation (Omost, as services).", no_args_is_help=True)
 console = Console(stderr=True)
 errors = friendly_errors(console)
+
+def _version(value: bool) -> None:
+    if value:
+        try:
+            typer.echo(f"omost {metadata.version('omost-service')}")
+        except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+            typer.echo("omost (not installed: no version)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """LLM-planned, region-controlled image generation (Omost, as services)."""
+
 
 TINY_MODEL = "tiny"
 """The model name the render worker builds itself: random weights, offline (render_service's loader)."""
@@ -109,7 +129,7 @@ def services(
         raise usage_error(f"no running stack (`omost serve`) and no --url: {NO_MODEL}")
     config = StackConfig(
         planner_port=free_port(), render_port=free_port(), model=TINY_MODEL if tiny else model, llm_url=llm_url,
-        planner=need_planner, render=need_render,
+        planner=need_planner, render=need_render, extra_env=tiny_stack_env(tiny),
     )
     if tiny and need_render:
         say(console, "[yellow]--tiny: random weights, offline. The images are noise; the pipeline is real.[/]")
@@ -246,7 +266,7 @@ def plan(
     token: Token = None,
     llm_url: LlmUrl = None,
     as_json: AsJson = False,
-    seed: Seed = None,
+    seed: PlanSeed = None,
     max_new_tokens: MaxNewTokens = None,
 ) -> None:
     """Plan PROMPT into a canvas and print it (Omost code, or JSON with --json)."""
@@ -262,7 +282,7 @@ def edit(
     token: Token = None,
     llm_url: LlmUrl = None,
     as_json: AsJson = False,
-    seed: Seed = None,
+    seed: PlanSeed = None,
     max_new_tokens: MaxNewTokens = None,
 ) -> None:
     """Change the last planned canvas with a follow-up INSTRUCTION ("make the dog a corgi")."""
@@ -357,6 +377,7 @@ def serve(
     config = StackConfig(
         host=host, planner_port=planner_port, render_port=render_port, redis_url=redis_url, llm_url=llm_url,
         llm_kind=llm_kind, model=chosen, workers=workers, redis_data=cache_dir() / "redis" / f"serve-{planner_port}",
+        extra_env=tiny_stack_env(chosen == TINY_MODEL),
     )
     stack = LocalStack(config)
     try:

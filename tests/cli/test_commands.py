@@ -268,3 +268,50 @@ def test_a_second_serve_is_refused_naming_the_first(
     assert "Stop it first" in line and len(result.output.strip().splitlines()) == 1
     with serve_lock(private_cache):  # released by the first: a new serve may start
         pass
+
+
+def test_version() -> None:
+    from importlib import metadata
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"omost {metadata.version('omost-service')}"
+
+
+def test_plan_seed_help_speaks_of_the_plan_not_images() -> None:
+    for command in ("plan", "edit"):
+        text = " ".join(runner.invoke(app, [command, "--help"]).output.replace("│", " ").split())
+        assert "image i uses seed" not in text and "the same seed, the same plan" in text
+
+
+def test_omost_cache_dir_moves_state_and_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's table says OMOST_CACHE_DIR holds the state, the private Redis's data and the tiny model."""
+    from shared.cli.stack import cache_dir
+
+    monkeypatch.setenv("OMOST_CACHE_DIR", str(tmp_path / "elsewhere"))
+    assert cache_dir() == tmp_path / "elsewhere" and cache_dir().is_dir()
+    remember(cache_dir(), Conversation(planner_url="http://x").followed_by(
+        "a cat", "canvas = Canvas()", planner_url="http://x", conversation_id=None))
+    assert (tmp_path / "elsewhere" / "last_conversation.json").exists()
+
+
+def test_a_tiny_stack_serves_small_defaults_to_the_playground_and_the_images_api(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``serve --tiny`` renders 256² from the CLI; the playground's form and the Images API's "auto"
+    must start there too, from the server's own config (the planner app, in process: no LLM needed)."""
+    from fastapi.testclient import TestClient
+
+    from planner_service.app import create_app
+    from planner_service.settings import PlannerSettings
+    from shared.cli.options import tiny_stack_env
+
+    monkeypatch.delenv("OMOST_PLANNER_IMAGES_DEFAULT_SIZE", raising=False)
+    monkeypatch.delenv("OMOST_PLANNER_PLAYGROUND_DEFAULT_SIZE", raising=False)
+    assert tiny_stack_env(False) == {}
+    for name, value in tiny_stack_env(True).items():
+        monkeypatch.setenv(name, value)
+    config = TestClient(create_app(PlannerSettings())).get("/playground/config.json").json()
+    assert (config["render_defaults"]["width"], config["render_defaults"]["height"]) == (256, 256)
+    monkeypatch.setenv("OMOST_PLANNER_IMAGES_DEFAULT_SIZE", "512x512")  # the user's own setting wins
+    assert "OMOST_PLANNER_IMAGES_DEFAULT_SIZE" not in tiny_stack_env(True)
