@@ -150,7 +150,8 @@ def services(
 
 def stop_stack(stack: LocalStack, what: str) -> None:
     """Stop ``stack``, saying what is being stopped: services finish or requeue their job first."""
-    names = [child.name for child in stack.children]
+    # In the order they stop: the services (workers finish or requeue their job), then Redis.
+    names = sorted((child.name for child in stack.children), key=lambda name: name == "redis")
     if not names:  # never started, or already stopped by a failed start
         return
     say(console, f"[dim]stopping {what}: {', '.join(names)}[/]")
