@@ -168,7 +168,11 @@ def cancel_on_interrupt(client: OmostClient, job_id: str) -> Iterator[None]:
     except KeyboardInterrupt:
         try:
             job = client.cancel(job_id)
-            say(console, f"interrupted: canceled render {job_id} (it was {job.status})")
+            if job.status == "running":  # the worker stops at its next step
+                say(console, f"interrupted: canceled render {job_id} (it was running, at step "
+                             f"{job.progress.step if job.progress else 0}; the worker stops at the next)")
+            else:
+                say(console, f"interrupted: canceled render {job_id} (now {job.status})")
         except (httpx.HTTPError, OmostAPIError) as exc:
             say(console, f"[red]interrupted: render {job_id} could not be canceled: {error_line(exc)}[/]")
         raise
