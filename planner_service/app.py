@@ -116,5 +116,7 @@ def create_app(settings: PlannerSettings | None = None) -> FastAPI:
     app.include_router(images.router)
     app.include_router(health.router)
     if settings.playground:
-        mount_playground(app, settings.playground_render_url or settings.render_api_url)
+        size = settings.playground_default_size
+        default_size = (int(size.split("x")[0]), int(size.split("x")[1])) if size else None
+        mount_playground(app, settings.playground_render_url or settings.render_api_url, default_size=default_size)
     return app

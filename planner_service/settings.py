@@ -97,6 +97,10 @@ class PlannerSettings(ServiceSettings):
     playground_render_url: str = Field(
         default="", description="The render API's base URL as a browser reaches it; empty: render_api_url."
     )
+    playground_default_size: str = Field(
+        default="", pattern=r"^(\d{2,4}x\d{2,4})?$",
+        description="WIDTHxHEIGHT the page's render form starts with; empty: Omost's 896x1152 (--tiny sets 256x256).",
+    )
     render_job_ttl_seconds: int = Field(default=DEFAULT_TTL_SECONDS, ge=60)
     max_queue_depth: int | None = Field(default=1000, ge=1)
     max_job_megapixel_steps: float | None = Field(

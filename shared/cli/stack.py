@@ -36,7 +36,10 @@ class StackError(RuntimeError):
 
 
 def cache_dir() -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "omost"
+    """``$OMOST_CACHE_DIR``, else ``$XDG_CACHE_HOME/omost``: state, the private Redis's data, the tiny
+    model (the render worker reads the same variable; children inherit it)."""
+    explicit = os.environ.get("OMOST_CACHE_DIR")
+    root = Path(explicit) if explicit else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "omost"
     root.mkdir(parents=True, exist_ok=True)
     return root
 

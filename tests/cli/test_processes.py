@@ -164,6 +164,9 @@ def test_the_stack_leaves_any_other_redis_untouched(env: dict[str, str], tmp_pat
                                 timeout=900)
         assert result.returncode == 0, result.stderr[-3000:]
         assert out.read_bytes().startswith(b"\x89PNG")
+        queued = [line for line in result.stderr.splitlines() if line.startswith("queued render ")]
+        assert len(queued) == 1 and "Ctrl-C cancels it" in queued[0]  # the job id, before the wait
+        assert "stopping the temporary stack: render-api, render-worker-0, planner, redis" in result.stderr
 
         assert client.dbsize() == len(before)
         assert {key: client.dump(key) for key in client.keys("*")} == before
