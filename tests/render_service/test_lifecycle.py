@@ -200,6 +200,13 @@ def test_metrics_count_the_job_and_its_steps(env: Stack, finished: FinishedJob) 
     assert "omost_render_step_seconds_bucket" in metrics and "omost_render_queue_depth" in metrics
     step_count = next(line for line in metrics.splitlines() if line.startswith("omost_render_step_seconds_count"))
     assert float(step_count.split()[-1]) >= 3
+    values = {line.split()[0]: float(line.split()[-1]) for line in metrics.splitlines() if not line.startswith("#")}
+    assert values["omost_render_queue_wait_seconds_count"] >= 1
+    assert values["omost_render_busy_seconds_total"] > 0
+    for phase in ("encode", "denoise", "decode", "png", "settle"):
+        assert values[f'omost_render_phase_seconds_count{{phase="{phase}"}}'] >= 1, phase
+    beats = [name for name in values if name.startswith("omost_render_worker_last_heartbeat_timestamp_seconds{")]
+    assert beats and all(values[name] > time.time() - 60 for name in beats)
 
 
 def test_openapi_documents_the_event_stream(env: Stack) -> None:
