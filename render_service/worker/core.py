@@ -518,14 +518,14 @@ class Worker:
         """
         try:
             for running, outcome in zip(batch, outcomes, strict=True):
-                started = time.monotonic()
+                started, images = time.monotonic(), bool(outcome.images)
                 outcome = self._encoded(outcome)
                 encoded = time.monotonic()
                 if outcome.pngs and self.images is not None:
                     outcome = self._upload(running, outcome)
                 self._settle(running, outcome)
                 phases = {"png": encoded - started, "settle": time.monotonic() - encoded}
-                if not outcome.fields.get(Rec.NUM_IMAGES):
+                if not images:
                     del phases["png"]  # nothing was encoded (failed, canceled, given back)
                 self._count(functools.partial(observe_phases, keys=self.keys, seconds=phases))
         finally:
