@@ -39,7 +39,7 @@ from tests.render_service.helpers import (
     wait_for,
     wait_terminal,
 )
-from tests.support import ChildProcess, RedisServer
+from tests.support import ChildProcess, RedisServer, wait_until
 
 WEBHOOK_SECRET = "hook-secret"
 
@@ -242,6 +242,13 @@ def test_webhook_called_with_retries(env: Stack) -> None:
     assert payload["id"] == job_id and payload["status"] == "succeeded" and len(payload["urls"]["images"]) == 1
     assert headers["X-Omost-Event"] == "render.succeeded"
     assert headers["X-Omost-Signature"] == sign(data, WEBHOOK_SECRET)
+
+    def delivered() -> float:  # counted just after the record's outcome is written
+        metric = 'omost_render_webhooks_total{outcome="delivered"}'
+        lines = http.get("/metrics").text.splitlines()
+        return next(float(line.split()[-1]) for line in lines if line.startswith(metric))
+
+    wait_until(lambda: delivered() >= 1, 10, what="the delivered webhook counted")
 
 
 def test_cancel_queued_and_running(env: Stack) -> None:
