@@ -5,6 +5,7 @@ All key names and record fields come from :mod:`shared.queue`, so both sides agr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -16,6 +17,7 @@ import redis.asyncio
 from redis.exceptions import ResponseError
 
 from render_service.images import S3Images, describe, image_keys, is_transient
+from render_service.metrics import image_store_error_key
 from shared.jobs import TERMINAL_STATUSES, JobEvent
 from shared.queue import (
     EVENT_FIELD,
@@ -57,6 +59,10 @@ class QueueStats:
     dead_letter: int = 0
     live_workers: int = 0
     counters: dict[str, float] = field(default_factory=dict)
+    heartbeats: dict[str, float] = field(default_factory=dict)
+    """Worker name -> Unix time of its last heartbeat (workers silent for long are forgotten)."""
+    busy: dict[str, bool] = field(default_factory=dict)
+    """Worker name -> whether it holds a job now, for the workers whose description has not expired."""
 
 
 class JobStore:
@@ -97,6 +103,8 @@ class JobStore:
                 return ImageRedirect(await anyio.to_thread.run_sync(self.images.presign, names[index]))
             return await anyio.to_thread.run_sync(self.images.get, names[index])
         except Exception as exc:
+            with contextlib.suppress(redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                await self.redis.hincrby(self.keys.metrics, image_store_error_key("read"), 1)
             if not is_transient(exc):
                 raise
             raise ImageStoreUnavailable(f"the image store is unavailable ({describe(exc)}); try again shortly") from exc
@@ -168,9 +176,16 @@ class JobStore:
             pipe.xlen(keys.dead_letter)
             pipe.zcount(keys.workers, now - live_within, "+inf")
             pipe.hgetall(keys.metrics)
-            depth, dead, workers, counters = await pipe.execute()
+            pipe.zrange(keys.workers, 0, -1, withscores=True)
+            depth, dead, workers, counters, beats = await pipe.execute()
         stats.depth, stats.dead_letter, stats.live_workers = int(depth), int(dead), int(workers)
         stats.counters = {text(k): float(v) for k, v in counters.items()}
+        stats.heartbeats = {text(name): float(at) for name, at in beats}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in stats.heartbeats:
+                pipe.hget(keys.worker(name), "job")
+            held = await pipe.execute()
+        stats.busy = {name: bool(job) for name, job in zip(stats.heartbeats, held, strict=True) if job is not None}
         try:
             summary = await self.redis.xpending(keys.stream, keys.group)
             stats.pending = int(summary["pending"])

@@ -69,7 +69,8 @@ DEAD_LETTER_MAXLEN = 10_000
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 """Ids we mint are 32 hex chars; other enqueuers may pick any id matching this."""
 
-RENDER_SECONDS_BUCKETS: tuple[float, ...] = (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+RENDER_SECONDS_BUCKETS: tuple[float, ...] = (0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 20, 30, 60, 120, 300, 600)
+QUEUE_WAIT_SECONDS_BUCKETS: tuple[float, ...] = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 STEP_SECONDS_BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10)
 """Histogram buckets the workers count into the shared metrics hash (see :func:`queue_observe`)."""
 
@@ -541,6 +542,9 @@ def claim(
     )
     pipe.expire(keys.job(job_id), ttl)
     queue_event(pipe, keys, job_id, make_event("running", worker=worker, message=f"delivery {deliveries}"), ttl)
+    created_at = decode_time(current.get(Rec.CREATED_AT))
+    if created_at is not None:  # queue wait: submission to the start of this run
+        queue_observe(pipe, keys, "queue_wait_seconds", max(0.0, time.time() - created_at), QUEUE_WAIT_SECONDS_BUCKETS)
     return Claim(deliveries=deliveries, token=token)
 
 

@@ -33,6 +33,7 @@ settled on its own. Guarantees, and how they are kept:
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -42,7 +43,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from types import FrameType
@@ -59,6 +60,7 @@ from render_service.engine import ModelNotFoundError, RenderCanceled, RenderEngi
 from render_service.engine.backends import AttentionConfigError
 from render_service.engine.batching import RenderTask, batch_key
 from render_service.images import S3Images, describe, image_keys, is_transient, register, sweep
+from render_service.metrics import count_busy, count_image_store_error, count_webhook, observe_phases
 from render_service.settings import RenderSettings, configure_logging
 from render_service.webhooks import deliver
 from render_service.worker.heartbeat import Heartbeat, owner_is_alive
@@ -409,6 +411,13 @@ class Worker:
                 )
                 return [outcome for running in batch for outcome in self._render([running])]
         render_seconds = time.monotonic() - started
+        timings = next((r.timings for r in results if isinstance(r, RenderResult)), {})
+
+        def busy(pipe: Any) -> None:
+            count_busy(pipe, self.keys, render_seconds)
+            observe_phases(pipe, self.keys, timings)  # the batch's phases, once per batch
+
+        self._count(busy)
         return [self._outcome(r, result, started, render_seconds) for r, result in zip(batch, results, strict=True)]
 
     def _task(self, running: _Running, started: float) -> RenderTask:
@@ -510,10 +519,16 @@ class Worker:
         """
         try:
             for running, outcome in zip(batch, outcomes, strict=True):
+                started, images = time.monotonic(), bool(outcome.images)
                 outcome = self._encoded(outcome)
+                encoded = time.monotonic()
                 if outcome.pngs and self.images is not None:
                     outcome = self._upload(running, outcome)
                 self._settle(running, outcome)
+                phases = {"png": encoded - started, "settle": time.monotonic() - encoded}
+                if not images:
+                    del phases["png"]  # nothing was encoded (failed, canceled, given back)
+                self._count(functools.partial(observe_phases, keys=self.keys, seconds=phases))
         finally:
             self._settling = []
 
@@ -562,6 +577,7 @@ class Worker:
                     f"could not store image {index + 1} of {len(names)} in s3://{store.bucket}/{name}: {describe(exc)}"
                 )
                 log.error("image upload failed", extra={"fields": {"job": delivery.job_id, "error": error}})
+                self._count(lambda pipe: count_image_store_error(pipe, self.keys, "upload"))
                 return _Outcome("failed", error=error[:2000])
         return replace(outcome, pngs=[], fields={**outcome.fields, Rec.IMAGE_KEYS: json.dumps(names)})
 
@@ -577,6 +593,7 @@ class Worker:
         except Exception as exc:
             # The keys stay in the set: the next beat (or another worker) tries again.
             log.warning("image sweep failed", extra={"fields": {"worker": self.name, "error": describe(exc)}})
+            self._count(lambda pipe: count_image_store_error(pipe, self.keys, "sweep"))
 
     # --- settle --------------------------------------------------------------------------------
 
@@ -631,6 +648,17 @@ class Worker:
         log.info("job finished", extra={"fields": fields})
         self._schedule_webhook(delivery.job_id)
 
+    # --- metrics -------------------------------------------------------------------------------
+
+    def _count(self, write: Callable[[Any], object]) -> None:
+        """Send what ``write`` buffers into the metrics hash, best effort: a lost count never fails a job."""
+        try:
+            with self.step_redis.pipeline(transaction=False) as pipe:
+                write(pipe)
+                pipe.execute()
+        except REDIS_ERRORS:
+            pass
+
     # --- webhooks ------------------------------------------------------------------------------
 
     def _schedule_webhook(self, job_id: str) -> None:
@@ -657,6 +685,7 @@ class Worker:
                 timeout=settings.webhook_timeout_seconds,
             )
             self.retry(lambda: self.step_redis.hset(job_key, Rec.WEBHOOK_STATUS, outcome), "record webhook")
+            self._count(lambda pipe: count_webhook(pipe, self.keys, outcome))
             log.info("webhook sent", extra={"fields": {"job": job_id, "outcome": outcome}})
         except Exception:
             log.exception("webhook delivery crashed", extra={"fields": {"job": job_id}})
