@@ -48,6 +48,10 @@ NOT_RUN = {
                                                               "of the README and tests/integrations/test_mcp.py run it",
     ("integrations.md", '{"mcpServers"'): "a host's configuration file",
     ("integrations.md", "python -m venv ~/.cache/omost/oapc"): "tests/integrations/test_openapi_clients.py runs it",
+    ("observability.md", "promtool check config"): "tests/deploy/test_observability.py runs these checks",
+    ("observability.md", "prometheus --config.file"): "serves until stopped: tests/e2e/test_stack.py runs a "
+                                                       "Prometheus on these files",
+    ("observability.md", "# /etc/grafana/provisioning"): "a Grafana provisioning file",
     ("planner.md", "client ──HTTP──> planner_service"): "a diagram",
     ("planner.md", "vllm serve lllyasviel/omost-llama-3-8b"): "needs a GPU host and the 8B model",
     ("planner.md", '{"prompt": "a cat and a dog on a sofa", "history"'): "a request body shown; the README's curl "
