@@ -5,6 +5,7 @@ started for the duration of the command."""
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import os
 import time
@@ -47,6 +48,7 @@ from shared.cli.options import (
 )
 from shared.cli.stack import LocalStack, StackConfig, cache_dir, free_port
 from shared.cli.state import ServeState, remove_state, running_stack, write_state
+from shared.cli.vllm import VllmServer
 from shared.client import OmostClient
 from shared.jobs import RenderJob, RenderRequest
 from shared.omost_code import canvas_to_code, parse_canvas_code
@@ -122,6 +124,27 @@ def services(
         yield Endpoints(stack.planner_url if need_planner else None, stack.render_url if need_render else None, tiny)
     finally:
         stack.stop()
+
+
+class LocalLlm(str, enum.Enum):
+    embedded = "embedded"
+    vllm = "vllm"
+
+
+def local_vllm(llm: LocalLlm, model: str | None, llm_url: str | None) -> VllmServer | None:
+    """The vLLM server ``serve --llm vllm`` starts (on loopback: only the planner talks to it), or None;
+    a wrong combination is a usage error."""
+    if llm is LocalLlm.embedded:
+        if model:
+            raise usage_error("--llm-model names the model of --llm vllm (the embedded LLM takes "
+                              "OMOST_PLANNER_GGUF_PATH)")
+        return None
+    if llm_url:
+        raise usage_error("--llm vllm starts a vLLM server; --llm-url names one already running: pass one of them")
+    if not model:
+        raise usage_error("--llm vllm needs --llm-model: an HF folder (scripts/setup_vllm.sh converts SmolLM2 to "
+                          "one) or a hub id such as lllyasviel/omost-llama-3-8b")
+    return VllmServer(model, free_port())
 
 
 def write_images(client: OmostClient, job: RenderJob, output: Path) -> list[Path]:
@@ -287,29 +310,40 @@ def serve(
     ] = None,
     llm_url: LlmUrl = None,
     llm_kind: Annotated[str | None, typer.Option(help="llamacpp, vllm or none (how to send the grammar).")] = None,
+    llm: Annotated[
+        LocalLlm, typer.Option(help="The LLM this stack starts when no --llm-url is given: the planner's embedded "
+                               "llama.cpp, or a vLLM server as a child process (see --llm-model).")
+    ] = LocalLlm.embedded,
+    llm_model: Annotated[
+        str | None, typer.Option(help="With --llm vllm: the model vLLM serves, an HF folder or hub id.")
+    ] = None,
     model: Model = None,
     tiny: Tiny = False,
     workers: Annotated[int | None, typer.Option(help="Render workers; default one per GPU, or one on CPU.")] = None,
 ) -> None:
-    """Run the whole stack until Ctrl-C: Redis, planner, render API and workers."""
+    """Run the whole stack until Ctrl-C: Redis, planner, render API and workers (and vLLM with --llm vllm)."""
     chosen = TINY_MODEL if tiny else model or os.environ.get("OMOST_RENDER_MODEL")
     if not chosen:
         raise usage_error(NO_MODEL)
+    vllm = local_vllm(llm, llm_model, llm_url)
     if tiny:
         say(console, "[yellow]--tiny: random weights, offline. The images are noise; the pipeline is real.[/]")
     config = StackConfig(
         host=host, planner_port=planner_port, render_port=render_port, redis_url=redis_url, llm_url=llm_url,
-        llm_kind=llm_kind, model=chosen, workers=workers, redis_data=cache_dir() / "redis" / f"serve-{planner_port}",
+        llm_kind=llm_kind, vllm=vllm, model=chosen, workers=workers,
+        redis_data=cache_dir() / "redis" / f"serve-{planner_port}",
     )
     stack = LocalStack(config)
     cache, pid = cache_dir(), os.getpid()
     try:
-        with Activity(console, "starting"):
-            stack.start()
+        with Activity(console, "starting") as activity:
+            stack.start(progress=activity.update)
         write_state(cache, ServeState(pid, stack.planner_url, stack.render_url, stack.redis_url, chosen))
         say(console, f"planner    {stack.planner_url}   (API docs: {stack.planner_url}/docs)")
         say(console, f"render API {stack.render_url}   (API docs: {stack.render_url}/docs)")
         say(console, f"redis      {stack.redis_url}")
+        if vllm is not None:
+            say(console, f"vLLM       {vllm.base_url}   (model {vllm.served_model_name})")
         say(console, f"[bold]playground {stack.planner_url}/[/]")
         say(console, f"[dim]logs in {stack.log_dir}; other omost commands use this stack; Ctrl-C stops everything[/]")
         while all(child.process.poll() is None for child in stack.children):
