@@ -46,9 +46,9 @@ from shared.cli.options import (
     Token,
     with_render_options,
 )
-from shared.cli.stack import LocalStack, StackConfig, cache_dir, free_port
+from shared.cli.stack import LocalStack, StackConfig, cache_dir, cuda_device_count, free_port
 from shared.cli.state import ServeState, remove_state, running_stack, write_state
-from shared.cli.vllm import VllmServer
+from shared.cli.vllm import EAGER, VllmServer
 from shared.client import OmostClient
 from shared.jobs import RenderJob, RenderRequest
 from shared.omost_code import canvas_to_code, parse_canvas_code
@@ -144,7 +144,9 @@ def local_vllm(llm: LocalLlm, model: str | None, llm_url: str | None) -> VllmSer
     if not model:
         raise usage_error("--llm vllm needs --llm-model: an HF folder (scripts/setup_vllm.sh converts SmolLM2 to "
                           "one) or a hub id such as lllyasviel/omost-llama-3-8b")
-    return VllmServer(model, free_port())
+    # Without a GPU, no torch.compile: vLLM 0.32's CPU build recompiles on every start (minutes; its
+    # compile cache fails to load) and decodes a small model about as fast eagerly (docs/planner.md).
+    return VllmServer(model, free_port(), extra_args=() if cuda_device_count() else (EAGER,))
 
 
 def write_images(client: OmostClient, job: RenderJob, output: Path) -> list[Path]:

@@ -27,6 +27,11 @@ DEFAULT_CPU_KV_CACHE_GIB = "1"
 """vLLM's CPU build reserves this much memory for the KV cache; 1 GiB holds ~45k tokens of SmolLM2,
 room for a dozen concurrent 4k-token plans. An explicit setting of the user's wins."""
 
+EAGER = "--enforce-eager"
+"""No torch.compile and no CUDA graphs: what a CPU start wants (vLLM 0.32's CPU build compiles SmolLM2
+for ~2.5 minutes on every start, its compile cache failing to load, and decodes it about as fast
+eagerly); a GPU keeps its graphs."""
+
 REQUIRED_FLAGS: dict[str, str | None] = {
     # The planner sends a GBNF grammar in structured_outputs.grammar: xgrammar reads GBNF. With
     # "auto", vLLM may hand a grammar to another backend that reads a different syntax.
