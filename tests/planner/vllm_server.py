@@ -9,17 +9,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.cli.vllm import VllmMissing, VllmServer, vllm_python
+from shared.cli.vllm import EAGER, VllmMissing, VllmServer, vllm_python
 from tests.support import ChildProcess, free_port, wait_for_http, wait_until
 
 MODEL_ENV = "OMOST_VLLM_TEST_MODEL"
 SERVED_NAME = "SmolLM2-135M-Instruct"
 STARTUP_SECONDS = 600.0
 """vLLM's imports alone take 30-60 s on two loaded cores."""
-EAGER = "--enforce-eager"
-"""No torch.compile: vLLM 0.32's CPU build compiles SmolLM2 for ~2.5 minutes on every start (its AOT
-cache fails to load: "'function' object has no attribute 'finalize_loading'"), and eager decodes
-this model about as fast on two cores (10-17 tokens/s either way under the suite's load)."""
 SETUP_HINT = "run `bash scripts/setup_vllm.sh` (scripts/test.sh does)"
 
 
@@ -79,6 +75,7 @@ def start_vllm(max_model_len: int, *extra_args: str) -> RunningVllm:
         raise RuntimeError(f"no converted SmolLM2 at {model}: {SETUP_HINT}")
     server = VllmServer(
         str(model), free_port(), max_model_len=max_model_len, name=SERVED_NAME,
+        # Eager (shared.cli.vllm.EAGER): the start is ~5 s of engine instead of ~2.5 minutes of compiling.
         extra_args=("--enable-log-requests", EAGER, *extra_args),
     )  # fmt: skip
     child = ChildProcess(server.args(python), env=server.environment() | vllm_cache_env(), group=True).start()
