@@ -53,12 +53,9 @@ def _fitted(settings: PlannerSettings, model: ServedModel | None) -> PlannerSett
     update: dict[str, object] = {"llm_model": model.id}
     window = model.max_model_len
     if window and window < settings.context_tokens:
-        # The default answer keeps Omost's share of the window (4096 of 8192), so a default request
-        # still has room for its prompt; a request may still ask for more, up to what fits.
-        share = settings.max_new_tokens * window // settings.context_tokens
-        update |= {"context_tokens": window, "max_new_tokens": max(16, min(settings.max_new_tokens, share))}
-        log.info("context %d tokens, default max_new_tokens %d: the LLM server's window for %s", window,
-                 update["max_new_tokens"], model.id)  # fmt: skip
+        # The default answer then keeps its share of the smaller window (settings.default_max_new_tokens).
+        log.info("context %d tokens: the LLM server's window for %s", window, model.id)
+        update["context_tokens"] = window
     return settings.model_copy(update=update)
 
 
@@ -104,7 +101,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.plan_service = PlanService(planner, store, metrics)
     log.info(
         "planner ready: LLM %s, model %s (%s; grammar field %s): grammar %s, subject constraints %s, "
-        "one-shot %s, frequency penalty %s, context %d tokens",
+        "one-shot %s, frequency penalty %s, context %d tokens, default max_new_tokens %d",
         base_url,
         settings.model_name,
         settings.shaping_reason,
@@ -114,6 +111,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.use_one_shot,
         settings.resolved_frequency_penalty,
         settings.context_tokens,
+        settings.default_max_new_tokens,
     )
     try:
         yield

@@ -24,6 +24,13 @@ EMBEDDED_FREQUENCY_PENALTY = 0.3
 """Measured on 20 prompts with SmolLM2 and the strict grammar: plans with no degenerate field rose
 from 11/20 to 17/20, all 20 still parsing (docs/planner.md)."""
 
+SMALL_MODEL_MAX_NEW_TOKENS = 1536
+"""A small model's default answer length. Its shaped plans take 450-700 tokens (median 467 embedded,
+550-700 on vLLM; eight subjects ~1100), so a plan past 1536 is a loop the grammar allows (tags of
+digits, say), and Omost's 4096 let one run for minutes: 221 s at ~18 tokens/s on vLLM under load. Cut
+here, it yields the canvas of its complete calls. OMOST_PLANNER_MAX_NEW_TOKENS or a request's
+max_new_tokens still asks for more."""
+
 SMALL_MODELS = ("smollm",)
 """Name fragments (lower case) of the small models the strict shaping was measured with: they plan
 well only inside it, wherever they are served (embedded llama.cpp or vLLM)."""
@@ -176,6 +183,17 @@ class PlannerSettings(ServiceSettings):
         if self.grammar_kind == "none":
             return False  # nowhere to send a grammar
         return self.subject_constraints if self.subject_constraints is not None else self.small_model
+
+    @property
+    def default_max_new_tokens(self) -> int:
+        """A request's max_new_tokens when it gives none: OMOST_PLANNER_MAX_NEW_TOKENS where set;
+        else Omost's share of the window (4096 of 8192), for a small model at most
+        :data:`SMALL_MODEL_MAX_NEW_TOKENS`."""
+        if "max_new_tokens" in self.model_fields_set:
+            return self.max_new_tokens
+        share = max(16, self.max_new_tokens * self.context_tokens // int(LLM_DEFAULTS["context_tokens"]))
+        tokens = min(self.max_new_tokens, share)
+        return min(tokens, SMALL_MODEL_MAX_NEW_TOKENS) if self.small_model else tokens
 
     @property
     def use_one_shot(self) -> bool:

@@ -62,8 +62,18 @@ def test_shaping_defaults_follow_the_model(settings: dict, strict: bool) -> None
     assert shaping == (("strict-content", True, True) if strict else ("permissive", False, False))
     assert resolved.resolved_frequency_penalty == (0.3 if strict else 0.0)
     assert resolved.model_name and resolved.model_name.split("/")[-1][:6].lower() in resolved.shaping_reason.lower()
-    explicit = PlannerSettings(llm_kind="vllm", grammar_profile="permissive", one_shot=False, **settings)
+    # A small model's answer is bounded (a loop the grammar allows would otherwise run to Omost's 4096).
+    assert resolved.default_max_new_tokens == (1536 if strict else 4096)
+    explicit = PlannerSettings(
+        llm_kind="vllm", grammar_profile="permissive", one_shot=False, max_new_tokens=4096, **settings
+    )
     assert (explicit.resolved_profile, explicit.use_one_shot) == ("permissive", False)  # a setting still wins
+    assert explicit.default_max_new_tokens == 4096
+
+
+def test_the_default_answer_keeps_its_share_of_a_smaller_window() -> None:
+    served = PlannerSettings(llm_url="http://vllm:8000/v1", llm_model="lllyasviel/omost-llama-3-8b")
+    assert served.model_copy(update={"context_tokens": 4096}).default_max_new_tokens == 2048
 
 
 def test_embedded_server_starts_and_stops_with_the_service(redis_server: RedisServer) -> None:

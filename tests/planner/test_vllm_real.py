@@ -82,7 +82,7 @@ def test_the_planner_adopts_the_models_shaping_and_window(planner: RunningPlanne
     (line,) = [json.loads(x)["msg"] for x in planner.child.log().splitlines() if "planner ready" in x]
     assert f"model {SERVED_NAME} ({SERVED_NAME} is a known small model" in line
     assert "grammar strict-content, subject constraints True, one-shot True" in line
-    assert f"context {WINDOW} tokens" in line
+    assert f"context {WINDOW} tokens, default max_new_tokens 1536" in line
 
 
 def test_vllm_applies_the_grammar_we_send(vllm: RunningVllm) -> None:
