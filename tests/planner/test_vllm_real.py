@@ -18,14 +18,13 @@ from dataclasses import dataclass
 import httpx
 import pytest
 import redis
-from httpx_sse import connect_sse
 
 from planner_service.subjects import lemma, words
 from shared.canvas import Canvas
 from shared.grammar import omost_grammar
 from tests.planner.canvases import EDITED
 from tests.planner.conftest import RunningPlanner, start_planner
-from tests.planner.test_plans_real import check_plan, plan
+from tests.planner.test_plans_real import check_plan, plan, stream_plan
 from tests.planner.vllm_server import SERVED_NAME, RunningVllm, start_vllm
 from tests.support import RedisServer
 
@@ -182,18 +181,8 @@ def test_an_edit_of_an_inline_canvas_replaces_the_subject(planner: RunningPlanne
 
 
 def test_a_streamed_plan_sends_the_code_as_it_is_written(planner: RunningPlanner) -> None:
-    deltas: list[str] = []
-    final: dict | None = None
-    body = {"prompt": "a windmill in a tulip field", "stream": True, "max_new_tokens": SHORT, "seed": 6}
-    with planner.client() as client, connect_sse(client, "POST", "/v1/plans", json=body) as source:
-        for event in source.iter_sse():
-            if event.event == "delta":
-                deltas.append(json.loads(event.data)["text"])
-            elif event.event == "plan":
-                final = json.loads(event.data)
-            elif event.event == "error":
-                pytest.fail(event.data)
-    assert len(deltas) > 10 and final is not None
+    deltas, final = stream_plan(planner, prompt="a windmill in a tulip field", max_new_tokens=SHORT, seed=6)
+    assert len(deltas) > 10
     check_plan(final)
     streamed = "".join(deltas)
     assert streamed.startswith("```python\ncanvas = Canvas()"), streamed
