@@ -171,7 +171,7 @@ async def tail(planner: RunningPlanner, runs: int) -> list[str]:
             rate = plan["timings"].get("tokens_per_second", 0)
             rows.append(f"| {prompt} | {plan['usage']['completion_tokens']} | {plan['attempts']} | "
                         f"{'yes' if plan['truncated'] else 'no'} | {rate:.1f} | {took:.1f} |")  # fmt: skip
-    quantiles = statistics.quantiles(seconds, n=10) if len(seconds) > 1 else seconds * 9
+    quantiles = statistics.quantiles(seconds, n=10, method="inclusive") if len(seconds) > 1 else seconds * 9
     header = ["| prompt | tokens | attempts | cut off | tokens/s | s |", "|---|---|---|---|---|---|"]
     return [*header, *rows, "", f"p50 {statistics.median(seconds):.1f} s, p90 {quantiles[-1]:.1f} s, "
             f"max {max(seconds):.1f} s"]  # fmt: skip
