@@ -177,7 +177,7 @@ class Planner:
         )
 
     def _max_tokens(self, request: PlanInput) -> int:
-        return request.max_new_tokens or self.settings.max_new_tokens
+        return request.max_new_tokens or self.settings.default_max_new_tokens
 
     def _params(self, request: PlanInput, attempt: int, seed: int, banned_words: tuple[str, ...]) -> SamplingParams:
         s = self.settings

@@ -5,6 +5,7 @@ started for the duration of the command."""
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import time
 from collections.abc import Iterator
@@ -47,8 +48,9 @@ from shared.cli.options import (
     tiny_stack_env,
     with_render_options,
 )
-from shared.cli.stack import LocalStack, StackConfig, cache_dir, free_port
+from shared.cli.stack import LocalStack, StackConfig, cache_dir, cuda_device_count, free_port
 from shared.cli.state import ServeRunning, ServeState, remove_state, running_stack, serve_lock, write_state
+from shared.cli.vllm import EAGER, VllmServer
 from shared.client import OmostAPIError, OmostClient
 from shared.jobs import RenderAccepted, RenderJob, RenderRequest
 from shared.omost_code import canvas_to_code
@@ -191,6 +193,29 @@ def plan_stops_on_interrupt() -> Iterator[None]:
 
 def submitted(job_id: str, status_url: str) -> None:
     say(console, f"queued render {job_id} ({status_url}); Ctrl-C cancels it")
+
+
+class LocalLlm(str, enum.Enum):
+    embedded = "embedded"
+    vllm = "vllm"
+
+
+def local_vllm(llm: LocalLlm, model: str | None, llm_url: str | None) -> VllmServer | None:
+    """The vLLM server ``serve --llm vllm`` starts (on loopback: only the planner talks to it), or None;
+    a wrong combination is a usage error."""
+    if llm is LocalLlm.embedded:
+        if model:
+            raise usage_error("--llm-model names the model of --llm vllm (the embedded LLM takes "
+                              "OMOST_PLANNER_GGUF_PATH)")
+        return None
+    if llm_url:
+        raise usage_error("--llm vllm starts a vLLM server; --llm-url names one already running: pass one of them")
+    if not model:
+        raise usage_error("--llm vllm needs --llm-model: an HF folder (scripts/setup_vllm.sh converts SmolLM2 to "
+                          "one) or a hub id such as lllyasviel/omost-llama-3-8b")
+    # Without a GPU, no torch.compile: vLLM 0.32's CPU build recompiles on every start (minutes; its
+    # compile cache fails to load) and decodes a small model about as fast eagerly (docs/planner.md).
+    return VllmServer(model, free_port(), extra_args=() if cuda_device_count() else (EAGER,))
 
 
 def write_images(client: OmostClient, job: RenderJob, output: Path) -> list[Path]:
@@ -363,11 +388,18 @@ def serve(
     ] = None,
     llm_url: LlmUrl = None,
     llm_kind: Annotated[str | None, typer.Option(help="llamacpp, vllm or none (how to send the grammar).")] = None,
+    llm: Annotated[
+        LocalLlm, typer.Option(help="The LLM this stack starts when no --llm-url is given: the planner's embedded "
+                               "llama.cpp, or a vLLM server as a child process (see --llm-model).")
+    ] = LocalLlm.embedded,
+    llm_model: Annotated[
+        str | None, typer.Option(help="With --llm vllm: the model vLLM serves, an HF folder or hub id.")
+    ] = None,
     model: Model = None,
     tiny: Tiny = False,
     workers: Annotated[int | None, typer.Option(help="Render workers; default one per GPU, or one on CPU.")] = None,
 ) -> None:
-    """Run the whole stack until Ctrl-C: Redis, planner, render API and workers."""
+    """Run the whole stack until Ctrl-C: Redis, planner, render API and workers (and vLLM with --llm vllm)."""
     chosen = TINY_MODEL if tiny else model or os.environ.get("OMOST_RENDER_MODEL")
     if not chosen:
         raise usage_error(NO_MODEL)
@@ -377,21 +409,24 @@ def serve(
         lock.enter_context(serve_lock(cache))
     except ServeRunning as exc:
         raise usage_error(str(exc)) from None
+    vllm = local_vllm(llm, llm_model, llm_url)
     if tiny:
         say(console, "[yellow]--tiny: random weights, offline. The images are noise; the pipeline is real.[/]")
     config = StackConfig(
         host=host, planner_port=planner_port, render_port=render_port, redis_url=redis_url, llm_url=llm_url,
-        llm_kind=llm_kind, model=chosen, workers=workers, redis_data=cache_dir() / "redis" / f"serve-{planner_port}",
-        extra_env=tiny_stack_env(chosen == TINY_MODEL),
+        llm_kind=llm_kind, vllm=vllm, model=chosen, workers=workers,
+        redis_data=cache_dir() / "redis" / f"serve-{planner_port}", extra_env=tiny_stack_env(chosen == TINY_MODEL),
     )
     stack = LocalStack(config)
     try:
-        with Activity(console, "starting"):
-            stack.start()
+        with Activity(console, "starting") as activity:
+            stack.start(progress=activity.update)
         write_state(cache, ServeState(pid, stack.planner_url, stack.render_url, stack.redis_url, chosen))
         say(console, f"planner    {stack.planner_url}   (API docs: {stack.planner_url}/docs)")
         say(console, f"render API {stack.render_url}   (API docs: {stack.render_url}/docs)")
         say(console, f"redis      {stack.redis_url}")
+        if vllm is not None:
+            say(console, f"vLLM       {vllm.base_url}   (model {vllm.served_model_name})")
         say(console, f"[bold]playground {stack.planner_url}/[/]")
         say(console, f"[dim]logs in {stack.log_dir}; other omost commands use this stack; Ctrl-C stops everything[/]")
         while all(child.process.poll() is None for child in stack.children):

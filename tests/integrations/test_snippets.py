@@ -54,6 +54,7 @@ NOT_RUN = {
     ("observability.md", "# /etc/grafana/provisioning"): "a Grafana provisioning file",
     ("planner.md", "client ──HTTP──> planner_service"): "a diagram",
     ("planner.md", "vllm serve lllyasviel/omost-llama-3-8b"): "needs a GPU host and the 8B model",
+    ("planner.md", "planner ready: LLM"): "a log line shown",
     ("planner.md", '{"prompt": "a cat and a dog on a sofa", "history"'): "a request body shown; the README's curl "
                                                                        "snippets send the same",
     ("queue-protocol.md", "{"): "a record shown",
