@@ -22,15 +22,14 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from render_service.engine import RenderEngine  # noqa: E402
-from render_service.engine.attention import (  # noqa: E402
-    _pad_tokens,
-    additive_mask,
-    attend,
-    fold_token_scale,
-    regional_attention,
-    token_bucket,
+from render_service.engine.backends.common import fold_token_scale, pad_tokens, token_bucket  # noqa: E402
+from render_service.engine.backends.packed import (  # noqa: E402
+    packed_attend,
+    packed_kernel,
+    packed_key_scale,
+    packed_mask,
 )
-from render_service.engine.packed import packed_attend, packed_kernel, packed_key_scale, packed_mask  # noqa: E402
+from render_service.engine.backends.sdpa import additive_mask, attend, regional_attention  # noqa: E402
 from render_service.engine.tiny import build_tiny_model  # noqa: E402
 from shared.jobs import RenderRequest  # noqa: E402
 
@@ -98,8 +97,8 @@ def main() -> int:
         cuda = [t.cuda().half() for t in (q, k, v)]
         padded = token_bucket(tokens)
         bias = additive_mask(mask.cuda()[None, None], torch.float16, padded)
-        key = _pad_tokens(fold_token_scale(cuda[1], scale.cuda(), 1 / math.sqrt(dim)), padded)
-        value = _pad_tokens(cuda[2], padded)
+        key = pad_tokens(fold_token_scale(cuda[1], scale.cuda(), 1 / math.sqrt(dim)), padded)
+        value = pad_tokens(cuda[2], padded)
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):

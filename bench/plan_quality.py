@@ -8,6 +8,8 @@ Metrics (automatic, no model):
   A non-English prompt's words also count when the canvas has the English word listed for them
   in ``ALIASES`` (the model may translate);
 * **subjects in regions** — the hand-listed subjects of each prompt found in some region's text;
+* **regions naming several subjects** — regions whose description names two or more of the listed
+  subjects ("Cat and dog on sofa."): an edit of one subject then has no region of its own to change;
 * **duplicates** — plans with two regions of the same description (case and punctuation folded);
 * **regions ≥ asked** — plans with at least as many regions as listed subjects;
 * **negation kept** — negated words ("no people") absent from every region;
@@ -226,17 +228,26 @@ def score_fresh(case: Fresh, canvas: Canvas, tally: Tally) -> None:
     region_lemmas = canvas_lemmas([t for r in canvas.local_descriptions for t in region_texts(r)])
     lost = [s for s in case.subjects if not found(s, region_lemmas)]
     tally.add("subjects in regions", len(case.subjects) - len(lost), len(case.subjects))
+    mixed = [r.description for r in canvas.local_descriptions if subjects_named(case, r.description) >= 2]
+    tally.add("regions naming several subjects", len(mixed), len(canvas.local_descriptions))
     descriptions = [_fold(r.description) for r in canvas.local_descriptions]
     duplicate = len(descriptions) != len(set(descriptions))
     tally.add("duplicates", int(duplicate))
     tally.add("regions ≥ asked", int(len(canvas.local_descriptions) >= len(case.subjects)))
     if negated:
         tally.add("negation kept", int(not any(found(w, region_lemmas) for w in negated)))
-    if missing or lost or duplicate:
+    if missing or lost or duplicate or mixed:
         tally.misses.append(
             f"- {case.prompt!r}: missing {missing}, not in a region {lost}"
             + (f", duplicates {descriptions}" if duplicate else "")
+            + (f", regions naming several subjects {mixed}" if mixed else "")
         )
+
+
+def subjects_named(case: Fresh, description: str) -> int:
+    """How many of the case's listed subjects ``description`` names (a/b counts once)."""
+    lemmas = canvas_lemmas([description])
+    return sum(found(subject, lemmas) for subject in case.subjects)
 
 
 def score_edit(case: Edit, canvas: Canvas, tally: Tally, how: str) -> None:
@@ -318,6 +329,7 @@ def main() -> None:
         ("coverage (content words in the canvas)", fresh.share("coverage")),
         ("coverage outside the global tags", fresh.share("coverage outside tags")),
         ("subjects in regions", fresh.share("subjects in regions")),
+        ("regions naming two or more subjects", fresh.share("regions naming several subjects")),
         ("plans with duplicate regions", fresh.share("duplicates")),
         ("plans with regions ≥ subjects asked", fresh.share("regions ≥ asked")),
         ("negation kept", fresh.share("negation kept")),

@@ -38,10 +38,10 @@ from diffusers import StableDiffusionXLPipeline  # noqa: E402
 from diffusers.models.attention_processor import AttnProcessor2_0  # noqa: E402
 
 from render_service.engine import RenderEngine  # noqa: E402
+from render_service.engine.backends import ATTENTION_BACKENDS, AttentionConfigError  # noqa: E402
 from render_service.engine.loading import resolve_dtype  # noqa: E402
 from render_service.engine.schedulers import make_scheduler  # noqa: E402
 from render_service.engine.tiny import FULL, MID, TINY, build_random_pipeline, build_tiny_model  # noqa: E402
-from render_service.engine.types import ATTENTION_KINDS  # noqa: E402
 from shared.canvas import Canvas  # noqa: E402
 from shared.contract import AREAS, LOCATIONS  # noqa: E402
 from shared.jobs import RenderRequest  # noqa: E402
@@ -291,7 +291,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     parser.add_argument("--fp16-vae", action="store_true", help="treat the random VAE as fp16-safe (no upcast)")
     parser.add_argument(
-        "--attention", choices=ATTENTION_KINDS, default="sdpa", help="our regional attention (set_attention)"
+        "--attention", choices=ATTENTION_BACKENDS, default="sdpa",
+        help="our regional attention backend (set_attention; one that runs eager: flex is timed by gpu_quick.py)",
     )
     args = parser.parse_args(argv)
     if args.full:
@@ -304,7 +305,10 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
 
     engine = load_engine(args)
-    engine.set_attention(args.attention)
+    try:
+        engine.set_attention(args.attention)
+    except AttentionConfigError as exc:
+        parser.error(str(exc))
     device = engine.device
     cpu_clock = torch.device(device).type == "cpu" and torch.get_num_threads() == 1
 

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from planner_service.admission import Admission
 from planner_service.conversations import ConversationStore
 from planner_service.errors import DOMAIN_ERRORS
-from planner_service.llm.client import LLMError, LLMUnavailable, OpenAIClient
+from planner_service.llm.client import LLMError, LLMUnavailable, OpenAIClient, ServedModel
 from planner_service.llm.embedded import EmbeddedLlamaServer
 from planner_service.metrics import PlannerMetrics
 from planner_service.planning import Planner
@@ -34,16 +34,31 @@ from shared.service.exposure import warn_if_exposed
 log = logging.getLogger("planner_service")
 
 
-async def _model_name(client: OpenAIClient, configured: str | None) -> str | None:
-    """The configured model, else the server's first (vLLM insists on the exact served name)."""
-    if configured:
-        return configured
+async def _served_model(client: OpenAIClient, configured: str | None) -> ServedModel | None:
+    """The configured model, else the server's first (vLLM insists on the exact served name), with
+    its context window where the server says it (vLLM does)."""
     try:
         served = await client.models()
     except (LLMUnavailable, LLMError) as exc:
         log.warning("could not list the LLM server's models (%s); will ask again per request", exc)
-        return None
+        return ServedModel(configured) if configured else None
+    if configured:
+        return next((m for m in served if m.id == configured), ServedModel(configured))
     return served[0] if served else None
+
+
+def _fitted(settings: PlannerSettings, model: ServedModel | None) -> PlannerSettings:
+    """The settings with the model's name filled in (the shaping defaults follow it) and the context
+    budget no larger than the server's window (a prompt past it is then refused before it is sent)."""
+    if model is None:
+        return settings
+    update: dict[str, object] = {"llm_model": model.id}
+    window = model.max_model_len
+    if window and window < settings.context_tokens:
+        # The default answer then keeps its share of the smaller window (settings.default_max_new_tokens).
+        log.info("context %d tokens: the LLM server's window for %s", window, model.id)
+        update["context_tokens"] = window
+    return settings.model_copy(update=update)
 
 
 @asynccontextmanager
@@ -74,7 +89,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         read_timeout=settings.read_timeout_seconds,
         connect_retries=settings.connect_retries,
     )
-    client.model = await _model_name(client, settings.llm_model)
+    served = await _served_model(client, settings.llm_model)
+    settings = app.state.settings = _fitted(settings, served)
+    client.model = settings.llm_model
     redis_client = async_client(settings.redis_url)
     # The render service's image store, read under its own settings' names, for b64_json answers.
     _, readable = image_stores(RenderImageStoreSettings(), settings.keys)
@@ -88,11 +105,18 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.store = store
     app.state.plan_service = PlanService(planner, store, metrics)
     log.info(
-        "planner ready: LLM %s (%s, grammar %s, one-shot %s)",
+        "planner ready: LLM %s, model %s (%s; grammar field %s): grammar %s, subject constraints %s, "
+        "one-shot %s, frequency penalty %s, context %d tokens, default max_new_tokens %d",
         base_url,
+        settings.model_name,
+        settings.shaping_reason,
         settings.grammar_kind,
         settings.resolved_profile,
+        settings.use_subject_constraints,
         settings.use_one_shot,
+        settings.resolved_frequency_penalty,
+        settings.context_tokens,
+        settings.default_max_new_tokens,
     )
     try:
         yield
@@ -121,5 +145,7 @@ def create_app(settings: PlannerSettings | None = None) -> FastAPI:
     app.include_router(images.router)
     app.include_router(health.router)
     if settings.playground:
-        mount_playground(app, settings.playground_render_url or settings.render_api_url)
+        size = settings.playground_default_size
+        default_size = (int(size.split("x")[0]), int(size.split("x")[1])) if size else None
+        mount_playground(app, settings.playground_render_url or settings.render_api_url, default_size=default_size)
     return app

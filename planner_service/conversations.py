@@ -7,15 +7,14 @@ so a conversation lives ``ttl`` seconds after its last turn.
 from __future__ import annotations
 
 import json
-import re
 import uuid
 
 import redis.asyncio
 from redis.exceptions import RedisError
 
-from shared.plans import MAX_HISTORY_TURNS, ChatTurn
+from shared.plans import CONVERSATION_ID_PATTERN, MAX_HISTORY_TURNS, ChatTurn
 
-CONVERSATION_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+__all__ = ["CONVERSATION_ID_PATTERN", "ConversationNotFound", "ConversationStore", "StoreUnavailable"]
 
 
 class ConversationNotFound(LookupError):

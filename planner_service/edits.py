@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from planner_service.subjects import lemma, split_words, words
+from planner_service.subjects import lemma, noun_phrases, split_words, words
 from shared.canvas import Canvas, LocalDescription
 from shared.grammar import RegionShape
 
@@ -69,16 +69,27 @@ class Patch:
         return Canvas(global_description=answer.global_description, local_descriptions=regions)
 
 
-def _region_lemmas(region: LocalDescription) -> set[str]:
-    return {lemma(w) for w in words(region.description)}
+def _heads(region: LocalDescription) -> list[str]:
+    """The lemmas of the things a region's description names, in order: "A cat and a sleepy dog on a
+    sofa." -> cat, dog, sofa (the head of each noun phrase)."""
+    return [subject.head for subject in noun_phrases(region.description)[0]]
 
 
 def _find_region(word: str, canvas: Canvas, taken: set[int]) -> int | None:
+    """The region an edit of ``word`` means. Of the regions whose description names it, the one
+    whose first-named thing it is ("Dog and cat on the sofa." before "Cat and dog on the sofa."),
+    then the one naming the fewest things, then the first; a region that names it only inside a
+    phrase ("dog bed") comes last. Where a plan put two subjects in one region, "make the dog a
+    corgi" must not rewrite the region that opens with the cat."""
     target = lemma(word)
+    candidates = []
     for index, region in enumerate(canvas.local_descriptions):
-        if index not in taken and target in _region_lemmas(region):
-            return index
-    return None
+        if index in taken or target not in {lemma(w) for w in words(region.description)}:
+            continue
+        heads = _heads(region)
+        position = heads.index(target) if target in heads else len(heads)
+        candidates.append((position, len(heads), index))
+    return min(candidates)[2] if candidates else None
 
 
 def _opening(phrase: list[str]) -> str:

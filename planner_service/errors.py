@@ -8,7 +8,7 @@ from typing import Any
 
 from planner_service.admission import ClientGone, PlannerBusy
 from planner_service.conversations import ConversationNotFound, StoreUnavailable
-from planner_service.llm.client import LLMError, LLMUnavailable
+from planner_service.llm.client import LLMError, LLMUnavailable, PromptPastContext
 from planner_service.planning import PlanFailed
 from planner_service.prompting import PromptTooLong
 from shared.queue import QueueFull
@@ -17,6 +17,7 @@ from shared.service.problems import problem_body
 DOMAIN_ERRORS: tuple[type[Exception], ...] = (
     PlanFailed,
     LLMUnavailable,
+    PromptPastContext,
     LLMError,
     ConversationNotFound,
     PromptTooLong,

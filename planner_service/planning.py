@@ -177,7 +177,7 @@ class Planner:
         )
 
     def _max_tokens(self, request: PlanInput) -> int:
-        return request.max_new_tokens or self.settings.max_new_tokens
+        return request.max_new_tokens or self.settings.default_max_new_tokens
 
     def _params(self, request: PlanInput, attempt: int, seed: int, banned_words: tuple[str, ...]) -> SamplingParams:
         s = self.settings
@@ -213,10 +213,6 @@ class Planner:
         total = time.perf_counter() - tally.started
         last = tally.last
         rate = last.tokens_per_second if last else 0.0
-        if last is not None:
-            self.metrics.completion_tokens.inc(tally.completion_tokens)
-            if rate:
-                self.metrics.tokens_per_second.observe(rate)
         timings = {
             "total_ms": round(total * 1000, 1),
             "llm_ms": round(tally.llm_seconds * 1000, 1),
@@ -228,6 +224,13 @@ class Planner:
         pairs = shaping.patch.pairs(shaping.previous) if shaping.patch and shaping.previous else None
         tokens = tally.prompt_tokens, tally.completion_tokens
         return PlanOutcome(parsed, code, truncated, attempt + 1, *tokens, timings, pairs)
+
+    def _count_call(self, completion: Completion) -> None:
+        """Every LLM call, failed parses included, so tokens/s covers all the LLM's work."""
+        self.metrics.completion_tokens.inc(completion.completion_tokens)
+        self.metrics.llm_seconds.observe(completion.seconds)
+        if completion.tokens_per_second:
+            self.metrics.tokens_per_second.observe(completion.tokens_per_second)
 
     def _failed(self, error: CanvasParseError, attempt: int) -> None:
         self.metrics.parse_failures.inc()
@@ -265,6 +268,7 @@ class Planner:
             else:
                 completion = await self.client.complete(messages, params, shaping.grammar)
             tally.add(completion)
+            self._count_call(completion)
             try:
                 parsed, code, truncated = self._parse(completion, shaping)
             except CanvasParseError as exc:

@@ -34,8 +34,10 @@ def static_dir() -> str:
     return str(Path(__file__).resolve().parent / "static" / "playground")
 
 
-def playground_config(render_api_url: str) -> dict[str, Any]:
-    """What the page needs to know: the render API's base URL, the contract tables and the limits."""
+def playground_config(render_api_url: str, default_size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """What the page needs to know: the render API's base URL, the contract tables and the limits.
+    ``default_size`` is the stack's own (a tiny-model stack renders small); None: Omost's."""
+    width, height = default_size or (RENDER_DEFAULTS["width"], RENDER_DEFAULTS["height"])
     return {
         "render_api_url": render_api_url.rstrip("/"),
         "planner_api_url": "",
@@ -47,8 +49,8 @@ def playground_config(render_api_url: str) -> dict[str, Any]:
         },
         "samplers": list(get_args(Sampler)),
         "render_defaults": {
-            "width": RENDER_DEFAULTS["width"],
-            "height": RENDER_DEFAULTS["height"],
+            "width": width,
+            "height": height,
             "steps": RENDER_DEFAULTS["steps"],
             "guidance_scale": RENDER_DEFAULTS["cfg"],
             "sampler": DEFAULT_SAMPLER,
@@ -70,11 +72,11 @@ def playground_config(render_api_url: str) -> dict[str, Any]:
     }
 
 
-def mount_playground(app: FastAPI, render_api_url: str) -> None:
+def mount_playground(app: FastAPI, render_api_url: str, default_size: tuple[int, int] | None = None) -> None:
     """Serve the playground at ``/`` with its config and static files; ``render_api_url`` is the
     render API's base URL as the browser reaches it (e.g. ``http://127.0.0.1:8001``)."""
     folder = static_dir()
-    config = playground_config(render_api_url)
+    config = playground_config(render_api_url, default_size)
     index = f"{folder}/index.html"
 
     @app.get("/", include_in_schema=False)

@@ -13,6 +13,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from planner_service.llm.client import LLMKind
+from planner_service.llm.embedded import SMOLLM2_FILE
 from shared.contract import LLM_DEFAULTS
 from shared.grammar import Profile
 from shared.queue import DEFAULT_TTL_SECONDS
@@ -21,6 +22,19 @@ from shared.service.settings import ServiceSettings
 EMBEDDED_FREQUENCY_PENALTY = 0.3
 """Measured on 20 prompts with SmolLM2 and the strict grammar: plans with no degenerate field rose
 from 11/20 to 17/20, all 20 still parsing (docs/planner.md)."""
+
+SMALL_MODEL_MAX_NEW_TOKENS = 1536
+"""A small model's default answer length. Its shaped plans take 450-700 tokens (median 467 embedded,
+550-700 on vLLM; eight subjects ~1100), so a plan past 1536 is a loop the grammar allows (tags of
+digits, say), and Omost's 4096 let one run for minutes: 221 s at ~18 tokens/s on vLLM under load. Cut
+here, it yields the canvas of its complete calls. OMOST_PLANNER_MAX_NEW_TOKENS or a request's
+max_new_tokens still asks for more."""
+
+SMALL_MODELS = ("smollm",)
+"""Name fragments (lower case) of the small models the strict shaping was measured with: they plan
+well only inside it, wherever they are served (embedded llama.cpp or vLLM)."""
+OMOST_MODELS = ("omost",)
+"""Omost's own fine-tunes write their canvases unaided: the permissive shaping, Omost's sampling."""
 
 
 class PlannerSettings(ServiceSettings):
@@ -50,16 +64,19 @@ class PlannerSettings(ServiceSettings):
         default=None, description="Grammar field: llamacpp, vllm or none. None: llamacpp when embedded, else none."
     )
     grammar_profile: Profile | Literal["auto"] = Field(
-        default="auto", description="auto: strict-content for the embedded model, permissive for a served one."
+        default="auto",
+        description="auto: strict-content for a small model (SmolLM2, or any embedded one not named Omost), "
+        "permissive for an Omost model (or any served one not known to be small).",
     )
     subject_constraints: bool | None = Field(
         default=None,
         description="Per-request grammar: one region per subject of the prompt, each opening with it, the "
         "prompt's words opening the global tags; an edit rewrites only the regions it names; negated and "
-        "removed words are banned. None: on for the embedded model.",
+        "removed words are banned. None: on for a small model (as grammar_profile's auto).",
     )
     one_shot: bool | None = Field(
-        default=None, description="Put a real Omost answer in the context first. None: on for the embedded model."
+        default=None,
+        description="Put a real Omost answer in the context first. None: on for a small model (as grammar_profile).",
     )
     connect_timeout_seconds: float = Field(default=3.0, gt=0)
     read_timeout_seconds: float = Field(default=300.0, gt=0, description="Longest silence from the LLM.")
@@ -80,7 +97,7 @@ class PlannerSettings(ServiceSettings):
         default=None,
         ge=-2,
         le=2,
-        description="OpenAI frequency_penalty for fresh plans (edits get 0). None: 0.3 for the embedded "
+        description="OpenAI frequency_penalty for fresh plans (edits get 0). None: 0.3 for a small "
         "model (it repeats itself), else 0 (Omost's sampling).",
     )
     context_tokens: int = Field(default=LLM_DEFAULTS["context_tokens"], ge=512, description="The model's window.")
@@ -96,6 +113,10 @@ class PlannerSettings(ServiceSettings):
     playground: bool = Field(default=True, description="Serve the web playground at /.")
     playground_render_url: str = Field(
         default="", description="The render API's base URL as a browser reaches it; empty: render_api_url."
+    )
+    playground_default_size: str = Field(
+        default="", pattern=r"^(\d{2,4}x\d{2,4})?$",
+        description="WIDTHxHEIGHT the page's render form starts with; empty: Omost's 896x1152 (--tiny sets 256x256).",
     )
     job_ttl_seconds: int = Field(
         default=DEFAULT_TTL_SECONDS,
@@ -121,23 +142,67 @@ class PlannerSettings(ServiceSettings):
         return "llamacpp" if self.embedded else "none"
 
     @property
+    def model_name(self) -> str | None:
+        """The model planned with: ``llm_model`` (the app sets it to the server's first model when
+        unset), else the embedded GGUF's file name."""
+        if self.llm_model:
+            return self.llm_model
+        if self.embedded:
+            return self.gguf_path.name if self.gguf_path else SMOLLM2_FILE
+        return None
+
+    @property
+    def small_model(self) -> bool:
+        """The shaping defaults follow the model: a known small one (SmolLM2) gets the strict shaping
+        wherever it is served, an Omost model the permissive one; an unknown model the one of its
+        transport (strict embedded, where models are small; permissive served)."""
+        name = (self.model_name or "").lower()
+        if any(fragment in name for fragment in SMALL_MODELS):
+            return True
+        if any(fragment in name for fragment in OMOST_MODELS):
+            return False
+        return self.embedded
+
+    @property
+    def shaping_reason(self) -> str:
+        """Why the defaults are what they are, for the start-up log."""
+        name = self.model_name or "an unnamed model"
+        lowered = name.lower()
+        if any(fragment in lowered for fragment in SMALL_MODELS):
+            return f"{name} is a known small model"
+        if any(fragment in lowered for fragment in OMOST_MODELS):
+            return f"{name} is an Omost model"
+        return f"{name} is not a known model; defaults of the {'embedded' if self.embedded else 'served'} transport"
+
+    @property
     def resolved_profile(self) -> Profile:
         if self.grammar_profile != "auto":
             return self.grammar_profile
-        return "strict-content" if self.embedded else "permissive"
+        return "strict-content" if self.small_model else "permissive"
 
     @property
     def resolved_frequency_penalty(self) -> float:
         if self.frequency_penalty is not None:
             return self.frequency_penalty
-        return EMBEDDED_FREQUENCY_PENALTY if self.embedded else 0.0
+        return EMBEDDED_FREQUENCY_PENALTY if self.small_model else 0.0
 
     @property
     def use_subject_constraints(self) -> bool:
         if self.grammar_kind == "none":
             return False  # nowhere to send a grammar
-        return self.subject_constraints if self.subject_constraints is not None else self.embedded
+        return self.subject_constraints if self.subject_constraints is not None else self.small_model
+
+    @property
+    def default_max_new_tokens(self) -> int:
+        """A request's max_new_tokens when it gives none: OMOST_PLANNER_MAX_NEW_TOKENS where set;
+        else Omost's share of the window (4096 of 8192), for a small model at most
+        :data:`SMALL_MODEL_MAX_NEW_TOKENS`."""
+        if "max_new_tokens" in self.model_fields_set:
+            return self.max_new_tokens
+        share = max(16, self.max_new_tokens * self.context_tokens // int(LLM_DEFAULTS["context_tokens"]))
+        tokens = min(self.max_new_tokens, share)
+        return min(tokens, SMALL_MODEL_MAX_NEW_TOKENS) if self.small_model else tokens
 
     @property
     def use_one_shot(self) -> bool:
-        return self.one_shot if self.one_shot is not None else self.embedded
+        return self.one_shot if self.one_shot is not None else self.small_model

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from render_service.engine.types import AttentionKind
+from render_service.engine.backends import ATTENTION_BACKENDS, DEFAULT_ATTENTION
 from shared.queue import ImageStoreSettings
 from shared.service.logging import configure_logging
 from shared.service.settings import ServiceSettings
@@ -79,10 +79,12 @@ class RenderSettings(ServiceSettings, ImageStoreSettings):
     compile: bool = Field(
         default=False, description="torch.compile the UNet (GPU); compiled at worker start for warm_up_sizes."
     )
-    attention: AttentionKind = Field(
-        default="sdpa",
-        description="Regional attention: sdpa (one masked SDPA call over all tokens) or packed (only the pixel-token "
-        "pairs a region allows, FlashAttention's varlen kernel on CUDA fp16/bf16). Same images within rounding.",
+    attention: str = Field(
+        default=DEFAULT_ATTENTION,
+        description="Regional attention backend, one of render_service.engine.backends.ATTENTION_BACKENDS: sdpa "
+        "(one masked SDPA call over all tokens), packed (only the pixel-token pairs a region allows, FlashAttention's "
+        "varlen kernel on CUDA fp16/bf16) or flex (FlexAttention with a block mask; needs compile). Same images "
+        "within rounding; a backend that cannot run on the device, dtype or compile mode stops the worker at start.",
     )
     warm_up_sizes: str = Field(
         default="1024x1024", description="WIDTHxHEIGHT,... rendered once at worker start when compile is on."
@@ -121,6 +123,13 @@ class RenderSettings(ServiceSettings, ImageStoreSettings):
         description="Tests only: a folder whose files hold rendering jobs between steps "
         "(render_service/worker/step_gate.py); unset in production.",
     )
+
+    @field_validator("attention")
+    @classmethod
+    def _attention_is_registered(cls, name: str) -> str:
+        if name not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION_BACKENDS)}; got {name!r}")
+        return name
 
     @model_validator(mode="after")
     def _heartbeat_below_deadline(self) -> RenderSettings:

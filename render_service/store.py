@@ -23,6 +23,10 @@ class QueueStats:
     dead_letter: int = 0
     live_workers: int = 0
     counters: dict[str, float] = field(default_factory=dict)
+    heartbeats: dict[str, float] = field(default_factory=dict)
+    """Worker name -> Unix time of its last heartbeat (workers silent for long are forgotten)."""
+    busy: dict[str, bool] = field(default_factory=dict)
+    """Worker name -> whether it holds a job now, for the workers whose description has not expired."""
 
 
 class JobStore:
@@ -40,9 +44,16 @@ class JobStore:
             pipe.xlen(keys.dead_letter)
             pipe.zcount(keys.workers, now - live_within, "+inf")
             pipe.hgetall(keys.metrics)
-            depth, dead, workers, counters = await pipe.execute()
+            pipe.zrange(keys.workers, 0, -1, withscores=True)
+            depth, dead, workers, counters, beats = await pipe.execute()
         stats.depth, stats.dead_letter, stats.live_workers = int(depth), int(dead), int(workers)
         stats.counters = {text(k): float(v) for k, v in counters.items()}
+        stats.heartbeats = {text(name): float(at) for name, at in beats}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in stats.heartbeats:
+                pipe.hget(keys.worker(name), "job")
+            held = await pipe.execute()
+        stats.busy = {name: bool(job) for name, job in zip(stats.heartbeats, held, strict=True) if job is not None}
         try:
             summary = await self.redis.xpending(keys.stream, keys.group)
             stats.pending = int(summary["pending"])

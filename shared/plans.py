@@ -5,15 +5,17 @@ They live in ``shared`` so that the typed client (and any app) can use them with
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.canvas import Canvas
-from shared.jobs import JobStatus, RenderJobUrls
+from shared.jobs import MAX_SEED, JobStatus, RenderJobUrls
 
 MAX_PROMPT_CHARS = 4000
 MAX_HISTORY_TURNS = 50
+CONVERSATION_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class ChatTurn(BaseModel):
@@ -23,6 +25,48 @@ class ChatTurn(BaseModel):
 
     role: Literal["user", "assistant"]
     content: str = Field(min_length=1, max_length=64_000)
+
+
+class PlanRequest(BaseModel):
+    """``POST /v1/plans``. Here, not in the planner, so that a client checks a request before sending it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="What to draw, or how to edit.")
+    history: list[ChatTurn] = Field(
+        default_factory=list, max_length=MAX_HISTORY_TURNS, description="Earlier turns, oldest first."
+    )
+    conversation_id: str | None = Field(
+        default=None, pattern=CONVERSATION_ID_PATTERN.pattern, description="Continue a server-side conversation."
+    )
+    canvas: Canvas | None = Field(default=None, description="Edit this canvas (the previous assistant turn).")
+    # MAX_SEED itself is llama.cpp's "random seed" marker: a plan's seed stays below it.
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED - 1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    max_new_tokens: int | None = Field(default=None, ge=16, le=32768)
+    stream: bool = Field(default=False, description="Server-Sent Events: text deltas, then the plan.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _has_words(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the prompt is empty")
+        return value
+
+    @model_validator(mode="after")
+    def _one_history(self) -> PlanRequest:
+        if self.history and self.conversation_id:
+            raise ValueError("give either history (inline turns) or conversation_id (server-side turns), not both")
+        return self
+
+
+class GenerationRequest(PlanRequest):
+    """``POST /v1/generations``: a plan, then its render queued."""
+
+    render: dict[str, Any] = Field(
+        default_factory=dict, description="Render parameters (width, height, steps, seed, ...; see POST /v1/renders)."
+    )
 
 
 class CorrectionOut(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx
 from pydantic_settings import BaseSettings
 
+from shared.cli.guard import child_setup
 from shared.cli.stack import free_port, redis_answers
 
 __all__ = ["ChildProcess", "RedisServer", "env_names", "free_port", "python_module", "wait_for_http", "wait_until"]
@@ -56,17 +58,28 @@ def wait_for_http(url: str, timeout: float = 60.0, process: subprocess.Popen | N
 
 
 class ChildProcess:
-    """A service started as a real process, its output kept in a log file for failure reports."""
+    """A service started as a real process, its output kept in a log file for failure reports.
 
-    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None, log_dir: Path | None = None):
+    ``group``: the child leads a process group of its own, which :meth:`stop` and :meth:`kill` end
+    whole (for servers that start processes of their own, like vLLM's engine), and it gets SIGTERM
+    from the kernel if the test process dies first (``shared.cli.guard``), so none outlives the run.
+    """
+
+    def __init__(
+        self, args: Sequence[str], env: dict[str, str] | None = None, log_dir: Path | None = None, group: bool = False
+    ):
         self.args = list(args)
         self.env = {**os.environ, **(env or {})}
         self.log_path = Path(log_dir or tempfile.mkdtemp()) / f"{Path(self.args[0]).name}-{time.monotonic_ns()}.log"
+        self.group = group
         self.process: subprocess.Popen | None = None
 
     def start(self) -> ChildProcess:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(self.args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        setup = child_setup(os.getpid(), 0) if self.group else None
+        self.process = subprocess.Popen(
+            self.args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=setup
+        )
         return self
 
     def log(self) -> str:
@@ -82,12 +95,20 @@ class ChildProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._end_group()
         self._log.close()
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        self._end_group()
+
+    def _end_group(self) -> None:
+        """Whatever the leader left behind in its group (it may have died before stopping them)."""
+        if self.group and self.process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
 
 
 def python_module(module: str, *args: str) -> list[str]:

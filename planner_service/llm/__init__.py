@@ -6,7 +6,9 @@ from planner_service.llm.client import (
     LLMError,
     LLMUnavailable,
     OpenAIClient,
+    PromptPastContext,
     SamplingParams,
+    ServedModel,
     grammar_fields,
 )
 
@@ -16,6 +18,8 @@ __all__ = [
     "LLMError",
     "LLMUnavailable",
     "OpenAIClient",
+    "PromptPastContext",
     "SamplingParams",
+    "ServedModel",
     "grammar_fields",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,25 @@ class LLMError(Exception):
     def __init__(self, message: str, status_code: int | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+
+class PromptPastContext(LLMError):
+    """The LLM server refused the prompt as longer than its context window: the caller's to shorten
+    (a 400, like the planner's own estimate, ``prompting.PromptTooLong``)."""
+
+    http_status = 400
+
+
+_CONTEXT_REFUSAL = re.compile(r"maximum context length|exceed_context_size|exceeds the available context", re.I)
+"""How vLLM ("This model's maximum context length is N tokens...") and llama.cpp's server
+(``exceed_context_size_error``) word a prompt that does not fit."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    id: str
+    max_model_len: int | None = None
+    """The server's context window for it (vLLM lists it); None: not said."""
 
 
 @dataclass(frozen=True)
@@ -199,6 +219,12 @@ class OpenAIClient:
         if response.is_error:
             detail = (await response.aread()).decode(errors="replace")[:2000]
             await response.aclose()
+            if response.status_code == 400 and _CONTEXT_REFUSAL.search(detail):
+                raise PromptPastContext(
+                    f"the prompt does not fit the LLM's context window; shorten it, or lower max_new_tokens "
+                    f"(the LLM server said: {detail})",
+                    response.status_code,
+                )
             raise LLMError(f"the LLM server answered {response.status_code}: {detail}", response.status_code)
         return response
 
@@ -234,14 +260,19 @@ class OpenAIClient:
         )
         return ChatStream(await self._send(request, stream=True), started)
 
-    async def models(self) -> list[str]:
-        """The served model ids (``GET /models``); also the readiness probe."""
+    async def models(self) -> list[ServedModel]:
+        """The served models (``GET /models``); also the readiness probe."""
         request = self._http.build_request("GET", f"{self.base_url}/models", timeout=httpx.Timeout(5.0))
         response = await self._send(request, stream=False)
         try:
-            return [str(m["id"]) for m in response.json().get("data", [])]
+            listed = response.json().get("data", [])
+            return [ServedModel(str(m["id"]), _positive_int(m.get("max_model_len"))) for m in listed]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise LLMError(f"GET {self.base_url}/models did not list models") from exc
+
+
+def _positive_int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 class ChatStream:

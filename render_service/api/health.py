@@ -19,9 +19,19 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from render_service.api.deps import SettingsDep, StoreDep
 from render_service.api.errors import POOL_EXHAUSTED_MESSAGES
+from render_service.metrics import (
+    BUSY_SECONDS_KEY,
+    IMAGE_STORE_OPERATIONS,
+    PHASE_SECONDS_BUCKETS,
+    PHASES,
+    WEBHOOK_OUTCOMES,
+    image_store_error_key,
+    phase_key,
+    webhook_key,
+)
 from render_service.store import QueueStats
 from shared.jobs import TERMINAL_STATUSES
-from shared.queue import RENDER_SECONDS_BUCKETS, STEP_SECONDS_BUCKETS
+from shared.queue import QUEUE_WAIT_SECONDS_BUCKETS, RENDER_SECONDS_BUCKETS, STEP_SECONDS_BUCKETS
 
 router = APIRouter(tags=["health"])
 
@@ -62,12 +72,17 @@ async def readyz(settings: SettingsDep, store: StoreDep) -> Response:
 
 
 class _Snapshot(Collector):
-    """Metric families built from one read of Redis, for one scrape."""
+    """Metric families built from one read of Redis, for one scrape (``stats`` None: Redis did not answer)."""
 
-    def __init__(self, stats: QueueStats) -> None:
+    def __init__(self, stats: QueueStats | None) -> None:
         self.stats = stats
 
     def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "omost_render_redis_up", "Whether Redis answered this scrape (1) or not (0).", value=self.stats is not None
+        )
+        if self.stats is None:
+            return
         stats, counters = self.stats, self.stats.counters
         yield GaugeMetricFamily(
             "omost_render_queue_depth", "Jobs on the stream (queued or running).", value=stats.depth
@@ -97,20 +112,80 @@ class _Snapshot(Collector):
             "Seconds from start of rendering to images ready, per succeeded job.",
             RENDER_SECONDS_BUCKETS,
         )
+        yield _histogram(
+            counters,
+            "queue_wait_seconds",
+            "omost_render_queue_wait_seconds",
+            "Seconds from a job's submission to a worker starting it.",
+            QUEUE_WAIT_SECONDS_BUCKETS,
+        )
+        phases = HistogramMetricFamily(
+            "omost_render_phase_seconds",
+            "Seconds a worker spent in each phase of a job (encode, denoise, decode: once per batch).",
+            labels=["phase"],
+        )
+        for phase in PHASES:
+            _add_buckets(phases, [phase], counters, phase_key(phase), PHASE_SECONDS_BUCKETS)
+        yield phases
+        yield from self._workers(stats)
+        webhooks = CounterMetricFamily("omost_render_webhooks", "Webhooks sent, by outcome.", labels=["outcome"])
+        for outcome in WEBHOOK_OUTCOMES:
+            webhooks.add_metric([outcome], counters.get(webhook_key(outcome), 0.0))
+        yield webhooks
+        errors = CounterMetricFamily(
+            "omost_render_image_store_errors", "Failed calls to the S3 image store, by operation.", labels=["operation"]
+        )
+        for operation in IMAGE_STORE_OPERATIONS:
+            errors.add_metric([operation], counters.get(image_store_error_key(operation), 0.0))
+        yield errors
+
+    @staticmethod
+    def _workers(stats: QueueStats) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "omost_render_busy_seconds",
+            "Seconds workers spent rendering, all workers together (busy ratio: its rate over omost_render_workers).",
+            value=stats.counters.get(BUSY_SECONDS_KEY, 0.0),
+        )
+        beats = GaugeMetricFamily(
+            "omost_render_worker_last_heartbeat_timestamp_seconds",
+            "Unix time of each worker's last heartbeat (silent workers are dropped after 10 minutes).",
+            labels=["worker"],
+        )
+        for name, at in sorted(stats.heartbeats.items()):
+            beats.add_metric([name], at)
+        yield beats
+        busy = GaugeMetricFamily(
+            "omost_render_worker_busy", "Whether each live worker holds a job now (1) or waits (0).", labels=["worker"]
+        )
+        for name, holding in sorted(stats.busy.items()):
+            busy.add_metric([name], float(holding))
+        yield busy
+
+
+def _add_buckets(
+    family: HistogramMetricFamily, labels: list[str], counters: dict[str, float], key: str, bounds: tuple[float, ...]
+) -> None:
+    buckets = [(str(float(b)), counters.get(f"{key}_bucket:{b}", 0.0)) for b in bounds]
+    buckets.append(("+Inf", counters.get(f"{key}_bucket:+Inf", 0.0)))
+    family.add_metric(labels, buckets, sum_value=counters.get(f"{key}_sum", 0.0))
 
 
 def _histogram(
     counters: dict[str, float], key: str, name: str, doc: str, bounds: tuple[float, ...]
 ) -> HistogramMetricFamily:
-    buckets = [(str(float(b)), counters.get(f"{key}_bucket:{b}", 0.0)) for b in bounds]
-    buckets.append(("+Inf", counters.get(f"{key}_bucket:+Inf", 0.0)))
-    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=counters.get(f"{key}_sum", 0.0))
+    family = HistogramMetricFamily(name, doc, labels=[])
+    _add_buckets(family, [], counters, key, bounds)
+    return family
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 async def metrics(settings: SettingsDep, store: StoreDep) -> Response:
-    """Prometheus text format."""
-    stats = await store.stats(live_within=3 * settings.heartbeat_interval, now=time.time())
+    """Prometheus text format. With Redis unreachable it still answers, saying so (``omost_render_redis_up 0``)."""
+    stats: QueueStats | None
+    try:
+        stats = await store.stats(live_within=3 * settings.heartbeat_interval, now=time.time())
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        stats = None
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(stats))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -16,9 +17,10 @@ from starlette.background import BackgroundTask
 from render_service.api.deps import HubDep, QueueDep, SettingsDep, base_url
 from render_service.api.event_hub import REDIS_ERRORS
 from render_service.api.listing import CURSOR_PATTERN, MAX_PAGE, RenderPage, find_by_idempotency_key, list_jobs
+from render_service.metrics import image_store_error_key
 from render_service.webhooks import WebhookRefused, check_webhook_url
 from shared.jobs import JobStatus, RenderAccepted, RenderJob, RenderSubmission
-from shared.queue import ImageRedirect, JobNotFound, JobRecord, RenderQueue, job_urls, render_job
+from shared.queue import ImageRedirect, ImageStoreUnavailable, JobNotFound, JobRecord, RenderQueue, job_urls, render_job
 from shared.service.auth import PUBLIC_OWNER, may_see, require_token, token_owner
 from shared.service.problems import ServiceError
 from shared.service.routing import StrictRoute
@@ -171,7 +173,12 @@ async def get_image(
     count = record.num_images
     if index >= count:
         raise ImageUnavailable(404, f"render job {job_id} has {count} image(s): index 0 to {count - 1}")
-    data = await queue.image(record, index)
+    try:
+        data = await queue.image(record, index)
+    except ImageStoreUnavailable:
+        with contextlib.suppress(*REDIS_ERRORS):
+            await queue.redis.hincrby(queue.keys.metrics, image_store_error_key("read"), 1)
+        raise
     if isinstance(data, ImageRedirect):
         # Not cacheable: the presigned URL expires long before the image does.
         return RedirectResponse(data.url, status_code=status.HTTP_302_FOUND, headers={"Cache-Control": "no-store"})

@@ -4,7 +4,8 @@ We use diffusers' components (UNet, VAE, text encoders, schedulers) but not its 
 Omost's conditioning needs a text sequence whose length differs between the negative and the
 positive half of the CFG batch, masks per attention resolution, a per-step cancel check and
 progress across two passes (base + hires). The loop is short and every line of it is ours to
-reason about; the expensive parts (UNet, VAE, SDPA) are stock.
+reason about; the expensive parts (UNet, VAE, the attention kernels) are stock. Jobs of equal shape
+are denoised as one UNet batch (:meth:`RenderEngine.render_batch`).
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ from render_service.engine.attention import (
     mark_token_dims_dynamic,
     stack_jobs,
 )
+from render_service.engine.backends import DEFAULT_ATTENTION, AttentionBackend, check_attention
 from render_service.engine.batching import OnStep, RenderTask, ShouldCancel, batch_key
-from render_service.engine.loading import load_pipeline, load_vae, resolve_device, resolve_dtype
+from render_service.engine.families import DEFAULT_FAMILY, ModelFamily, model_family
+from render_service.engine.loading import load_vae, resolve_device, resolve_dtype
 from render_service.engine.schedulers import make_scheduler
 from render_service.engine.text import EncodedText, OmostTextEncoder
-from render_service.engine.types import ATTENTION_KINDS, AttentionKind, RenderCanceled, RenderResult
+from render_service.engine.types import RenderCanceled, RenderResult
 from shared.jobs import MAX_SEED, RenderRequest
 from shared.layout import CanvasLayout, layout_canvas
 
@@ -71,8 +74,8 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 
 
 @dataclass
-class _Pass:
-    """One denoising pass: a fresh scheduler and the timesteps it will run."""
+class _PassSchedule:
+    """One denoising pass's schedule: a fresh scheduler and the timesteps it will run."""
 
     scheduler: Any
     timesteps: torch.Tensor
@@ -109,12 +112,13 @@ class _Prepared:
     seeds: list[int]
     generators: list[torch.Generator]
     encoded: EncodedText
-    job: RegionalJob
+    regions: RegionalJob
+    """The job's text as cross-attention sees it: which rows see which tokens, through which backend."""
     cfg: bool
     size: tuple[int, int]
     """(height, width) of the base pass in pixels."""
     hires_size: tuple[int, int] | None
-    passes: list[_Pass]
+    passes: list[_PassSchedule]
     start: torch.Tensor | None = None
     """The initial latent (``initial_latent_strength``), else None: start from noise."""
     progress: _Progress | None = field(default=None)
@@ -137,7 +141,8 @@ class _Batch:
         return self.jobs[0]
 
     @property
-    def images(self) -> list[int]:
+    def image_counts(self) -> list[int]:
+        """How many images each job renders, in job order."""
         return [len(job.seeds) for job in self.jobs]
 
     @property
@@ -145,8 +150,9 @@ class _Batch:
         return [g for job in self.jobs for g in job.generators]
 
     def start(self) -> torch.Tensor | None:
-        starts = [job.start for job in self.jobs]
-        return None if starts[0] is None else torch.cat(starts)
+        # Jobs of a batch share their initial-latent strength (batch_key): all start from a latent or none.
+        starts = [job.start for job in self.jobs if job.start is not None]
+        return torch.cat(starts) if starts else None
 
     def guidance(self, device: torch.device) -> torch.Tensor:
         """Each image's CFG scale, ``(images, 1, 1, 1)``: jobs of a batch may ask for different ones."""
@@ -173,13 +179,23 @@ class _Batch:
 
 
 class RenderEngine:
-    """One loaded SDXL model that renders Omost canvases, one job at a time."""
+    """One loaded SDXL model that renders Omost canvases: one batch of jobs at a time (a lock)."""
 
     _loaded: ClassVar[dict[tuple[Any, ...], RenderEngine]] = {}
     _load_lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, pipeline: Any, *, model_name: str, device: str, dtype: torch.dtype, offloaded: bool) -> None:
+    def __init__(
+        self,
+        pipeline: Any,
+        *,
+        model_name: str,
+        device: str,
+        dtype: torch.dtype,
+        offloaded: bool,
+        family: str = DEFAULT_FAMILY,
+    ) -> None:
         self.pipeline = pipeline
+        self.family: ModelFamily = model_family(family)
         self.model_name = model_name
         self.device = device
         self.dtype = dtype
@@ -190,10 +206,10 @@ class RenderEngine:
         )
         install_regional_processors(self.unet)
         self.compiled = False
-        self.flex = False
-        """Regional attention through FlexAttention (compiled UNets only; see :meth:`compile_unet`)."""
-        self.attention: AttentionKind = "sdpa"
-        """How positive rows attend to their regions; see :meth:`set_attention`."""
+        """Whether the UNet is ``torch.compile``-d (:meth:`compile_unet`)."""
+        self.attention = DEFAULT_ATTENTION
+        """The name of the attention backend the masked rows use; see :meth:`set_attention`."""
+        self._attention_backend: AttentionBackend[Any] = self._check_attention(DEFAULT_ATTENTION, compiled=False)
         self._unet_call: Callable[..., Any] = self.unet
         self._offloaded = offloaded
         self._render_lock = threading.Lock()
@@ -217,37 +233,54 @@ class RenderEngine:
         config: str | None = None,
         vae: str | None = None,
         compile: bool = False,
-        attention: AttentionKind = "sdpa",
+        attention: str = DEFAULT_ATTENTION,
+        family: str = DEFAULT_FAMILY,
     ) -> RenderEngine:
         """Load ``model`` (hub id, diffusers folder or single .safetensors file) once per process.
 
         ``config`` only matters for single files: a diffusers folder or hub id with SDXL's
         component configs. ``vae`` replaces the checkpoint's VAE (a hub id or diffusers folder of an
         ``AutoencoderKL``, e.g. the fp16-safe ``madebyollin/sdxl-vae-fp16-fix``). ``compile``
-        compiles the UNet (see :meth:`compile_unet`); ``attention`` is :meth:`set_attention`'s. Raises
-        :class:`ModelNotFoundError` when the model cannot be found.
+        compiles the UNet (see :meth:`compile_unet`); ``attention`` is :meth:`set_attention`'s;
+        ``family`` the model family (:mod:`~render_service.engine.families`). Raises
+        :class:`ModelNotFoundError` when the model cannot be found and
+        :class:`~render_service.engine.backends.AttentionConfigError` (before loading anything) when
+        the attention backend cannot run on this device, dtype, compile mode or family.
         """
         resolved_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, resolved_device)
-        key = (str(model), resolved_device, str(torch_dtype), cpu_offload, config, vae, compile, attention)
+        chosen = model_family(family)
+        check_attention(
+            attention, device=resolved_device, dtype=torch_dtype, compiled=compile,
+            layout=chosen.attention_layout, contiguous_condition_tokens=chosen.contiguous_condition_tokens,
+        )  # fmt: skip
+        key = (str(model), resolved_device, str(torch_dtype), cpu_offload, config, vae, compile, attention, family)
         with cls._load_lock:
             engine = cls._loaded.get(key)
             if engine is None:
-                pipeline = load_pipeline(str(model), torch_dtype, config=config)
+                pipeline = chosen.load_pipeline(str(model), torch_dtype, config)
                 if vae is not None:
                     pipeline.vae = load_vae(vae, torch_dtype)
                 engine = cls.from_pipeline(
-                    pipeline, model_name=str(model), device=resolved_device, dtype=torch_dtype, cpu_offload=cpu_offload
-                )
-                engine.set_attention(attention)
+                    pipeline, model_name=str(model), device=resolved_device, dtype=torch_dtype,
+                    cpu_offload=cpu_offload, family=family,
+                )  # fmt: skip
                 if compile:
                     engine.compile_unet()
+                engine.set_attention(attention)
                 cls._loaded[key] = engine
             return engine
 
     @classmethod
     def from_pipeline(
-        cls, pipeline: Any, *, model_name: str, device: str, dtype: torch.dtype, cpu_offload: bool = False
+        cls,
+        pipeline: Any,
+        *,
+        model_name: str,
+        device: str,
+        dtype: torch.dtype,
+        cpu_offload: bool = False,
+        family: str = DEFAULT_FAMILY,
     ) -> RenderEngine:
         """Wrap an already-built ``StableDiffusionXLPipeline`` (the benchmark's random SDXL)."""
         if pipeline.unet.dtype != dtype:
@@ -261,40 +294,44 @@ class RenderEngine:
             pipeline.enable_model_cpu_offload(device=device)
         else:
             pipeline.to(device)
-        return cls(pipeline, model_name=model_name, device=device, dtype=dtype, offloaded=cpu_offload)
+        return cls(pipeline, model_name=model_name, device=device, dtype=dtype, offloaded=cpu_offload, family=family)
 
-    def compile_unet(
-        self, *, backend: str | Callable[..., Any] = "inductor", mode: str | None = None, flex: bool = False
-    ) -> None:
+    def compile_unet(self, *, backend: str | Callable[..., Any] = "inductor", mode: str | None = None) -> None:
         """``torch.compile`` the UNet as one graph (``fullgraph``: a graph break is an error).
 
         The regional inputs are tensors passed through the call and their token dimension is
         dynamic, so one graph per latent size and batch serves every canvas. Compiling happens on
-        the first call of each size: call :meth:`warm_up` before taking jobs. ``flex``: regional
-        attention through FlexAttention with a block mask, which skips the blocks of pixels x tokens
-        that no pixel may see. Off by default: on an H200 at 1024² it was slower than the SDPA path
-        (docs/render-engine.md), so it stays an option to re-measure, not the default.
+        the first call of each size: call :meth:`warm_up` before taking jobs. The attention backend
+        in use must be able to run compiled; some (``flex``) run only compiled, so choose them after
+        this (:meth:`set_attention`).
         """
         if self._offloaded:
             raise ValueError("compile and cpu_offload do not mix: offload hooks move weights inside the graph")
+        self._check_attention(self.attention, compiled=True)
         # Each (latent size, batch) is its own static graph; without this dynamo would turn the
         # latent size symbolic after the second size and slow every later call down.
         torch._dynamo.config.automatic_dynamic_shapes = False
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         self._unet_call = torch.compile(self.unet, backend=backend, mode=mode, fullgraph=True)
         self.compiled = True
-        self.flex = flex
 
-    def set_attention(self, kind: AttentionKind) -> None:
-        """How the positive rows attend to their regions, from the next job on: ``sdpa`` (default;
-        one SDPA call over all of the job's tokens with an additive mask) or ``packed`` (only the
-        allowed pixel-token pairs, one variable-length sequence per condition; FlashAttention's
-        varlen kernel on CUDA in fp16/bf16, see ``packed.py``). Both give the same images within
-        rounding; which is faster depends on the device. FlexAttention (``compile_unet(flex=True)``)
-        takes precedence when set."""
-        if kind not in ATTENTION_KINDS:
-            raise ValueError(f"attention must be one of {', '.join(ATTENTION_KINDS)}; got {kind!r}")
-        self.attention = kind
+    def set_attention(self, name: str) -> None:
+        """Which attention backend the masked (positive) rows use, from the next job on: one of
+        :data:`~render_service.engine.backends.ATTENTION_BACKENDS` -- ``sdpa`` (default; one SDPA
+        call over all of the job's tokens with an additive mask), ``packed`` (only the allowed
+        pixel-token pairs, one variable-length sequence per condition) or ``flex`` (FlexAttention
+        with a block mask; compiled UNets only). All give the same images within rounding; which is
+        fastest depends on the device. Raises
+        :class:`~render_service.engine.backends.AttentionConfigError` if the backend's constraints
+        do not hold here (and keeps the current one)."""
+        self._attention_backend = self._check_attention(name, compiled=self.compiled)
+        self.attention = name
+
+    def _check_attention(self, name: str, *, compiled: bool) -> AttentionBackend[Any]:
+        return check_attention(
+            name, device=self.device, dtype=self.dtype, compiled=compiled, layout=self.family.attention_layout,
+            contiguous_condition_tokens=self.family.contiguous_condition_tokens,
+        )  # fmt: skip
 
     def warm_up(
         self, sizes: Sequence[tuple[int, int]] = ((1024, 1024),), *, num_images: int = 1, steps: int = 2
@@ -412,9 +449,9 @@ class RenderEngine:
                 )
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED - request.num_images + 2)
         seeds = [seed + i for i in range(request.num_images)]
-        passes = [self._plan(request.sampler, request.steps, request.initial_latent_strength)]
+        passes = [self._schedule_pass(request.sampler, request.steps, request.initial_latent_strength)]
         if hires is not None:
-            passes.append(self._plan(request.sampler, hires.steps, hires.denoise))
+            passes.append(self._schedule_pass(request.sampler, hires.steps, hires.denoise))
 
         layout = layout_canvas(request.canvas)
         encoded = self.text.encode(layout, request.negative_prompt, self.dtype)
@@ -427,7 +464,7 @@ class RenderEngine:
             seeds=seeds,
             generators=[torch.Generator("cpu").manual_seed(s) for s in seeds],
             encoded=encoded,
-            job=self._job(encoded, len(seeds), cfg),
+            regions=self._regions(encoded, len(seeds), cfg),
             cfg=cfg,
             size=(height, width),
             hires_size=hires_size,
@@ -451,13 +488,13 @@ class RenderEngine:
             pixels = F.interpolate(pixels, size=hires_size, mode="bicubic", align_corners=False).clamp(-1, 1)
             start = self._encode(pixels)
         with timer("denoise"):
-            return self._denoise(batch, batch.lead.passes[1], start, tuple(start.shape[-2:]), hires_size)
+            return self._denoise(batch, batch.lead.passes[1], start, (start.shape[-2], start.shape[-1]), hires_size)
 
     # ------------------------------------------------------------------ pieces
 
     @property
     def _vae_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return int(2 ** (len(self.vae.config.block_out_channels) - 1))
 
     @property
     def _exec_device(self) -> torch.device:
@@ -482,22 +519,22 @@ class RenderEngine:
             if block is not None:
                 block.register_forward_pre_hook(check)
 
-    def _plan(self, sampler: str, steps: int, strength: float | None) -> _Pass:
+    def _schedule_pass(self, sampler: str, steps: int, strength: float | None) -> _PassSchedule:
         """Timesteps of one pass. With a strength below 1 this is Omost's img2img schedule: the
         last ``steps`` of a ``steps / strength`` schedule, so a pass always runs exactly ``steps``."""
         scheduler = make_scheduler(sampler, self.pipeline.scheduler.config)
         if strength is None or strength >= 1.0:
             scheduler.set_timesteps(steps, device=self._exec_device)
-            return _Pass(scheduler, scheduler.timesteps, 0)
+            return _PassSchedule(scheduler, scheduler.timesteps, 0)
         train_steps = int(scheduler.config.num_train_timesteps)
         total = min(max(steps, round(steps / strength)), train_steps)
         scheduler.set_timesteps(total, device=self._exec_device)
         begin = max(len(scheduler.timesteps) - steps, 0)
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(begin)
-        return _Pass(scheduler, scheduler.timesteps[begin:], begin)
+        return _PassSchedule(scheduler, scheduler.timesteps[begin:], begin)
 
-    def _job(self, encoded: EncodedText, images: int, cfg: bool) -> RegionalJob:
+    def _regions(self, encoded: EncodedText, images: int, cfg: bool) -> RegionalJob:
         # Batch rows: [negative x images, positive x images] with CFG, else positive only.
         kinds = ([0] * images if cfg else []) + [1] * images
         return RegionalJob(
@@ -505,9 +542,8 @@ class RenderEngine:
             condition_grids=encoded.condition_grids,
             condition_kind=encoded.condition_kind,
             row_kind=torch.tensor(kinds, dtype=torch.long),
+            backend=self._attention_backend,
             bucket_tokens=self.compiled,
-            flex=self.flex and self.compiled,
-            packed=self.attention == "packed" and not (self.flex and self.compiled),
         )
 
     def _regional_inputs(self, batch: _Batch, latent_size: tuple[int, int]) -> dict[str, LayerInputs]:
@@ -518,10 +554,12 @@ class RenderEngine:
             # device only in its pre-forward hook; run that hook now.
             hook.pre_forward(self.unet)
         per_job = [
-            job.job.unet_inputs(self.unet, job.encoded.tokens.to(self._exec_device), latent_size, self.dtype)
-            for job in batch.jobs
+            prepared.regions.cross_attention_inputs(
+                self.unet, prepared.encoded.tokens.to(self._exec_device), latent_size, self.dtype
+            )
+            for prepared in batch.jobs
         ]
-        inputs = stack_jobs(per_job, batch.images, batch.lead.cfg)
+        inputs = stack_jobs(per_job, batch.image_counts, batch.lead.cfg)
         if self.compiled:
             mark_token_dims_dynamic(inputs)
         return inputs
@@ -535,15 +573,16 @@ class RenderEngine:
     def _denoise(
         self,
         batch: _Batch,
-        plan: _Pass,
+        schedule: _PassSchedule,
         start: torch.Tensor | None,
         latent_size: tuple[int, int],
         pixel_size: tuple[int, int],
     ) -> torch.Tensor:
-        scheduler, timesteps = plan.scheduler, plan.timesteps
+        scheduler, timesteps = schedule.scheduler, schedule.timesteps
         generators, cfg = batch.generators, batch.lead.cfg
         images = len(generators)
         noise = self._noise(generators, latent_size)
+        latents: torch.Tensor
         if start is None:
             latents = noise * scheduler.init_noise_sigma
         else:
@@ -601,7 +640,8 @@ class RenderEngine:
             latents.append(dist.mode().float())
         latent = torch.cat(latents)
         shift = getattr(config, "shift_factor", None) or 0.0
-        return (latent - shift) * config.scaling_factor
+        scaled: torch.Tensor = (latent - shift) * config.scaling_factor
+        return scaled
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents to images in [-1, 1], float32 on the CPU."""

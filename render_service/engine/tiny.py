@@ -90,7 +90,7 @@ def write_clip_tokenizer(folder: Path, pad_token: str) -> None:
     vocab, merges = clip_vocabulary()
     tokenizer = CLIPTokenizer(
         vocab=dict(vocab),
-        merges=[tuple(m.split()) for m in merges],
+        merges=[tuple(m.split()) for m in merges],  # type: ignore[misc]  # pairs at runtime; the hint says str
         bos_token=BOS_TOKEN,
         eos_token=EOS_TOKEN,
         unk_token=EOS_TOKEN,
@@ -239,7 +239,7 @@ def build_random_pipeline(
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    clip_common = dict(
+    clip_common: dict[str, Any] = dict(
         vocab_size=CLIP_VOCAB_SIZE,
         max_position_embeddings=CLIP_MAX_LENGTH,
         bos_token_id=49406,

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, get_args
 
 from PIL import Image
-
-AttentionKind = Literal["sdpa", "packed"]
-"""How the positive rows attend to their regions (``RenderEngine.set_attention``)."""
-ATTENTION_KINDS: tuple[str, ...] = get_args(AttentionKind)
 
 
 @dataclass

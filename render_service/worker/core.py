@@ -51,6 +51,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from render_service.engine import ModelNotFoundError, RenderEngine
+from render_service.engine.backends import AttentionConfigError
 from render_service.settings import RenderSettings, configure_logging
 from render_service.worker.heartbeat import Heartbeat
 from render_service.worker.intake import Intake
@@ -229,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     except ModelNotFoundError as exc:
         log.error("cannot load the model", extra={"fields": {"model": settings.model, "error": str(exc)}})
         return 1
+    except AttentionConfigError as exc:  # checked before the model loads: OMOST_RENDER_ATTENTION does not fit
+        problem = {"attention": settings.attention, "error": str(exc)}
+        log.error("the attention backend cannot run here", extra={"fields": problem})
+        return 2
     if torch.device(engine.device).type == "cpu":
         torch.set_num_threads(cpu_threads(settings.cpu_threads))
     from render_service.engine.engine import parse_sizes

@@ -7,12 +7,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from PIL import Image
 
 from render_service.engine import RenderCanceled, RenderEngine, RenderResult
 from render_service.engine.batching import RenderTask
+from render_service.metrics import count_busy, observe_phases, send_counts
 from render_service.settings import RenderSettings
 from render_service.worker.retry import REDIS_ERRORS
 from render_service.worker.step_gate import StepGate
@@ -90,6 +92,13 @@ class Renderer:
                 )
                 return [outcome for running in batch for outcome in self.render([running])]
         render_seconds = time.monotonic() - started
+        timings = next((r.timings for r in results if isinstance(r, RenderResult)), {})
+
+        def busy(pipe: Any) -> None:
+            count_busy(pipe, self.keys, render_seconds)
+            observe_phases(pipe, self.keys, timings)  # the batch's phases, once per batch
+
+        send_counts(self.step_redis, busy)
         return [self._outcome(r, result, started, render_seconds) for r, result in zip(batch, results, strict=True)]
 
     def _task(self, running: RunningJob, started: float) -> RenderTask:

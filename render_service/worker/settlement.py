@@ -4,14 +4,17 @@ and the image store's sweep of expired objects."""
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
 import redis
 
+from render_service.metrics import count_image_store_error, count_webhook, observe_phases, send_counts
 from render_service.settings import RenderSettings
 from render_service.webhooks import deliver
 from render_service.worker.rendering import RenderOutcome, RunningJob
@@ -75,7 +78,14 @@ class Settlement:
         """
         try:
             for running, outcome in zip(batch, outcomes, strict=True):
-                self.settle(running, self._encoded(outcome))
+                started, images = time.monotonic(), bool(outcome.images)
+                encoded_outcome = self._encoded(outcome)
+                encoded = time.monotonic()
+                self.settle(running, encoded_outcome)
+                phases = {"png": encoded - started, "settle": time.monotonic() - encoded}
+                if not images:
+                    del phases["png"]  # nothing was encoded (failed, canceled, given back)
+                send_counts(self.step_redis, functools.partial(observe_phases, keys=self.keys, seconds=phases))
         finally:
             self.in_progress = []
 
@@ -109,6 +119,7 @@ class Settlement:
                 ttl_seconds=delivery.message.ttl_seconds,
             )
         except ImagesNotSaved as exc:
+            send_counts(self.step_redis, lambda pipe: count_image_store_error(pipe, self.keys, "upload"))
             return RenderOutcome("failed", error=str(exc))
         return replace(outcome, pngs=[], fields={**outcome.fields, **fields})
 
@@ -123,6 +134,7 @@ class Settlement:
         except Exception as exc:
             # The keys stay in the set: the next beat (or another worker) tries again.
             log.warning("image sweep failed", extra={"fields": {"worker": self.name, "error": repr(exc)}})
+            send_counts(self.step_redis, lambda pipe: count_image_store_error(pipe, self.keys, "sweep"))
 
     # --- settle --------------------------------------------------------------------------------
 
@@ -195,6 +207,7 @@ class Settlement:
                 timeout=settings.webhook_timeout_seconds,
             )
             self.retry(lambda: self.queue.record_webhook(job_id, outcome, self.step_redis), "record webhook")
+            send_counts(self.step_redis, lambda pipe: count_webhook(pipe, self.keys, outcome))
             log.info("webhook sent", extra={"fields": {"job": job_id, "outcome": outcome}})
         except Exception:
             log.exception("webhook delivery crashed", extra={"fields": {"job": job_id}})

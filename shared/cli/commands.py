@@ -5,11 +5,12 @@ started for the duration of the command."""
 from __future__ import annotations
 
 import contextlib
-import json
+import enum
 import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +19,7 @@ import typer
 from rich.console import Console
 
 from shared.canvas import Canvas, GlobalDescription
+from shared.cli.canvas_file import read_canvas
 from shared.cli.display import (
     Activity,
     changes_line,
@@ -28,7 +30,7 @@ from shared.cli.display import (
     show_canvas,
     show_corrections,
 )
-from shared.cli.errors import friendly_errors
+from shared.cli.errors import error_line, friendly_errors
 from shared.cli.mcp import mcp_command
 from shared.cli.memory import Conversation, recall, remember
 from shared.cli.options import (
@@ -38,23 +40,43 @@ from shared.cli.options import (
     Model,
     Output,
     PlannerUrl,
+    PlanSeed,
     RenderOptions,
     RenderUrl,
-    Seed,
     Tiny,
     Token,
+    tiny_stack_env,
     with_render_options,
 )
-from shared.cli.stack import LocalStack, StackConfig, cache_dir, free_port
-from shared.cli.state import ServeState, remove_state, running_stack, write_state
-from shared.client import OmostClient
-from shared.jobs import RenderJob, RenderRequest
-from shared.omost_code import canvas_to_code, parse_canvas_code
-from shared.plans import PlanResult
+from shared.cli.stack import LocalStack, StackConfig, cache_dir, cuda_device_count, free_port
+from shared.cli.state import ServeRunning, ServeState, remove_state, running_stack, serve_lock, write_state
+from shared.cli.vllm import EAGER, VllmServer
+from shared.client import OmostAPIError, OmostClient
+from shared.jobs import RenderAccepted, RenderJob, RenderRequest
+from shared.omost_code import canvas_to_code
+from shared.plans import ChatTurn, GenerationAccepted, PlanRequest, PlanResult
 
 app = typer.Typer(help="LLM-planned, region-controlled image generation (Omost, as services).", no_args_is_help=True)
 console = Console(stderr=True)
 errors = friendly_errors(console)
+
+def _version(value: bool) -> None:
+    if value:
+        try:
+            typer.echo(f"omost {metadata.version('omost-service')}")
+        except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+            typer.echo("omost (not installed: no version)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """LLM-planned, region-controlled image generation (Omost, as services)."""
+
 
 TINY_MODEL = "tiny"
 """The model name the render worker builds itself: random weights, offline (render_service's loader)."""
@@ -109,19 +131,91 @@ def services(
         raise usage_error(f"no running stack (`omost serve`) and no --url: {NO_MODEL}")
     config = StackConfig(
         planner_port=free_port(), render_port=free_port(), model=TINY_MODEL if tiny else model, llm_url=llm_url,
-        planner=need_planner, render=need_render,
+        planner=need_planner, render=need_render, extra_env=tiny_stack_env(tiny),
     )
     if tiny and need_render:
         say(console, "[yellow]--tiny: random weights, offline. The images are noise; the pipeline is real.[/]")
     stack = LocalStack(config)
     started = time.perf_counter()
-    with Activity(console, "starting a temporary local stack (`omost serve` keeps one running)"):
-        stack.start()
     try:
+        try:
+            with Activity(console, "starting a temporary local stack (`omost serve` keeps one running)"):
+                stack.start()
+        except KeyboardInterrupt:
+            say(console, "interrupted: the temporary stack was stopped while it started")
+            raise
         say(console, f"[dim]stack ready in {time.perf_counter() - started:.1f} s[/]")
         yield Endpoints(stack.planner_url if need_planner else None, stack.render_url if need_render else None, tiny)
     finally:
+        stop_stack(stack, "the temporary stack")
+
+
+def stop_stack(stack: LocalStack, what: str) -> None:
+    """Stop ``stack``, saying what is being stopped: services finish or requeue their job first."""
+    # In the order they stop: the services (workers finish or requeue their job), then Redis.
+    names = sorted((child.name for child in stack.children), key=lambda name: name == "redis")
+    if not names:  # never started, or already stopped by a failed start
+        return
+    say(console, f"[dim]stopping {what}: {', '.join(names)}[/]")
+    with Activity(console, f"stopping {what}"):
         stack.stop()
+
+
+@contextlib.contextmanager
+def cancel_on_interrupt(client: OmostClient, job_id: str) -> Iterator[None]:
+    """Ctrl-C (or SIGTERM, SIGHUP: ``shared.cli.main`` turns them into KeyboardInterrupt) while
+    waiting for ``job_id`` cancels the job, so the worker stops too, and says so in one line."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        try:
+            job = client.cancel(job_id)
+            if job.status == "running":  # the worker stops at its next step
+                say(console, f"interrupted: canceled render {job_id} (it was running, at step "
+                             f"{job.progress.step if job.progress else 0}; the worker stops at the next)")
+            else:
+                say(console, f"interrupted: canceled render {job_id} (now {job.status})")
+        except (httpx.HTTPError, OmostAPIError) as exc:
+            say(console, f"[red]interrupted: render {job_id} could not be canceled: {error_line(exc)}[/]")
+        raise
+
+
+@contextlib.contextmanager
+def plan_stops_on_interrupt() -> Iterator[None]:
+    """Ctrl-C while planning: leaving the stream closes the connection, and the planner cancels a
+    plan whose client went away (its LLM request too) before it queues anything."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        say(console, "interrupted: the plan in progress was canceled (nothing was queued)")
+        raise
+
+
+def submitted(job_id: str, status_url: str) -> None:
+    say(console, f"queued render {job_id} ({status_url}); Ctrl-C cancels it")
+
+
+class LocalLlm(str, enum.Enum):
+    embedded = "embedded"
+    vllm = "vllm"
+
+
+def local_vllm(llm: LocalLlm, model: str | None, llm_url: str | None) -> VllmServer | None:
+    """The vLLM server ``serve --llm vllm`` starts (on loopback: only the planner talks to it), or None;
+    a wrong combination is a usage error."""
+    if llm is LocalLlm.embedded:
+        if model:
+            raise usage_error("--llm-model names the model of --llm vllm (the embedded LLM takes "
+                              "OMOST_PLANNER_GGUF_PATH)")
+        return None
+    if llm_url:
+        raise usage_error("--llm vllm starts a vLLM server; --llm-url names one already running: pass one of them")
+    if not model:
+        raise usage_error("--llm vllm needs --llm-model: an HF folder (scripts/setup_vllm.sh converts SmolLM2 to "
+                          "one) or a hub id such as lllyasviel/omost-llama-3-8b")
+    # Without a GPU, no torch.compile: vLLM 0.32's CPU build recompiles on every start (minutes; its
+    # compile cache fails to load) and decodes a small model about as fast eagerly (docs/planner.md).
+    return VllmServer(model, free_port(), extra_args=() if cuda_device_count() else (EAGER,))
 
 
 def write_images(client: OmostClient, job: RenderJob, output: Path) -> list[Path]:
@@ -134,11 +228,19 @@ def write_images(client: OmostClient, job: RenderJob, output: Path) -> list[Path
     return paths
 
 
-def checked(options: RenderOptions, *, tiny: bool) -> dict[str, Any]:
+def checked(options: RenderOptions, *, tiny: bool, canvas: Canvas = _PLACEHOLDER) -> dict[str, Any]:
     """The render fields, refused here (one line per problem) before any plan or stack is started."""
     fields = options.request_fields(tiny=tiny)
-    RenderRequest.model_validate({**fields, "canvas": _PLACEHOLDER})
+    RenderRequest.model_validate({**fields, "canvas": canvas})
     return fields
+
+
+def checked_plan(
+    prompt: str, *, history: list[ChatTurn] | None = None, seed: int | None = None, max_new_tokens: int | None = None
+) -> None:
+    """The plan request as the planner will check it (the shared contract's model), refused here,
+    before any stack is started: an empty or 5,000-character prompt is one line in a fraction of a second."""
+    PlanRequest(prompt=prompt, history=history or [], seed=seed, max_new_tokens=max_new_tokens)
 
 
 @app.command()
@@ -157,28 +259,32 @@ def generate(
     max_new_tokens: MaxNewTokens = None,
 ) -> None:
     """Plan PROMPT into a canvas, render it and write the image(s)."""
+    checked_plan(prompt, max_new_tokens=max_new_tokens)
     checked(options, tiny=tiny)
     with services(url, render_url, need_planner=True, need_render=True, model=model, tiny=tiny, llm_url=llm_url) as (
         ends
     ), OmostClient(ends.planner, ends.render, token=token) as client:
         assert ends.planner is not None
         fields = checked(options, tiny=ends.tiny)
+        queued: RenderAccepted | GenerationAccepted
         if ends.render:
             # Plan over the stream (progress as it is written), then queue the render ourselves.
-            data = plan_with_progress(console, client.stream_plan(prompt, max_new_tokens=max_new_tokens))
+            with plan_stops_on_interrupt():
+                data = plan_with_progress(console, client.stream_plan(prompt, max_new_tokens=max_new_tokens))
             plan = PlanResult.model_validate(data)
             canvas, code, conversation_id = plan.canvas, plan.code, plan.conversation_id
-            status_url = client.submit(RenderRequest(canvas=canvas, **fields)).urls.self_
+            queued = client.submit(RenderRequest(canvas=canvas, **fields))
         else:
             # Only the planner is known: it plans and queues in one call, without a token stream.
-            with Activity(console, "planning"):
-                accepted = client.generate(prompt, render=fields, max_new_tokens=max_new_tokens)
-            canvas, code, conversation_id = accepted.canvas, accepted.code, accepted.conversation_id
-            status_url = accepted.urls.self_
-        show_canvas(console, canvas)
-        remember(cache_dir(), Conversation(planner_url=ends.planner).followed_by(
-            prompt, code, planner_url=ends.planner, conversation_id=conversation_id))
-        job = render_with_progress(console, client.wait, status_url)
+            with plan_stops_on_interrupt(), Activity(console, "planning"):
+                queued = client.generate(prompt, render=fields, max_new_tokens=max_new_tokens)
+            canvas, code, conversation_id = queued.canvas, queued.code, queued.conversation_id
+        submitted(queued.id, queued.urls.self_)
+        with cancel_on_interrupt(client, queued.id):
+            show_canvas(console, canvas)
+            remember(cache_dir(), Conversation(planner_url=ends.planner).followed_by(
+                prompt, code, planner_url=ends.planner, conversation_id=conversation_id))
+            job = render_with_progress(console, client.wait, queued.urls.self_)
         report(console, job, write_images(client, job, output))
 
 
@@ -190,7 +296,7 @@ def plan(
     token: Token = None,
     llm_url: LlmUrl = None,
     as_json: AsJson = False,
-    seed: Seed = None,
+    seed: PlanSeed = None,
     max_new_tokens: MaxNewTokens = None,
 ) -> None:
     """Plan PROMPT into a canvas and print it (Omost code, or JSON with --json)."""
@@ -206,7 +312,7 @@ def edit(
     token: Token = None,
     llm_url: LlmUrl = None,
     as_json: AsJson = False,
-    seed: Seed = None,
+    seed: PlanSeed = None,
     max_new_tokens: MaxNewTokens = None,
 ) -> None:
     """Change the last planned canvas with a follow-up INSTRUCTION ("make the dog a corgi")."""
@@ -222,6 +328,7 @@ def plan_and_print(
     as_json: bool, seed: int | None, max_new_tokens: int | None,
 ) -> None:
     """``plan`` (``last`` None) or ``edit`` (``last`` continued): stream the plan, remember it, print the canvas."""
+    checked_plan(prompt, history=last.history if last else None, seed=seed, max_new_tokens=max_new_tokens)
     remembered = last.planner_url if last else None
     with services(url, None, need_planner=True, need_render=False, llm_url=llm_url, remembered=remembered) as (
         ends
@@ -232,7 +339,8 @@ def plan_and_print(
             events = client.stream_plan(
                 prompt, history=last.history if last else None, seed=seed, max_new_tokens=max_new_tokens
             )
-            data = plan_with_progress(console, events, label="editing" if last else "planning")
+            with plan_stops_on_interrupt():
+                data = plan_with_progress(console, events, label="editing" if last else "planning")
         result = PlanResult.model_validate(data)
         previous = last or Conversation(planner_url=ends.planner)
         remember(cache_dir(), previous.followed_by(
@@ -241,15 +349,6 @@ def plan_and_print(
     if summary := changes_line(data.get("changes")):
         say(console, summary)
     typer.echo(result.canvas.model_dump_json(indent=2) if as_json else canvas_to_code(result.canvas))
-
-
-def read_canvas(path: Path) -> Canvas:
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        return parse_canvas_code(text).canvas  # Omost code form (.py / .md)
-    return Canvas.model_validate(data.get("canvas", data) if isinstance(data, dict) else data)
 
 
 @app.command()
@@ -266,12 +365,14 @@ def render(
 ) -> None:
     """Render a canvas file (JSON or Omost code) without the planner."""
     canvas = read_canvas(canvas_file)
-    checked(options, tiny=tiny)
+    checked(options, tiny=tiny, canvas=canvas)
     with services(None, render_url, need_planner=False, need_render=True, model=model, tiny=tiny) as ends, \
             OmostClient(render_url=ends.render, token=token) as client:
-        request = RenderRequest(canvas=canvas, **checked(options, tiny=ends.tiny))
+        request = RenderRequest(canvas=canvas, **checked(options, tiny=ends.tiny, canvas=canvas))
         accepted = client.submit(request)
-        job = render_with_progress(console, client.wait, accepted.urls.self_)
+        submitted(accepted.id, accepted.urls.self_)
+        with cancel_on_interrupt(client, accepted.id):
+            job = render_with_progress(console, client.wait, accepted.urls.self_)
         report(console, job, write_images(client, job, output))
 
 
@@ -287,29 +388,45 @@ def serve(
     ] = None,
     llm_url: LlmUrl = None,
     llm_kind: Annotated[str | None, typer.Option(help="llamacpp, vllm or none (how to send the grammar).")] = None,
+    llm: Annotated[
+        LocalLlm, typer.Option(help="The LLM this stack starts when no --llm-url is given: the planner's embedded "
+                               "llama.cpp, or a vLLM server as a child process (see --llm-model).")
+    ] = LocalLlm.embedded,
+    llm_model: Annotated[
+        str | None, typer.Option(help="With --llm vllm: the model vLLM serves, an HF folder or hub id.")
+    ] = None,
     model: Model = None,
     tiny: Tiny = False,
     workers: Annotated[int | None, typer.Option(help="Render workers; default one per GPU, or one on CPU.")] = None,
 ) -> None:
-    """Run the whole stack until Ctrl-C: Redis, planner, render API and workers."""
+    """Run the whole stack until Ctrl-C: Redis, planner, render API and workers (and vLLM with --llm vllm)."""
     chosen = TINY_MODEL if tiny else model or os.environ.get("OMOST_RENDER_MODEL")
     if not chosen:
         raise usage_error(NO_MODEL)
+    cache, pid = cache_dir(), os.getpid()
+    lock = contextlib.ExitStack()  # held until this serve ends: one per cache folder
+    try:
+        lock.enter_context(serve_lock(cache))
+    except ServeRunning as exc:
+        raise usage_error(str(exc)) from None
+    vllm = local_vllm(llm, llm_model, llm_url)
     if tiny:
         say(console, "[yellow]--tiny: random weights, offline. The images are noise; the pipeline is real.[/]")
     config = StackConfig(
         host=host, planner_port=planner_port, render_port=render_port, redis_url=redis_url, llm_url=llm_url,
-        llm_kind=llm_kind, model=chosen, workers=workers, redis_data=cache_dir() / "redis" / f"serve-{planner_port}",
+        llm_kind=llm_kind, vllm=vllm, model=chosen, workers=workers,
+        redis_data=cache_dir() / "redis" / f"serve-{planner_port}", extra_env=tiny_stack_env(chosen == TINY_MODEL),
     )
     stack = LocalStack(config)
-    cache, pid = cache_dir(), os.getpid()
     try:
-        with Activity(console, "starting"):
-            stack.start()
+        with Activity(console, "starting") as activity:
+            stack.start(progress=activity.update)
         write_state(cache, ServeState(pid, stack.planner_url, stack.render_url, stack.redis_url, chosen))
         say(console, f"planner    {stack.planner_url}   (API docs: {stack.planner_url}/docs)")
         say(console, f"render API {stack.render_url}   (API docs: {stack.render_url}/docs)")
         say(console, f"redis      {stack.redis_url}")
+        if vllm is not None:
+            say(console, f"vLLM       {vllm.base_url}   (model {vllm.served_model_name})")
         say(console, f"[bold]playground {stack.planner_url}/[/]")
         say(console, f"[dim]logs in {stack.log_dir}; other omost commands use this stack; Ctrl-C stops everything[/]")
         while all(child.process.poll() is None for child in stack.children):
@@ -318,10 +435,11 @@ def serve(
         say(console, f"[red]{', '.join(dead)} stopped; shutting down (logs in {stack.log_dir})[/]")
         raise typer.Exit(1)
     except KeyboardInterrupt:
-        say(console, "[dim]stopping...[/]")
+        pass  # the usual way to stop serve: exit status 0
     finally:
         remove_state(cache, pid)
-        stack.stop()
+        stop_stack(stack, "the stack")
+        lock.close()
 
 
 app.command("mcp")(mcp_command)

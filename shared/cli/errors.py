@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+import signal
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -34,6 +35,10 @@ def field_error(error: Mapping[str, Any]) -> str:
     if kind in _BOUNDS:
         key, words = _BOUNDS[kind]
         return f"{where} must be {words} {ctx.get(key)} (got {got})"
+    if kind == "multiple_of":
+        return f"{where} must be a multiple of {ctx.get('multiple_of')} (got {got})"
+    if kind == "missing":  # the input is the whole object around the field: not worth quoting
+        return f"{where}: field required"
     if kind == "value_error":
         text = str(ctx.get("error") or error.get("msg", "")).removeprefix("Value error, ")
         # Our validators say "must be ... (why); got X": keep the rule and the value, drop the why.
@@ -41,7 +46,15 @@ def field_error(error: Mapping[str, Any]) -> str:
             return f"{where} {match[1]} (got {match[2]})"
         return f"{where}: {text}"
     message = str(error.get("msg", "is invalid"))
-    return f"{where}: {message[:1].lower()}{message[1:]}" + (f" (got {got!r})" if got is not None else "")
+    return f"{where}: {message[:1].lower()}{message[1:]}" + (f" (got {shown(got)})" if got is not None else "")
+
+
+def shown(value: Any, limit: int = 40) -> str:
+    """A value as an error quotes it: short ones as they are, a long string by its length, never a page."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{len(value):,} characters"
+    text = repr(value)
+    return text if len(text) <= limit else f"{type(value).__name__} of {len(text):,} characters"
 
 
 def error_line(exc: BaseException) -> str:
@@ -57,6 +70,12 @@ def error_line(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def interrupt_status(exc: KeyboardInterrupt) -> int:
+    """128 + the signal: Ctrl-C is 130; ``shared.cli.main`` raises SIGTERM and SIGHUP with their name."""
+    name = str(exc.args[0]) if exc.args else "SIGINT"
+    return 128 + int(getattr(signal.Signals, name, signal.SIGINT))
+
+
 _EXPECTED = (httpx.HTTPError, OmostAPIError, RenderFailed, TimeoutError, RuntimeError, ValueError, OSError)
 
 
@@ -70,6 +89,9 @@ def friendly_errors(console: Console) -> Callable[[Callable[..., None]], Callabl
                 command(*args, **kwargs)
             except (typer.Exit, typer.Abort):  # click's own exits are RuntimeErrors too
                 raise
+            except KeyboardInterrupt as exc:
+                # What was stopped has been said where it was stopped; the status says which signal.
+                raise typer.Exit(interrupt_status(exc)) from None
             except _EXPECTED as exc:
                 # Text, not markup: an error message may contain square brackets.
                 console.print(Text.assemble(("error: ", "red"), error_line(exc)), soft_wrap=True)

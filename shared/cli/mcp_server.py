@@ -17,11 +17,12 @@ from typing import Annotated, Any, cast
 import anyio
 import httpx
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import CallToolResult, ContentBlock, ImageContent, TextContent
-from pydantic import BaseModel, Field
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
+from mcp_types import CallToolResult, ContentBlock, ImageContent, InputRequiredResult, TextContent
+from pydantic import BaseModel, Field, ValidationError
 
 from shared.canvas import Canvas
+from shared.cli.errors import field_error
 from shared.client import AsyncOmostClient, OmostAPIError, RenderFailed
 from shared.contract import RENDER_DEFAULTS
 from shared.jobs import MAX_IMAGES, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE, RenderJob, RenderRequest
@@ -115,6 +116,24 @@ async def _wait(client: AsyncOmostClient, job_id: str, ctx: Context, timeout: fl
     return job
 
 
+class OmostMCPServer(MCPServer):
+    """The SDK's server, with bad arguments told as the HTTP API tells them: one line per problem
+    (``width must be a multiple of 8 (got 63)``), never pydantic's multi-line text with
+    ``input_value=...`` and a documentation link."""
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            cause = exc.__cause__
+            if not isinstance(cause, ValidationError) or isinstance(exc, UnexpectedToolError):
+                raise
+            lines = [f"invalid argument {field_error(e)}" for e in cause.errors(include_url=False)]
+            raise ToolError("\n".join(lines)) from cause
+
+
 def build_server(config: MCPConfig) -> MCPServer:
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[AsyncOmostClient]:
@@ -123,7 +142,7 @@ def build_server(config: MCPConfig) -> MCPServer:
         ) as client:
             yield client
 
-    server: MCPServer = MCPServer("omost", instructions=INSTRUCTIONS, lifespan=lifespan)
+    server: MCPServer = OmostMCPServer("omost", instructions=INSTRUCTIONS, lifespan=lifespan)
 
     def client_of(ctx: Context) -> AsyncOmostClient:
         return cast(AsyncOmostClient, ctx.request_context.lifespan_context)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +35,23 @@ LlmUrl = Annotated[
     str | None, typer.Option("--llm-url", help="OpenAI-compatible LLM server (e.g. vLLM); none: embedded SmolLM2.")
 ]
 Seed = Annotated[int | None, typer.Option(help="Seed; image i uses seed + i. None: random.")]
+PlanSeed = Annotated[int | None, typer.Option("--seed", help="The LLM's sampling seed: the same seed, the same plan. "
+                                              "None: random.")]
 Output = Annotated[Path, typer.Option("--output", "-o", help="PNG path; more images get -1, -2, ... suffixes.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the canvas as JSON instead of Omost code.")]
 MaxNewTokens = Annotated[int | None, typer.Option(help="Cap on the plan's length in tokens.")]
 
 TINY_SIDE = 256
 """Image side with the tiny model: its pictures are noise anyway, and 2 CPU cores render 256² in seconds."""
+
+
+def tiny_stack_env(tiny: bool) -> dict[str, str]:
+    """A tiny-model stack's services default small too: the playground's render form and the OpenAI
+    Images API's size "auto". A value the user set in the environment still wins."""
+    if not tiny:
+        return {}
+    names = ("OMOST_PLANNER_PLAYGROUND_DEFAULT_SIZE", "OMOST_PLANNER_IMAGES_DEFAULT_SIZE")
+    return {name: f"{TINY_SIDE}x{TINY_SIDE}" for name in names if name not in os.environ}
 
 
 @dataclass(frozen=True)

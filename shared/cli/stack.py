@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -29,6 +30,10 @@ from urllib.parse import urlparse
 import httpx
 
 from shared.cli.guard import PARENT_ENV, child_setup
+from shared.cli.vllm import VllmMissing, VllmServer, startup_stage
+
+VLLM_START_TIMEOUT = 900.0
+"""vLLM compiles its model on a first start: minutes on a few CPU cores (a GPU's CUDA graphs, less)."""
 
 
 class StackError(RuntimeError):
@@ -36,7 +41,10 @@ class StackError(RuntimeError):
 
 
 def cache_dir() -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "omost"
+    """``$OMOST_CACHE_DIR``, else ``$XDG_CACHE_HOME/omost``: state, the private Redis's data, the tiny
+    model (the render worker reads the same variable; children inherit it)."""
+    explicit = os.environ.get("OMOST_CACHE_DIR")
+    root = Path(explicit) if explicit else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "omost"
     root.mkdir(parents=True, exist_ok=True)
     return root
 
@@ -86,6 +94,8 @@ class StackConfig:
     """The private Redis's data folder, kept (append-only) across runs; None: a throwaway one."""
     llm_url: str | None = None
     llm_kind: str | None = None
+    vllm: VllmServer | None = None
+    """A vLLM server to start as a child and plan with (``omost serve --llm vllm``); excludes ``llm_url``."""
     model: str | None = None
     workers: int | None = None
     """None: one per CUDA device, or one on the CPU."""
@@ -128,15 +138,21 @@ class LocalStack:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self, timeout: float = 300.0) -> None:
+    def start(self, timeout: float = 300.0, progress: Callable[[str], None] | None = None) -> None:
+        """``progress`` hears what the stack is waiting for (vLLM's start-up stages)."""
         try:
             self._start_redis()
+            if self.config.vllm is not None and self.config.planner:
+                self._spawn_vllm(self.config.vllm)
             env = self._environment()
             if self.config.render:
                 self._spawn("render-api", ["render_service"], env)
                 for index, device in enumerate(self._devices()):
                     worker_env = {**env, "OMOST_RENDER_DEVICE": device}
                     self._spawn(f"render-worker-{index}", ["render_service.worker"], worker_env)
+            if self.config.vllm is not None and self.config.planner:
+                # The planner reads the model's name and window from vLLM as it starts: after vLLM.
+                self._wait_vllm(self.config.vllm, progress or (lambda stage: None))
             if self.config.planner:
                 self._spawn("planner", ["planner_service"], env)
             if self.config.render:
@@ -173,6 +189,29 @@ class LocalStack:
                 raise StackError(f"redis-server did not start; see {self.children[-1].log_path}")
             time.sleep(0.05)
 
+    def _spawn_vllm(self, server: VllmServer) -> None:
+        try:
+            args = server.args()
+        except VllmMissing as exc:
+            raise StackError(str(exc)) from None
+        self._spawn_raw("vllm", args, server.environment())
+
+    def _wait_vllm(self, server: VllmServer, progress: Callable[[str], None]) -> None:
+        (child,) = [c for c in self.children if c.name == "vllm"]
+        deadline = time.monotonic() + VLLM_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if child.process.poll() is not None:
+                raise StackError(f"vLLM stopped: {last_error(child.log_path)} (log: {child.log_path})")
+            try:
+                if httpx.get(server.health_url, timeout=2.0).is_success:
+                    progress("vLLM: ready")
+                    return
+            except httpx.HTTPError:
+                pass
+            progress(startup_stage(child.log_path.read_text(errors="replace")))
+            time.sleep(0.5)
+        raise StackError(f"vLLM not ready after {VLLM_START_TIMEOUT:g} s; log: {child.log_path}")
+
     def _environment(self) -> dict[str, str]:
         c = self.config
         env = {
@@ -196,6 +235,10 @@ class LocalStack:
             env["OMOST_PLANNER_LLM_URL"] = c.llm_url
         if c.llm_kind:
             env["OMOST_PLANNER_LLM_KIND"] = c.llm_kind
+        if c.vllm is not None:
+            env["OMOST_PLANNER_LLM_URL"] = c.vllm.base_url
+            env["OMOST_PLANNER_LLM_KIND"] = "vllm"
+            env["OMOST_PLANNER_LLM_MODEL"] = c.vllm.served_model_name
         return env
 
     def _devices(self) -> list[str]:

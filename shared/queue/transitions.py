@@ -23,11 +23,12 @@ from shared.queue.keys import (
     DEAD_LETTER_MAXLEN,
     DEFAULT_TTL_SECONDS,
     MESSAGE_FIELD,
+    QUEUE_WAIT_SECONDS_BUCKETS,
     RENDER_SECONDS_BUCKETS,
     STEP_SECONDS_BUCKETS,
     QueueKeys,
 )
-from shared.queue.record import Rec, encode_time, initial_record
+from shared.queue.record import Rec, decode_time, encode_time, initial_record
 from shared.queue.wire import (
     QueueMessage,
     decode_hash,
@@ -187,6 +188,9 @@ def claim(
     )
     pipe.expire(keys.job(job_id), ttl)
     queue_event(pipe, keys, job_id, make_event("running", worker=worker, message=f"delivery {deliveries}"), ttl)
+    created_at = decode_time(current.get(Rec.CREATED_AT))
+    if created_at is not None:  # queue wait: submission to the start of this run
+        queue_observe(pipe, keys, "queue_wait_seconds", max(0.0, time.time() - created_at), QUEUE_WAIT_SECONDS_BUCKETS)
     return Claim(deliveries=deliveries, token=token)
 
 

@@ -22,7 +22,7 @@ from shared.cli.errors import error_line
 from shared.cli.memory import Conversation, recall, remember
 from shared.cli.options import RenderOptions
 from shared.cli.stack import free_port, last_error
-from shared.cli.state import ServeState, remove_state, running_stack, write_state
+from shared.cli.state import ServeState, remove_state, running_stack, serve_lock, write_state
 from shared.client import OmostAPIError
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "omost_outputs" / "01_dragon_battle.md"
@@ -209,3 +209,109 @@ def test_a_worker_that_cannot_load_its_model_is_one_line(tmp_path: Path) -> None
 
 def test_console_is_stderr() -> None:
     assert commands.console.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["generate", "", "--tiny"], "error: prompt: string should have at least 1 character (got '')"),
+        (["generate", "x" * 5000, "--tiny"],
+         "error: prompt: string should have at most 4000 characters (got 5,000 characters)"),
+        (["generate", "   ", "--tiny"], "error: prompt: the prompt is empty"),
+        (["generate", "a cat", "--tiny", "--max-new-tokens", "3"], "error: max_new_tokens must be at least 16 (got 3)"),
+        (["generate", "a cat", "--tiny", "--steps", "999"], "error: steps must be at most 150 (got 999)"),
+        (["plan", ""], "error: prompt: string should have at least 1 character (got '')"),
+        (["plan", "a cat", "--seed", "-1"], "error: seed must be at least 0 (got -1)"),
+    ],
+    ids=["empty", "too-long", "blank", "tokens", "steps", "plan-empty", "plan-seed"],
+)
+def test_every_field_the_contract_checks_is_refused_before_any_stack_starts(
+    argv: list[str], expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ``serve`` runs and no --url is given: a bad request must not start a temporary stack (72 s
+    to be told the prompt is empty), so starting one fails the test."""
+
+    def no_stack(self: object, *args: object, **kwargs: object) -> None:
+        raise AssertionError("a stack was started for a request the contract refuses")
+
+    monkeypatch.setattr(commands.LocalStack, "start", no_stack)
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == expected
+
+
+def test_an_edit_is_checked_before_any_stack_starts(private_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    private_cache.mkdir(parents=True, exist_ok=True)
+    remember(private_cache, Conversation(planner_url=f"http://127.0.0.1:{free_port()}").followed_by(
+        "a cat", "canvas = Canvas()", planner_url=f"http://127.0.0.1:{free_port()}", conversation_id=None))
+    monkeypatch.setattr(commands.LocalStack, "start", lambda *a, **k: pytest.fail("a stack was started"))
+    result = runner.invoke(app, ["edit", " \n"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: prompt: the prompt is empty"
+
+
+def test_a_second_serve_is_refused_naming_the_first(
+    private_cache: Path, healthz: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first ``serve`` is this test holding the lock (as a running ``serve`` does) with its state
+    written; the second must neither start a stack nor touch the first one's state file."""
+    private_cache.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setattr(commands.LocalStack, "start", lambda *a, **k: pytest.fail("a second stack was started"))
+    first = ServeState(os.getpid(), healthz, healthz + "/r", "redis://x", "tiny")
+    with serve_lock(private_cache):
+        write_state(private_cache, first)
+        result = runner.invoke(app, ["serve", "--tiny", "--planner-port", str(free_port())])
+        assert running_stack(private_cache) == first
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert line.startswith(f"error: `omost serve` is already running (pid {os.getpid()}: planner {healthz}, ")
+    assert "Stop it first" in line and len(result.output.strip().splitlines()) == 1
+    with serve_lock(private_cache):  # released by the first: a new serve may start
+        pass
+
+
+def test_version() -> None:
+    from importlib import metadata
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"omost {metadata.version('omost-service')}"
+
+
+def test_plan_seed_help_speaks_of_the_plan_not_images() -> None:
+    for command in ("plan", "edit"):
+        text = " ".join(runner.invoke(app, [command, "--help"]).output.replace("│", " ").split())
+        assert "image i uses seed" not in text and "the same seed, the same plan" in text
+
+
+def test_omost_cache_dir_moves_state_and_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's table says OMOST_CACHE_DIR holds the state, the private Redis's data and the tiny model."""
+    from shared.cli.stack import cache_dir
+
+    monkeypatch.setenv("OMOST_CACHE_DIR", str(tmp_path / "elsewhere"))
+    assert cache_dir() == tmp_path / "elsewhere" and cache_dir().is_dir()
+    remember(cache_dir(), Conversation(planner_url="http://x").followed_by(
+        "a cat", "canvas = Canvas()", planner_url="http://x", conversation_id=None))
+    assert (tmp_path / "elsewhere" / "last_conversation.json").exists()
+
+
+def test_a_tiny_stack_serves_small_defaults_to_the_playground_and_the_images_api(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``serve --tiny`` renders 256² from the CLI; the playground's form and the Images API's "auto"
+    must start there too, from the server's own config (the planner app, in process: no LLM needed)."""
+    from fastapi.testclient import TestClient
+
+    from planner_service.app import create_app
+    from planner_service.settings import PlannerSettings
+    from shared.cli.options import tiny_stack_env
+
+    monkeypatch.delenv("OMOST_PLANNER_IMAGES_DEFAULT_SIZE", raising=False)
+    monkeypatch.delenv("OMOST_PLANNER_PLAYGROUND_DEFAULT_SIZE", raising=False)
+    assert tiny_stack_env(False) == {}
+    for name, value in tiny_stack_env(True).items():
+        monkeypatch.setenv(name, value)
+    config = TestClient(create_app(PlannerSettings())).get("/playground/config.json").json()
+    assert (config["render_defaults"]["width"], config["render_defaults"]["height"]) == (256, 256)
+    monkeypatch.setenv("OMOST_PLANNER_IMAGES_DEFAULT_SIZE", "512x512")  # the user's own setting wins
+    assert "OMOST_PLANNER_IMAGES_DEFAULT_SIZE" not in tiny_stack_env(True)

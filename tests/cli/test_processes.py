@@ -4,7 +4,6 @@ cannot be loaded is one line. Everything real: redis-server, SmolLM2, the tiny S
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -23,17 +22,6 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "omost_outputs" / "01_dragon_battle.md"
 START_TIMEOUT = 400  # SmolLM2, torch and the tiny model loading side by side on two shared cores
-
-
-@pytest.fixture()
-def env(tmp_path: Path, tiny_model: Path) -> dict[str, str]:
-    """A user's environment with a fresh cache folder (the tiny model already built in it)."""
-    cache = tmp_path / "cache"
-    (cache / "omost").mkdir(parents=True)
-    (cache / "omost" / "tiny-sdxl").symlink_to(tiny_model)
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("OMOST_")}
-    path = os.pathsep.join([str(ROOT), clean.get("PYTHONPATH", "")])
-    return {**clean, "XDG_CACHE_HOME": str(cache), "PYTHONPATH": path}
 
 
 def omost(*args: str) -> list[str]:
@@ -164,6 +152,9 @@ def test_the_stack_leaves_any_other_redis_untouched(env: dict[str, str], tmp_pat
                                 timeout=900)
         assert result.returncode == 0, result.stderr[-3000:]
         assert out.read_bytes().startswith(b"\x89PNG")
+        queued = [line for line in result.stderr.splitlines() if line.startswith("queued render ")]
+        assert len(queued) == 1 and "Ctrl-C cancels it" in queued[0]  # the job id, before the wait
+        assert "stopping the temporary stack: render-api, render-worker-0, planner, redis" in result.stderr
 
         assert client.dbsize() == len(before)
         assert {key: client.dump(key) for key in client.keys("*")} == before

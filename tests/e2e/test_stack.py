@@ -4,7 +4,9 @@ started by ``omost serve``."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
 import signal
 import subprocess
@@ -18,8 +20,9 @@ import pytest
 from PIL import Image
 
 from shared.cli.stack import free_port
-from shared.client import OmostClient, RenderFailed
+from shared.client import OmostAPIError, OmostClient, RenderFailed
 from shared.jobs import RenderRequest
+from tests.prometheus_server import OBSERVABILITY, PrometheusServer, dashboard_expressions, metric_names
 from tests.support import RedisServer, StepGate, wait_for_http, wait_until
 
 # SmolLM2 is small and fast, but a full 4096-token plan on two shared cores is minutes: bound it. A plan
@@ -180,3 +183,65 @@ def test_cli_edit_continues_on_the_remembered_planner(stack: Stack, tmp_path: Pa
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"using the planner of the last conversation, {stack.planner_url}" in result.stderr
     assert "canvas = Canvas()" in result.stdout
+
+
+COUNTERS = [
+    'max(omost_render_jobs_finished_total{status="succeeded"})',
+    "max(omost_render_jobs_submitted_total)",
+    "max(omost_render_queue_wait_seconds_count)",
+    "max(omost_render_step_seconds_count)",
+    'max(omost_render_phase_seconds_count{phase="denoise"})',
+    'max(omost_render_phase_seconds_count{phase="png"})',
+    "max(omost_render_busy_seconds_total)",
+    "sum(omost_planner_plans_total)",
+    "max(omost_planner_completion_tokens_total)",
+    "max(omost_planner_llm_request_seconds_count)",
+]
+"""What one plan and one render must move, read back from Prometheus."""
+KITE = {"global_description": {"description": "a kite", "HTML_web_color_name": "skyblue"}}
+UP_GAUGES = ("omost_planner_llm_up", "omost_planner_redis_up", "omost_render_redis_up", "omost_render_workers")
+
+
+def test_prometheus_scrapes_the_stack_and_a_job_moves_its_counters(
+    stack: Stack, client: OmostClient, tmp_path: Path
+) -> None:
+    """Debian's Prometheus, with deploy/observability's config and alert rules, scrapes this stack every second."""
+    targets = {
+        "omost-planner": stack.planner_url.removeprefix("http://"),
+        "omost-render-api": stack.render_url.removeprefix("http://"),
+    }
+    prometheus = PrometheusServer(tmp_path / "prometheus", targets).start()
+    try:
+
+        def scraped() -> bool:
+            active = prometheus.api("targets")["activeTargets"]
+            return len(active) == 2 and all(t["health"] == "up" for t in active) and bool(prometheus.query("up"))
+
+        wait_until(scraped, 30, 0.5, "both targets scraped and up")
+        before = {expression: prometheus.value(expression) for expression in COUNTERS}
+        try:
+            client.plan("a kite over a beach", max_new_tokens=48, seed=8)
+        except OmostAPIError as exc:
+            assert exc.status_code == 502, exc  # an answer cut too short to parse still counts
+        accepted = client.submit(RenderRequest(canvas=KITE, **SMALL))
+        assert client.wait(accepted.id, timeout=120).status == "succeeded"
+
+        def moved() -> list[str]:
+            return [e for e in COUNTERS if prometheus.value(e) <= before[e]]
+
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: not moved(), 30, 0.5, "every counter moved")
+        assert moved() == []
+        for gauge in UP_GAUGES:
+            assert prometheus.value(gauge) >= 1, gauge
+        # The dashboard's queries: each evaluates on the real server and reads only names it scraped.
+        dashboard = json.loads((OBSERVABILITY / "grafana-dashboard.json").read_text())
+        scraped_names = set(prometheus.api("label/__name__/values"))
+        for expression in dashboard_expressions(dashboard, rate_interval="1m"):
+            assert metric_names(expression) <= scraped_names, expression
+            prometheus.query(expression)
+        rules = [rule for group in prometheus.api("rules")["groups"] for rule in group["rules"]]
+        assert len(rules) == 6 and all(rule["health"] == "ok" for rule in rules), rules
+        assert not [rule["name"] for rule in rules if rule["state"] == "firing"]
+    finally:
+        prometheus.stop()

@@ -64,6 +64,16 @@ def test_readyz_says_what_is_missing(orphan: RunningPlanner) -> None:
     assert "unreachable" in response.json()["llm"]
 
 
+def test_metrics_say_the_llm_is_down_and_count_the_failure_by_cause(orphan: RunningPlanner) -> None:
+    assert post(orphan, {"prompt": "a cat"}).status_code == 503
+    text = httpx.get(f"{orphan.url}/metrics", timeout=30).text
+    values = {line.split()[0]: float(line.split()[-1]) for line in text.splitlines() if not line.startswith("#")}
+    assert values["omost_planner_llm_up"] == 0 and values["omost_planner_redis_up"] == 1
+    assert values['omost_planner_plan_failures_total{cause="llm_unavailable"}'] >= 1
+    assert values['omost_planner_plan_failures_total{cause="parse_failed"}'] == 0
+    assert values['omost_planner_plans_total{outcome="unavailable"}'] >= 1
+
+
 @pytest.mark.parametrize(
     ("body", "status", "needle"),
     [

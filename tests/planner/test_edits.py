@@ -79,3 +79,18 @@ def test_pairs_name_the_previous_region_of_each_kept_or_changed_one() -> None:
     three = EDITED.model_copy(update={"local_descriptions": [CAT, DOG, CAT]})
     patch = Patch(changed={2: RegionShape("Lamp")}, added=[RegionShape("Rug")], removed={0})
     assert patch.pairs(three) == {0: 1, 1: 2}
+
+
+def test_the_region_an_edit_means_is_the_one_its_subject_heads() -> None:
+    """Issue 27 §1: SmolLM2 planned overlapping regions that each named both animals; "make the dog
+    a corgi" rewrote "Cat and Dog on Sofa." (the first naming a dog) and lost the cat."""
+    both = CAT.model_copy(update={"description": "Cat and Dog on Sofa."})
+    dog_first = DOG.model_copy(update={"description": "Dog and Cat on the sofa, resting."})
+    canvas = EDITED.model_copy(update={"local_descriptions": [both, dog_first]})
+    patch = plan_patch("make the dog a corgi", canvas)
+    assert patch is not None and set(patch.changed) == {1}
+    # Neither heads it: the region naming the fewest other things is the dog's.
+    crowd = CAT.model_copy(update={"description": "A cat, a dog, a lamp and a sofa."})
+    alone = DOG.model_copy(update={"description": "A sleepy brown dog."})
+    patch = plan_patch("make the dog a corgi", EDITED.model_copy(update={"local_descriptions": [crowd, alone]}))
+    assert patch is not None and set(patch.changed) == {1}

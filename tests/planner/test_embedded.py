@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import signal
 import socket
+from pathlib import Path
 
 import httpx
+import pytest
 
 from planner_service.llm.embedded import SMOLLM2_FILE, default_model_path
 from planner_service.settings import PlannerSettings
@@ -40,6 +42,38 @@ def test_settings_from_the_environment(monkeypatch) -> None:
         "strict-content",
         True,
     )
+
+
+@pytest.mark.parametrize(
+    ("settings", "strict"),
+    [
+        ({"llm_url": "http://vllm:8000/v1", "llm_model": "HuggingFaceTB/SmolLM2-135M-Instruct"}, True),
+        ({"llm_url": "http://vllm:8000/v1", "llm_model": "smollm2-135m-instruct-hf"}, True),  # a folder's name
+        ({"llm_url": "http://vllm:8000/v1", "llm_model": "lllyasviel/omost-llama-3-8b"}, False),
+        ({"llm_url": "http://vllm:8000/v1", "llm_model": "mistral-7b"}, False),  # unknown, served: permissive
+        ({"gguf_path": Path("/models/omost-llama-3-8b.Q4_K_M.gguf")}, False),  # Omost, even embedded
+        ({"gguf_path": Path("/models/tinyllama.gguf")}, True),  # unknown, embedded: strict
+        ({}, True),  # the embedded SmolLM2
+    ],
+)
+def test_shaping_defaults_follow_the_model(settings: dict, strict: bool) -> None:
+    resolved = PlannerSettings(llm_kind="vllm", **settings)
+    shaping = (resolved.resolved_profile, resolved.use_subject_constraints, resolved.use_one_shot)
+    assert shaping == (("strict-content", True, True) if strict else ("permissive", False, False))
+    assert resolved.resolved_frequency_penalty == (0.3 if strict else 0.0)
+    assert resolved.model_name and resolved.model_name.split("/")[-1][:6].lower() in resolved.shaping_reason.lower()
+    # A small model's answer is bounded (a loop the grammar allows would otherwise run to Omost's 4096).
+    assert resolved.default_max_new_tokens == (1536 if strict else 4096)
+    explicit = PlannerSettings(
+        llm_kind="vllm", grammar_profile="permissive", one_shot=False, max_new_tokens=4096, **settings
+    )
+    assert (explicit.resolved_profile, explicit.use_one_shot) == ("permissive", False)  # a setting still wins
+    assert explicit.default_max_new_tokens == 4096
+
+
+def test_the_default_answer_keeps_its_share_of_a_smaller_window() -> None:
+    served = PlannerSettings(llm_url="http://vllm:8000/v1", llm_model="lllyasviel/omost-llama-3-8b")
+    assert served.model_copy(update={"context_tokens": 4096}).default_max_new_tokens == 2048
 
 
 def test_embedded_server_starts_and_stops_with_the_service(redis_server: RedisServer) -> None:

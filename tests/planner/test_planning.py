@@ -52,6 +52,9 @@ def test_unparseable_answer_is_retried_with_a_new_seed() -> None:
     assert (outcome.prompt_tokens, outcome.completion_tokens) == (20, 40)
     assert planner.metrics.retries._value.get() == 1
     assert planner.metrics.parse_failures._value.get() == 1
+    assert planner.metrics.completion_tokens._value.get() == 40  # both calls: tokens/s covers all LLM work
+    registry = planner.metrics.registry
+    assert registry.get_sample_value("omost_planner_llm_request_seconds_count") == 2
     assert "grammar" in seen[0]  # llamacpp kind, permissive profile for a served model
 
 

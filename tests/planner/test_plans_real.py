@@ -113,19 +113,15 @@ def test_conversation_continues_server_side_and_expires(planner: RunningPlanner,
     assert "expired" in gone.json()["detail"]
 
 
-def test_streaming_sends_deltas_then_the_canvas(planner: RunningPlanner) -> None:
+def stream_plan(planner: RunningPlanner, **body: object) -> tuple[list[str], dict]:
+    """A streamed plan: its text deltas and the final plan (an ``error`` event fails the test)."""
     from httpx_sse import connect_sse
 
     deltas: list[str] = []
     final: dict | None = None
     with (
         planner.client() as client,
-        connect_sse(
-            client,
-            "POST",
-            "/v1/plans",
-            json={"prompt": "a windmill in a tulip field", "stream": True, "max_new_tokens": BUDGET, "seed": 6},
-        ) as source,
+        connect_sse(client, "POST", "/v1/plans", json={**body, "stream": True}) as source,
     ):
         assert source.response.headers["content-type"].startswith("text/event-stream")
         for event in source.iter_sse():
@@ -135,8 +131,13 @@ def test_streaming_sends_deltas_then_the_canvas(planner: RunningPlanner) -> None
                 final = json.loads(event.data)
             elif event.event == "error":
                 pytest.fail(event.data)
-    assert len(deltas) > 10
     assert final is not None
+    return deltas, final
+
+
+def test_streaming_sends_deltas_then_the_canvas(planner: RunningPlanner) -> None:
+    deltas, final = stream_plan(planner, prompt="a windmill in a tulip field", max_new_tokens=BUDGET, seed=6)
+    assert len(deltas) > 10
     canvas = check_plan(final)
     if not final["truncated"]:
         assert "".join(deltas) == final["code"]

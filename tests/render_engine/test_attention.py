@@ -1,4 +1,5 @@
-"""Regional attention: the pure function against the formula, and the processors on real diffusers layers."""
+"""Regional attention: the pure function against the formula, and the processors on real diffusers layers
+with each registered attention backend."""
 
 from __future__ import annotations
 
@@ -9,21 +10,17 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from render_service.engine.attention import (
-    FLEX_BLOCK,
-    FlexMask,
+    GroupInputs,
     RegionalCrossAttnProcessor,
     RegionalJob,
-    _pad_tokens,
-    additive_mask,
-    flex_attend,
-    flex_mask,
-    fold_token_scale,
     layer_size,
     mark_token_dims_dynamic,
-    regional_attention,
-    token_bucket,
     unet_level,
 )
+from render_service.engine.backends import attention_backend, dense_backend
+from render_service.engine.backends.common import fold_token_scale, pad_tokens, token_bucket
+from render_service.engine.backends.flex import FLEX_BLOCK, FlexMask, flex_attend, flex_mask
+from render_service.engine.backends.sdpa import additive_mask, regional_attention
 from shared.contract import GRID
 from shared.layout import Condition
 
@@ -245,17 +242,19 @@ def test_layer_inputs_pad_the_masked_group_to_a_bucket(layer: Attention) -> None
     job = make_job([(0, GRID, 0, GRID), (0, 45, 0, 45)], tokens_per_condition=77, rows=[0, 0, 1, 1])
     context = torch.randn(1, 3 * 77, 24)
     negative, positive = job.layer_inputs(layer, context, (8, 8), torch.float32)
-    assert negative[:2] == (0, 2) and negative[2].shape[2] == 77 and negative[4] is None, "negative: stock"
-    start, stop, key, value, bias = positive
+    assert (negative.start, negative.stop) == (0, 2) and negative.key.shape[2] == 77, "negative: its own tokens"
+    assert negative.mask is None and negative.backend is dense_backend(), "negative: stock"
+    start, stop, key, value, bias, backend = positive
     assert (start, stop) == (2, 4) and key.shape[2] == value.shape[2] == bias.shape[3] == 256
     assert torch.isinf(bias[..., 154:]).all() and not key[:, :, 154:].any(), "padding is masked and zero"
+    assert backend is attention_backend("sdpa"), "the default backend"
     job.bucket_tokens = False  # eager: only aligned to 16
     job.mask_cache.clear()
-    assert job.layer_inputs(layer, context, (8, 8), torch.float32)[1][4].shape[3] == 160
+    assert job.layer_inputs(layer, context, (8, 8), torch.float32)[1].mask.shape[3] == 160
 
 
-def assert_same_as_sdpa(layer: Attention, rows: list[int], option: str, mask_type: type) -> None:
-    """The job with ``option`` set (``flex``, ``packed``) gives the SDPA path's output on ``layer``,
+def assert_same_as_sdpa(layer: Attention, rows: list[int], backend: str, mask_type: type) -> None:
+    """The job through attention ``backend`` (``flex``, ``packed``) gives the SDPA path's output on ``layer``,
     for the given rows, at sizes that are not multiples of a block, with a region that vanishes at
     the coarse size."""
     rects = [(0, GRID, 0, GRID), (0, 45, 0, 30), (30, 90, 50, 90), (44, 46, 44, 46)]
@@ -265,15 +264,15 @@ def assert_same_as_sdpa(layer: Attention, rows: list[int], option: str, mask_typ
         hidden = torch.randn(len(rows), size[0] * size[1], 32, generator=gen)
         sdpa = run_layer(layer, make_job(rects, 9, rows), size, hidden, context)
         job = make_job(rects, 9, rows)
-        setattr(job, option, True)
+        job.backend = attention_backend(backend)
         ours = run_layer(layer, job, size, hidden, context)
-        assert isinstance(job.layer_inputs(layer, context[:1], size, torch.float32)[-1][4], mask_type)
+        assert isinstance(job.layer_inputs(layer, context[:1], size, torch.float32)[-1].mask, mask_type)
         torch.testing.assert_close(ours, sdpa, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("rows", [[0, 1], [0, 0, 1, 1]])
 def test_flex_path_equals_the_sdpa_path(layer: Attention, rows: list[int]) -> None:
-    """FlexAttention with a block mask (``compile_unet(flex=True)``) computes what the SDPA bias
+    """FlexAttention with a block mask (``set_attention("flex")``) computes what the SDPA bias
     does, for one and two images (rows folded into one query sequence)."""
     assert_same_as_sdpa(layer, rows, "flex", FlexMask)
 
@@ -282,9 +281,9 @@ def test_flex_block_mask_skips_blocks_no_pixel_sees(layer: Attention) -> None:
     # Two quarter regions of 128 tokens each at 32x32 (8 query blocks of 4 pixel rows): a region's
     # token block is computed only for the query blocks of its pixel rows.
     job = make_job([(0, GRID, 0, GRID), (0, 45, 0, 45), (45, 90, 45, 90)], tokens_per_condition=FLEX_BLOCK, rows=[1])
-    job.flex = True
+    job.backend = attention_backend("flex")
     context = torch.randn(1, 4 * FLEX_BLOCK, 24)  # the negative prompt, the global one, two regions
-    mask = job.layer_inputs(layer, context, (32, 32), torch.float32)[0][4]
+    mask = job.layer_inputs(layer, context, (32, 32), torch.float32)[0].mask
     assert isinstance(mask, FlexMask)
     computed = int(mask.kv_num_blocks.sum() + mask.full_kv_num_blocks.sum())
     assert int(mask.full_kv_num_blocks.sum()) == 8, "the global prompt's block is full for every query block"
@@ -344,9 +343,9 @@ def test_inductor_compiles_flex_attention_once_for_every_bucket() -> None:
         k, v = (torch.randn(1, heads, len(condition), dim, generator=gen) for _ in range(2))
         token_scale = (torch.rand(conditions, generator=gen) * 4 + 1)[condition]
         mask = flex_mask(covered, condition, rows, bucket)
-        key = _pad_tokens(fold_token_scale(k, token_scale, 1 / math.sqrt(dim)), bucket)
-        value = _pad_tokens(v, bucket)
-        mark_token_dims_dynamic({"layer": ((0, rows, key, value, mask),)})
+        key = pad_tokens(fold_token_scale(k, token_scale, 1 / math.sqrt(dim)), bucket)
+        value = pad_tokens(v, bucket)
+        mark_token_dims_dynamic({"layer": (GroupInputs(0, rows, key, value, mask, attention_backend("flex")),)})
         with torch.inference_mode():
             out = compiled(q, key, value, mask)
         expected = formula(q, k, v, covered[condition].T, token_scale)

@@ -96,13 +96,13 @@ def test_same_negative_prompt_is_one_attention_call(layer: Attention) -> None:
     b = make_job([(0, GRID, 0, GRID), (0, 45, 0, 45)], tokens_per_condition=4, rows=[0, 0, 1, 1])
     context_b = context_b[:, :12]
     groups = stack_jobs([inputs(layer, a, context_a), inputs(layer, b, context_b)], [1, 2], True)[NAME]
-    assert [(start, stop, mask is None) for start, stop, _, _, mask in groups] == [
+    assert [(group.start, group.stop, group.mask is None) for group in groups] == [
         (0, 3, True), (3, 4, False), (4, 6, False)
     ]  # fmt: skip
 
     different = torch.cat([negative + 1.0, context_b[:, 4:]], dim=1)
     groups = stack_jobs([inputs(layer, a, context_a), inputs(layer, b, different)], [1, 2], True)[NAME]
-    assert [(start, stop) for start, stop, *_ in groups] == [(0, 1), (1, 3), (3, 4), (4, 6)]
+    assert [(group.start, group.stop) for group in groups] == [(0, 1), (1, 3), (3, 4), (4, 6)]
 
 
 def test_stacking_without_cfg_and_bad_counts(layer: Attention) -> None:
@@ -110,7 +110,7 @@ def test_stacking_without_cfg_and_bad_counts(layer: Attention) -> None:
     b = make_job([(0, GRID, 0, GRID)], tokens_per_condition=3, rows=[1, 1])
     context = torch.randn(1, 6, 24)
     groups = stack_jobs([inputs(layer, a, context), inputs(layer, b, context)], [1, 2], False)[NAME]
-    assert [(start, stop) for start, stop, *_ in groups] == [(0, 1), (1, 3)], "masked groups never merge"
+    assert [(group.start, group.stop) for group in groups] == [(0, 1), (1, 3)], "masked groups never merge"
     with pytest.raises(ValueError, match="2 jobs but 1"):
         stack_jobs([inputs(layer, a, context), inputs(layer, b, context)], [1], False)
 

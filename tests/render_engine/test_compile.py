@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from render_service.engine import ModelNotFoundError, RenderCanceled, RenderEngine, RenderResult
+from render_service.engine.backends import AttentionConfigError
 from render_service.engine.batching import RenderTask
 from render_service.engine.engine import parse_sizes
 from render_service.engine.loading import load_pipeline
@@ -26,9 +27,10 @@ def fresh_engine(tiny_model: Path) -> RenderEngine:
     return RenderEngine.from_pipeline(pipeline, model_name="tiny", device="cpu", dtype=torch.float32)
 
 
-def counting_compile(tiny_model: Path, flex: bool) -> tuple[RenderEngine, list[torch.fx.GraphModule]]:
+def counting_compile(tiny_model: Path, attention: str = "sdpa") -> tuple[RenderEngine, list[torch.fx.GraphModule]]:
     """A fresh engine compiled with a backend that records each graph dynamo captures and runs it
-    as is (what dynamo traced, executed eagerly); ``fullgraph=True`` makes any graph break an error."""
+    as is (what dynamo traced, executed eagerly), attending through ``attention``; ``fullgraph=True``
+    makes any graph break an error."""
     graphs: list[torch.fx.GraphModule] = []
 
     def counting_backend(graph: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
@@ -37,7 +39,8 @@ def counting_compile(tiny_model: Path, flex: bool) -> tuple[RenderEngine, list[t
 
     torch._dynamo.reset()
     compiled = fresh_engine(tiny_model)
-    compiled.compile_unet(backend=counting_backend, flex=flex)
+    compiled.compile_unet(backend=counting_backend)
+    compiled.set_attention(attention)
     return compiled, graphs
 
 
@@ -46,7 +49,7 @@ def graph_calls(graphs: list[torch.fx.GraphModule], target: Any) -> int:
 
 
 def test_compiled_unet_is_one_graph_for_every_canvas(engine: RenderEngine, tiny_model: Path) -> None:
-    compiled, graphs = counting_compile(tiny_model, flex=False)
+    compiled, graphs = counting_compile(tiny_model)
     few, many = request(steps=2), request(canvas=MANY_REGIONS, steps=2)
     assert len(compiled._prepare(few).encoded.tokens[0]) != len(compiled._prepare(many).encoded.tokens[0])
     for req in (few, many):
@@ -63,7 +66,7 @@ def test_a_compiled_batch_is_one_more_graph_with_no_break(engine: RenderEngine, 
     """Same-shape batching under ``fullgraph=True``: a batch of two jobs (their own masks, a merged
     negative group) traces without a break into one graph of its own, reused by the next batch of
     that make-up, and renders what the eager engine renders."""
-    compiled, graphs = counting_compile(tiny_model, flex=False)
+    compiled, graphs = counting_compile(tiny_model)
     jobs = [request(steps=1, seed=1), request(canvas=MANY_REGIONS, steps=1, seed=2)]
     compiled.render(jobs[0])
     assert len(graphs) == 1
@@ -79,11 +82,11 @@ def test_a_compiled_batch_is_one_more_graph_with_no_break(engine: RenderEngine, 
 
 
 def test_flex_compiled_unet_is_one_graph_and_matches_the_sdpa_path(engine: RenderEngine, tiny_model: Path) -> None:
-    """The FlexAttention path (``compile_unet(flex=True)``): no graph break, one graph for
+    """The FlexAttention backend (``set_attention("flex")``): no graph break, one graph for
     canvases in different buckets and with different condition counts, and the same images as the
     eager SDPA path within 1 grey level (different summation order). Several images per job are
     covered at the layer level (tests/render_engine/test_attention.py)."""
-    compiled, graphs = counting_compile(tiny_model, flex=True)
+    compiled, graphs = counting_compile(tiny_model, attention="flex")
     for req in (request(steps=1), request(canvas=MANY_REGIONS, steps=1)):
         gap = np.abs(pixels(compiled.render(req))[0].astype(int) - pixels(engine.render(req))[0].astype(int))
         assert gap.max() <= 1, gap.max()
@@ -91,15 +94,17 @@ def test_flex_compiled_unet_is_one_graph_and_matches_the_sdpa_path(engine: Rende
     assert graph_calls(graphs, torch.ops.higher_order.flex_attention) > 0, "regional attention ran as flex"
 
 
-def test_flex_is_opt_in(engine: RenderEngine, tiny_model: Path) -> None:
-    """Measured slower than the SDPA path on an H200 (docs/render-engine.md): never on by itself."""
-    assert not engine.flex and not engine._job(engine._prepare(request()).encoded, 1, True).flex
+def test_flex_is_opt_in_and_compiled_only(tiny_model: Path) -> None:
+    """Measured slower than the SDPA path on an H200 (docs/render-engine.md): never on by itself, and
+    refused (with what to change) on an eager UNet, where it has no kernel of its own."""
     compiled = fresh_engine(tiny_model)
-    compiled.device = "cuda"  # only the choice is looked at here; nothing runs
+    with pytest.raises(AttentionConfigError, match=r"only in a compiled UNet.*OMOST_RENDER_COMPILE"):
+        compiled.set_attention("flex")
+    assert compiled.attention == "sdpa", "a refused choice keeps the one before"
     compiled.compile_unet(backend="eager")
-    assert not compiled.flex
-    compiled.compile_unet(backend="eager", flex=True)
-    assert compiled.flex
+    assert compiled.attention == "sdpa", "compiling does not switch backends"
+    compiled.set_attention("flex")
+    assert compiled._regions(compiled._prepare(request()).encoded, 1, True).backend.name == "flex"
     torch._dynamo.reset()
 
 

@@ -13,9 +13,8 @@ import torch
 from diffusers.models.attention_processor import Attention
 
 from render_service.engine import RenderEngine, RenderResult
-from render_service.engine.attention import fold_token_scale
-from render_service.engine.batching import RenderTask
-from render_service.engine.packed import (
+from render_service.engine.backends.common import fold_token_scale
+from render_service.engine.backends.packed import (
     PackedMask,
     packed_attend,
     packed_attention,
@@ -23,6 +22,7 @@ from render_service.engine.packed import (
     packed_key_scale,
     packed_mask,
 )
+from render_service.engine.batching import RenderTask
 from render_service.settings import RenderSettings
 from tests.render_engine.test_attention import assert_same_as_sdpa, formula, region_masks
 from tests.render_engine.test_compile import MANY_REGIONS, counting_compile, graph_calls
@@ -113,7 +113,7 @@ def test_computes_no_masked_pair(monkeypatch: pytest.MonkeyPatch) -> None:
         seen.extend(zip(torch.diff(cu_q).tolist(), torch.diff(cu_k).tolist(), strict=True))
         return real(q, k, v, cu_q, cu_k, max_q, max_k)
 
-    monkeypatch.setattr("render_service.engine.packed.packed_attention", spy)
+    monkeypatch.setattr("render_service.engine.backends.packed.packed_attention", spy)
     packed_attend(query, key, value, mask)
     assert seen == [(16, 5), (4, 6), (8, 7)]
     assert sum(q * k for q, k in seen) == 16 * 5 + 4 * 6 + 8 * 7 < 16 * 18, "fewer pairs than the dense call"
@@ -179,8 +179,7 @@ def test_batch_equals_the_sdpa_path(packed_engine: RenderEngine) -> None:
 def test_compiled_packed_unet_is_one_graph_for_every_canvas(engine: RenderEngine, tiny_model: Path) -> None:
     """``fullgraph=True``: no graph break, one graph for canvases with different token, condition
     and slot counts (a global-only one too), the packed op in it, and the eager SDPA path's images."""
-    compiled, graphs = counting_compile(tiny_model, flex=False)
-    compiled.set_attention("packed")
+    compiled, graphs = counting_compile(tiny_model, attention="packed")
     global_only = {**CANVAS, "local_descriptions": []}
     for req in (request(steps=1), request(canvas=MANY_REGIONS, steps=1), request(canvas=global_only, steps=1)):
         same_images(compiled.render(req), engine.render(req))
@@ -190,9 +189,10 @@ def test_compiled_packed_unet_is_one_graph_for_every_canvas(engine: RenderEngine
 
 
 def test_attention_is_a_setting(engine: RenderEngine, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert engine.attention == "sdpa" and not engine._job(engine._prepare(request()).encoded, 1, True).packed
-    with pytest.raises(ValueError, match="sdpa, packed"):
-        engine.set_attention("dense")  # type: ignore[arg-type]
+    assert engine.attention == "sdpa"
+    assert engine._regions(engine._prepare(request()).encoded, 1, True).backend.name == "sdpa"
+    with pytest.raises(ValueError, match="sdpa, packed, flex"):
+        engine.set_attention("dense")
     monkeypatch.setenv("OMOST_RENDER_ATTENTION", "packed")
     assert RenderSettings().attention == "packed"
     monkeypatch.setenv("OMOST_RENDER_ATTENTION", "dense")

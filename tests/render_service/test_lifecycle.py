@@ -39,7 +39,7 @@ from tests.render_service.helpers import (
     wait_for,
     wait_terminal,
 )
-from tests.support import ChildProcess, RedisServer
+from tests.support import ChildProcess, RedisServer, wait_until
 
 WEBHOOK_SECRET = "hook-secret"
 
@@ -200,6 +200,13 @@ def test_metrics_count_the_job_and_its_steps(env: Stack, finished: FinishedJob) 
     assert "omost_render_step_seconds_bucket" in metrics and "omost_render_queue_depth" in metrics
     step_count = next(line for line in metrics.splitlines() if line.startswith("omost_render_step_seconds_count"))
     assert float(step_count.split()[-1]) >= 3
+    values = {line.split()[0]: float(line.split()[-1]) for line in metrics.splitlines() if not line.startswith("#")}
+    assert values["omost_render_queue_wait_seconds_count"] >= 1
+    assert values["omost_render_busy_seconds_total"] > 0
+    for phase in ("encode", "denoise", "decode", "png", "settle"):
+        assert values[f'omost_render_phase_seconds_count{{phase="{phase}"}}'] >= 1, phase
+    beats = [name for name in values if name.startswith("omost_render_worker_last_heartbeat_timestamp_seconds{")]
+    assert beats and all(values[name] > time.time() - 60 for name in beats)
 
 
 def test_openapi_documents_the_event_stream(env: Stack) -> None:
@@ -235,6 +242,13 @@ def test_webhook_called_with_retries(env: Stack) -> None:
     assert payload["id"] == job_id and payload["status"] == "succeeded" and len(payload["urls"]["images"]) == 1
     assert headers["X-Omost-Event"] == "render.succeeded"
     assert headers["X-Omost-Signature"] == sign(data, WEBHOOK_SECRET)
+
+    def delivered() -> float:  # counted just after the record's outcome is written
+        metric = 'omost_render_webhooks_total{outcome="delivered"}'
+        lines = http.get("/metrics").text.splitlines()
+        return next(float(line.split()[-1]) for line in lines if line.startswith(metric))
+
+    wait_until(lambda: delivered() >= 1, 10, what="the delivered webhook counted")
 
 
 def test_cancel_queued_and_running(env: Stack) -> None:

@@ -1,6 +1,6 @@
 """Regional attention computed only where it is allowed: variable-length attention per condition.
 
-The SDPA path (:func:`render_service.engine.attention.attend`) scores every pixel against every
+The SDPA path (:mod:`.sdpa`) scores every pixel against every
 token of the positive prompt and masks most of the scores away: on real Omost canvases a pixel may
 see 34-60 % of the tokens (34 % on a 12-region canvas), yet it pays for all of them, on the
 memory-efficient kernel that takes a bias. Here each condition is one sequence of a
@@ -29,7 +29,19 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["PackedMask", "packed_attend", "packed_attention", "packed_kernel", "packed_key_scale", "packed_mask"]
+from render_service.engine.backends import AttentionBackend
+from render_service.engine.backends.common import fold_token_scale
+
+__all__ = [
+    "BACKEND",
+    "PackedBackend",
+    "PackedMask",
+    "packed_attend",
+    "packed_attention",
+    "packed_kernel",
+    "packed_key_scale",
+    "packed_mask",
+]
 
 
 MIN_DYNAMIC = 2
@@ -187,3 +199,31 @@ def packed_attend(rows: torch.Tensor, key: torch.Tensor, value: torch.Tensor, ma
     partial = out.new_zeros((slots * places, heads, dim)).index_copy(0, mask.slot, out)
     merged = torch.einsum("hkp,kphd->phd", weight, partial.view(slots, places, heads, dim).float())
     return merged.to(rows.dtype).view(count, pixels, heads, dim)
+
+
+class PackedBackend(AttentionBackend[PackedMask]):
+    """Keys and values in varlen layout ``(T, heads, d)``; the mask is a :class:`PackedMask`."""
+
+    name = "packed"
+
+    def group_mask(
+        self, covered: torch.Tensor, conditions: torch.Tensor, rows: int, dtype: torch.dtype, bucket_tokens: bool
+    ) -> PackedMask:
+        return packed_mask(covered, conditions, rows)
+
+    def layout(
+        self, key: torch.Tensor, value: torch.Tensor, token_scale: torch.Tensor, softmax_scale: float, mask: PackedMask
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        folded = fold_token_scale(key, token_scale, packed_key_scale(softmax_scale, key.shape[-1]))
+        return folded[0].transpose(0, 1).contiguous(), value[0].transpose(0, 1).contiguous()
+
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: PackedMask) -> torch.Tensor:
+        return packed_attend(query.transpose(1, 2), key, value, mask).transpose(1, 2)
+
+    def mark_dynamic(self, key: torch.Tensor, value: torch.Tensor, mask: PackedMask) -> None:
+        # Tokens, packed queries, conditions and slots all vary with the canvas.
+        for tensor in (key, value, *mask):
+            torch._dynamo.maybe_mark_dynamic(tensor, 0)
+
+
+BACKEND = PackedBackend()
