@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
-import redis.asyncio
 from fastapi import FastAPI
 
 from planner_service.admission import Admission
@@ -26,6 +25,9 @@ from planner_service.playground import mount_playground
 from planner_service.routers import conversations, generations, health, images, plans
 from planner_service.service import PlanService
 from planner_service.settings import PlannerSettings
+from shared.queue import RenderQueue
+from shared.queue.connect import async_client, image_stores
+from shared.queue.settings import RenderImageStoreSettings
 from shared.service.app import service_app
 from shared.service.exposure import warn_if_exposed
 
@@ -90,12 +92,15 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     served = await _served_model(client, settings.llm_model)
     settings = app.state.settings = _fitted(settings, served)
     client.model = settings.llm_model
-    redis_client = redis.asyncio.from_url(settings.redis_url, decode_responses=True)
+    redis_client = async_client(settings.redis_url)
+    # The render service's image store, read under its own settings' names, for b64_json answers.
+    _, readable = image_stores(RenderImageStoreSettings(), settings.keys)
     metrics: PlannerMetrics = app.state.metrics
     planner = Planner(client, settings, metrics)
     store = ConversationStore(redis_client, prefix=settings.key_prefix, ttl_seconds=settings.conversation_ttl_seconds)
     app.state.llm = client
     app.state.redis = redis_client
+    app.state.queue = RenderQueue(redis_client, settings, image_stores=readable)
     app.state.planner = planner
     app.state.store = store
     app.state.plan_service = PlanService(planner, store, metrics)

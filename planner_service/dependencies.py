@@ -13,6 +13,7 @@ from planner_service.llm.client import OpenAIClient
 from planner_service.metrics import PlannerMetrics
 from planner_service.service import PlanService
 from planner_service.settings import PlannerSettings
+from shared.queue import RenderQueue
 
 
 def get_settings(request: Request) -> PlannerSettings:
@@ -21,6 +22,10 @@ def get_settings(request: Request) -> PlannerSettings:
 
 def get_redis(request: Request) -> redis.asyncio.Redis:
     return request.app.state.redis
+
+
+def get_queue(request: Request) -> RenderQueue:
+    return request.app.state.queue
 
 
 def get_store(request: Request) -> ConversationStore:
@@ -41,6 +46,7 @@ def get_metrics(request: Request) -> PlannerMetrics:
 
 SettingsDep = Annotated[PlannerSettings, Depends(get_settings)]
 RedisDep = Annotated[redis.asyncio.Redis, Depends(get_redis)]
+QueueDep = Annotated[RenderQueue, Depends(get_queue)]
 StoreDep = Annotated[ConversationStore, Depends(get_store)]
 PlanServiceDep = Annotated[PlanService, Depends(get_plan_service)]
 LLMDep = Annotated[OpenAIClient, Depends(get_llm)]

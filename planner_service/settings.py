@@ -9,14 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from planner_service.llm.client import LLMKind
 from planner_service.llm.embedded import SMOLLM2_FILE
 from shared.contract import LLM_DEFAULTS
 from shared.grammar import Profile
-from shared.jobs import DEFAULT_MAX_MEGAPIXEL_STEPS
 from shared.queue import DEFAULT_TTL_SECONDS
 from shared.service.settings import ServiceSettings
 
@@ -39,7 +38,8 @@ OMOST_MODELS = ("omost",)
 
 
 class PlannerSettings(ServiceSettings):
-    """``redis_url``, ``key_prefix``, ``api_token`` and logging come from the base."""
+    """``redis_url``, ``api_token``, logging and the queue's settings (``key_prefix``, ``job_ttl_seconds``,
+    ``max_queue_depth``, ``max_job_megapixel_steps``: :class:`shared.queue.QueueSettings`) come from the base."""
 
     model_config = SettingsConfigDict(env_prefix="OMOST_PLANNER_", extra="ignore", populate_by_name=True)
 
@@ -118,14 +118,18 @@ class PlannerSettings(ServiceSettings):
         default="", pattern=r"^(\d{2,4}x\d{2,4})?$",
         description="WIDTHxHEIGHT the page's render form starts with; empty: Omost's 896x1152 (--tiny sets 256x256).",
     )
-    render_job_ttl_seconds: int = Field(default=DEFAULT_TTL_SECONDS, ge=60)
-    max_queue_depth: int | None = Field(default=1000, ge=1)
-    max_job_megapixel_steps: float | None = Field(
-        default=DEFAULT_MAX_MEGAPIXEL_STEPS,
-        gt=0,
-        description="Work budget of a render /v1/generations queues (as OMOST_RENDER_MAX_JOB_MEGAPIXEL_STEPS); "
-        "None: no limit.",
+    job_ttl_seconds: int = Field(
+        default=DEFAULT_TTL_SECONDS,
+        ge=60,
+        # The planner's older name stays: it queues *render* jobs, whose lifetime this is.
+        validation_alias=AliasChoices("OMOST_PLANNER_RENDER_JOB_TTL_SECONDS", "OMOST_PLANNER_JOB_TTL_SECONDS"),
+        description="Render jobs /v1/generations queues expire this long after they end.",
     )
+
+    @property
+    def render_job_ttl_seconds(self) -> int:
+        """``job_ttl_seconds`` by its environment name (``OMOST_PLANNER_RENDER_JOB_TTL_SECONDS``)."""
+        return self.job_ttl_seconds
 
     @property
     def embedded(self) -> bool:

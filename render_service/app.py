@@ -6,16 +6,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import redis.asyncio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from render_service.api import admin, health, renders
 from render_service.api.errors import DOMAIN_ERRORS, TRANSLATED
 from render_service.api.event_hub import EventHub
-from render_service.images import S3Images
 from render_service.settings import RenderSettings
 from render_service.store import JobStore
+from shared.queue import RenderQueue
+from shared.queue.connect import async_client, image_stores
 from shared.service.app import service_app
 from shared.service.exposure import warn_if_exposed
 
@@ -28,28 +28,26 @@ def create_app(settings: RenderSettings | None = None) -> FastAPI:
         warn_if_exposed(settings, settings.host, "the render API")
         # One pooled client per process, created inside the server's event loop. A burst waits for
         # a free connection (up to the pool timeout) instead of failing at once.
-        options: dict[str, Any] = {
-            "protocol": 2, "socket_timeout": 15, "socket_connect_timeout": 5, "health_check_interval": 30
-        }
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
+        options: dict[str, Any] = {"socket_timeout": 15, "health_check_interval": 30}
+        client = async_client(
             settings.redis_url,
             max_connections=settings.redis_max_connections,
-            timeout=settings.redis_pool_timeout_seconds,
+            pool_timeout=settings.redis_pool_timeout_seconds,
             **options,
         )
-        client = redis.asyncio.Redis.from_pool(pool)
         # The event hub's own connection (outside the pool): its blocking reads serve every SSE stream.
-        reader = redis.asyncio.Redis.from_url(settings.redis_url, single_connection_client=True, **options)
+        reader = async_client(settings.redis_url, single_connection_client=True, **options)
+        _, readable = image_stores(settings, settings.keys)
+        queue = RenderQueue(client, settings, image_stores=readable, redirect=settings.s3_redirect)
         hub = EventHub(
-            client,
+            queue,
             reader,
-            settings.keys,
             max_streams=settings.max_event_streams,
             max_per_client=settings.max_event_streams_per_client,
         )
         app.state.redis = client
-        images = S3Images(settings) if settings.image_store == "s3" else None
-        app.state.store = JobStore(client, settings.keys, images, redirect=settings.s3_redirect)
+        app.state.queue = queue
+        app.state.store = JobStore(client, settings.keys)
         app.state.event_hub = hub
         hub.start()
         try:

@@ -8,8 +8,10 @@ callers send them best effort: a lost observation must never fail or slow a job.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
+
+import redis
 
 from shared.queue import QueueKeys, queue_observe
 
@@ -69,3 +71,13 @@ def count_webhook(pipe: Any, keys: QueueKeys, outcome: str) -> None:
 def count_image_store_error(pipe: Any, keys: QueueKeys, operation: str) -> None:
     assert operation in IMAGE_STORE_OPERATIONS, operation
     pipe.hincrby(keys.metrics, image_store_error_key(operation), 1)
+
+
+def send_counts(client: redis.Redis, write: Callable[[Any], object]) -> None:
+    """Send what ``write`` buffers on a pipeline of ``client``, best effort: a lost count never fails a job."""
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            write(pipe)
+            pipe.execute()
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        pass

@@ -7,50 +7,34 @@ for the whole deployment. The Redis URL is ``OMOST_REDIS_URL``, shared with the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from render_service.engine.backends import ATTENTION_BACKENDS, DEFAULT_ATTENTION
-from shared.jobs import DEFAULT_MAX_MEGAPIXEL_STEPS
-from shared.queue import DEFAULT_TTL_SECONDS, QueueKeys
+from shared.queue import ImageStoreSettings
 from shared.service.logging import configure_logging
 from shared.service.settings import ServiceSettings
 
 __all__ = ["RenderSettings", "configure_logging"]  # configure_logging: the worker's entry point uses it
 
 
-class RenderSettings(ServiceSettings):
-    """``redis_url``, ``key_prefix``, ``api_token``, logging and the body limit come from the base."""
+class RenderSettings(ServiceSettings, ImageStoreSettings):
+    """``redis_url``, ``api_token``, logging, the body limit and the queue's settings (``key_prefix``,
+    ``job_ttl_seconds``, ``max_queue_depth``, ``max_job_megapixel_steps``) come from the base; the image
+    store's from :class:`shared.queue.ImageStoreSettings`."""
 
     model_config = SettingsConfigDict(env_prefix="OMOST_RENDER_", extra="ignore", populate_by_name=True)
 
     # --- shared by API and workers
-    job_ttl_seconds: int = Field(default=DEFAULT_TTL_SECONDS, ge=60, description="Records, events, images.")
     public_url: str = Field(default="", description="Base of URLs in webhooks; the API uses its own if empty.")
 
-    # --- image store (shared by API and workers; issue 18)
-    image_store: Literal["redis", "s3"] = Field(
-        default="redis", description="Where PNGs live: next to the record in Redis, or in an S3-compatible bucket."
-    )
-    s3_bucket: str = Field(default="", description="Bucket of the s3 image store (required with it).")
-    s3_prefix: str = Field(default="renders/", description="Key prefix of the objects in the bucket.")
-    s3_region: str = Field(default="", description="Region; empty: from the AWS config/provider chain.")
-    s3_endpoint_url: str = Field(default="", description="Empty: AWS S3; else MinIO, R2, GCS interop, ...")
-    s3_redirect: bool = Field(
-        default=True, description="GET .../images/{n} answers 302 to a presigned URL; false: the API streams."
-    )
-    s3_presign_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600, description="Life of a presigned URL.")
-    s3_upload_retry_seconds: float = Field(
-        default=60.0, gt=0, description="How long a worker retries an unreachable store before failing the job."
-    )
+    # --- image store (shared by API and workers; issue 18): the fields of shared.queue.ImageStoreSettings
 
     # --- API
     host: str = "127.0.0.1"
     port: int = Field(default=8100, ge=0, le=65535)
     api_workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes (the API is stateless).")
-    max_queue_depth: int = Field(default=1000, ge=1, description="POST /v1/renders answers 429 at this depth.")
     readyz_requires_worker: bool = Field(default=True, description="/readyz is 503 until a worker is live.")
     sse_ping_seconds: float = Field(default=15.0, gt=0)
     max_event_streams: int = Field(default=1000, ge=1, description="Open SSE streams per API process; 429 beyond.")
@@ -62,12 +46,6 @@ class RenderSettings(ServiceSettings):
     )
     redis_pool_timeout_seconds: float = Field(
         default=5.0, gt=0, description="How long a request waits for a free Redis connection before a 503."
-    )
-    max_job_megapixel_steps: float | None = Field(
-        default=DEFAULT_MAX_MEGAPIXEL_STEPS,
-        gt=0,
-        description="Work budget of one job: width x height x steps x num_images (hires pass included) / 1e6; "
-        "bigger jobs get 422. None: no limit.",
     )
     cors_origins: str = Field(
         default="*",
@@ -154,12 +132,6 @@ class RenderSettings(ServiceSettings):
         return name
 
     @model_validator(mode="after")
-    def _s3_needs_a_bucket(self) -> RenderSettings:
-        if self.image_store == "s3" and not self.s3_bucket:
-            raise ValueError("OMOST_RENDER_IMAGE_STORE=s3 needs OMOST_RENDER_S3_BUCKET")
-        return self
-
-    @model_validator(mode="after")
     def _heartbeat_below_deadline(self) -> RenderSettings:
         if self.heartbeat_seconds is None:
             self.heartbeat_seconds = self.claim_idle_seconds / 4
@@ -167,10 +139,6 @@ class RenderSettings(ServiceSettings):
             # A heartbeat delayed once must not let the deadline pass, or live jobs get stolen.
             raise ValueError("heartbeat_seconds must be at most half of claim_idle_seconds")
         return self
-
-    @property
-    def keys(self) -> QueueKeys:
-        return QueueKeys(self.key_prefix)
 
     @property
     def heartbeat_interval(self) -> float:

@@ -16,6 +16,7 @@ from render_service.app import create_app
 from render_service.settings import RenderSettings
 from render_service.store import JobStore
 from shared.client import AsyncOmostClient, OmostAPIError
+from shared.queue import RenderQueue
 
 
 def fail(settings: RenderSettings, job_id: str, token: str | None = None) -> OmostAPIError:
@@ -23,6 +24,7 @@ def fail(settings: RenderSettings, job_id: str, token: str | None = None) -> Omo
         app = create_app(settings)
         app.state.redis = redis.asyncio.Redis.from_url("redis://127.0.0.1:1/0")
         app.state.store = JobStore(app.state.redis, settings.keys)
+        app.state.queue = RenderQueue(app.state.redis, settings)
         transport = httpx.ASGITransport(app=app)
         async with AsyncOmostClient(render_url="http://api", token=token, transport=transport) as client:
             await client.get(job_id)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import redis.asyncio
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
@@ -12,23 +11,24 @@ from redis.exceptions import RedisError
 
 from planner_service.admission import AdmissionDep, unless_disconnected
 from planner_service.conversations import StoreUnavailable
-from planner_service.dependencies import PlanServiceDep, RedisDep, SettingsDep
+from planner_service.dependencies import PlanServiceDep, QueueDep, SettingsDep
 from planner_service.schemas import GenerationRequest
 from planner_service.service import PlanService
 from planner_service.settings import PlannerSettings
 from shared.canvas import Canvas, GlobalDescription
-from shared.jobs import RenderRequest, over_budget
+from shared.jobs import RenderRequest
 from shared.plans import GenerationAccepted
-from shared.queue import QueueKeys, job_urls, submit
+from shared.queue import RenderQueue, job_urls
 from shared.service.auth import require_token, token_owner
-from shared.service.ownership import record_owner
 from shared.service.problems import field_errors
 from shared.service.routing import StrictRoute
+from shared.service.submission import check_budget, submit_render
 
 router = APIRouter(
     prefix="/v1", tags=["generations"], dependencies=[Depends(require_token)], route_class=StrictRoute
 )
 
+_RENDER = ("body", "render")
 _PLACEHOLDER = Canvas(global_description=GlobalDescription(description="placeholder", HTML_web_color_name="white"))
 
 
@@ -58,20 +58,16 @@ async def create_generation(
     body: GenerationRequest,
     service: PlanServiceDep,
     settings: SettingsDep,
-    redis_client: RedisDep,
+    queue: QueueDep,
     admission: AdmissionDep,
     request: Request,
 ) -> GenerationAccepted:
     # Check the render parameters first: a bad width or a job over budget should not cost a plan.
-    placeholder = _render_request(body.render, _PLACEHOLDER)
-    if reason := over_budget(placeholder, settings.max_job_megapixel_steps):
-        error = {"type": "work_budget", "loc": ("body", "render"),
-                 "msg": f"{reason} (OMOST_PLANNER_MAX_JOB_MEGAPIXEL_STEPS)"}  # fmt: skip
-        raise RequestValidationError([error])
+    check_budget(queue, _render_request(body.render, _PLACEHOLDER), loc=_RENDER)
     slot = admission.admit()
     try:
         # A client that hangs up stops the plan and never gets a render queued in its name.
-        return await unless_disconnected(request, _plan_and_queue(body, service, settings, redis_client, request))
+        return await unless_disconnected(request, _plan_and_queue(body, service, settings, queue, request))
     finally:
         slot.release()
 
@@ -80,22 +76,14 @@ async def _plan_and_queue(
     body: GenerationRequest,
     service: PlanService,
     settings: PlannerSettings,
-    redis_client: redis.asyncio.Redis,
+    queue: RenderQueue,
     request: Request,
 ) -> GenerationAccepted:
     plan = await service.plan(body.model_copy(update={"stream": False}))
     render_request = _render_request(body.render, plan.canvas)
     try:
-        job_id, _ = await submit(
-            redis_client,
-            render_request,
-            prefix=settings.key_prefix,
-            ttl_seconds=settings.render_job_ttl_seconds,
-            max_queue_depth=settings.max_queue_depth,
-        )
         # The job is the token's, as if submitted to the render API with it.
-        keys = QueueKeys(settings.key_prefix)
-        await record_owner(redis_client, keys, token_owner(request), job_id, settings.render_job_ttl_seconds)
+        job_id, _ = await submit_render(queue, render_request, submitter=token_owner(request), loc=_RENDER)
     except RedisError as exc:
         raise StoreUnavailable(f"the render queue (Redis) is unavailable: {exc}") from exc
     return GenerationAccepted(

@@ -12,7 +12,6 @@ route class local to this router, so no app-wide handler changes.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
@@ -26,20 +25,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from redis.asyncio import Redis
-from redis.client import NEVER_DECODE
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
 from planner_service.admission import AdmissionDep
-from planner_service.dependencies import PlanServiceDep, RedisDep, SettingsDep
+from planner_service.dependencies import PlanServiceDep, QueueDep, SettingsDep
 from planner_service.routers.generations import create_generation
 from planner_service.schemas import GenerationRequest
-from shared.client import poll_delays
 from shared.contract import RENDER_DEFAULTS
-from shared.jobs import MAX_IMAGES, TERMINAL_STATUSES, RenderJob, RenderRequest
+from shared.jobs import MAX_IMAGES, RenderJob, RenderRequest
 from shared.plans import MAX_PROMPT_CHARS
-from shared.queue import QueueKeys, Rec, decode_hash, job_urls, record_to_job
+from shared.queue import JobRecord, RenderQueue, job_urls, render_job
 from shared.service.auth import require_token
 from shared.service.routing import StrictRoute
 
@@ -281,31 +277,19 @@ def parse_size(size: str | None, default: str) -> tuple[int, int]:
 _ANY_CANVAS = {"global_description": {"description": "size check", "HTML_web_color_name": "white"}}
 
 
-async def wait_for_job(redis: Redis, keys: QueueKeys, job_id: str, timeout: float) -> RenderJob | None:
+async def wait_for_job(queue: RenderQueue, job_id: str, timeout: float) -> tuple[JobRecord, RenderJob] | None:
     """The job once it has ended, or None if it is still going after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    for delay in poll_delays(first=0.1, cap=0.5):
-        record = decode_hash(await redis.hgetall(keys.job(job_id)))
-        if record and record.get("status") in TERMINAL_STATUSES:
-            return record_to_job(record)
-        if time.monotonic() + delay > deadline:
-            return None
-        await asyncio.sleep(delay)
-    return None
+    record = await queue.wait(job_id, timeout)
+    return (record, render_job(record)) if record is not None else None
 
 
-async def read_png(redis: Redis, keys: QueueKeys, job_id: str, index: int) -> bytes:
-    # The app's client decodes replies to str; PNG bytes must come back raw.
-    data = await redis.execute_command("GET", keys.image(job_id, index), **{NEVER_DECODE: True})
-    if data is None and await redis.hexists(keys.job(job_id), Rec.IMAGE_KEYS):
-        # The planner never imports the render service, so it cannot read an object store; the render
-        # API's image URLs redirect to it.
-        raise ImagesAPIError(400, "this deployment keeps images in object storage (OMOST_RENDER_IMAGE_STORE=s3): "
-                             "ask with response_format=url", param="response_format", code="b64_unavailable")
+async def read_png(queue: RenderQueue, record: JobRecord, index: int) -> bytes:
+    """Image ``index`` of a succeeded job, from whichever image store holds it (Redis or S3)."""
+    data = await queue.image_bytes(record, index)
     if data is None:
-        raise ImagesAPIError(502, f"image {index} of render job {job_id} is missing", type_="server_error",
+        raise ImagesAPIError(502, f"image {index} of render job {record.id} is missing", type_="server_error",
                              code="image_missing")
-    return bytes(data)
+    return data
 
 
 @router.post(
@@ -320,7 +304,7 @@ async def create_image(
     body: ImageGenerationRequest,
     service: PlanServiceDep,
     settings: SettingsDep,
-    redis: RedisDep,
+    queue: QueueDep,
     images: Annotated[ImagesSettings, Depends(get_images_settings)],
     admission: AdmissionDep,
     request: Request,
@@ -333,11 +317,10 @@ async def create_image(
     if not body.prompt.strip():  # "\x1d" passes min_length, but a plan needs words (found by schemathesis)
         raise ImagesAPIError(400, "the prompt is empty (only whitespace)", param="prompt")
     generation = GenerationRequest(prompt=body.prompt, render=render)
-    accepted = await create_generation(generation, service, settings, redis, admission, request)
-    keys = QueueKeys(settings.key_prefix)
+    accepted = await create_generation(generation, service, settings, queue, admission, request)
     try:
-        job = await wait_for_job(redis, keys, accepted.id, images.timeout_seconds)
-        if job is None:
+        ended = await wait_for_job(queue, accepted.id, images.timeout_seconds)
+        if ended is None:
             url = accepted.urls.self_
             raise ImagesAPIError(
                 504,
@@ -346,6 +329,7 @@ async def create_image(
                 code="render_timeout",
                 job={"id": accepted.id, "url": url},
             )
+        record, job = ended
         if job.status != "succeeded":
             raise ImagesAPIError(502, f"render job {job.id} ended {job.status}: {job.error or 'no reason given'}",
                                  type_="server_error", code="render_failed")
@@ -354,7 +338,7 @@ async def create_image(
             urls = job_urls(job.id, n, settings.render_api_url).images
             data = [ImageData(url=url, revised_prompt=revised) for url in urls]
         else:
-            pngs = [await read_png(redis, keys, job.id, i) for i in range(n)]
+            pngs = [await read_png(queue, record, i) for i in range(n)]
             data = [ImageData(b64_json=base64.b64encode(p).decode("ascii"), revised_prompt=revised) for p in pngs]
     except RedisError as exc:
         raise ImagesAPIError(503, f"the render store (Redis) is unavailable: {exc}", type_="server_error") from exc

@@ -1,4 +1,4 @@
-"""FastAPI dependencies: settings, the Redis client and the job store (the bearer token check is
+"""FastAPI dependencies: settings, the Redis client, the render queue, the queue statistics (the bearer token check is
 shared with the planner: :mod:`shared.service.auth`)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from render_service.api.event_hub import EventHub
 from render_service.settings import RenderSettings
 from render_service.store import JobStore
+from shared.queue import RenderQueue
 
 
 def get_settings(request: Request) -> RenderSettings:
@@ -25,6 +26,10 @@ def get_store(request: Request) -> JobStore:
     return request.app.state.store
 
 
+def get_queue(request: Request) -> RenderQueue:
+    return request.app.state.queue
+
+
 def get_event_hub(request: Request) -> EventHub:
     return request.app.state.event_hub
 
@@ -32,6 +37,7 @@ def get_event_hub(request: Request) -> EventHub:
 SettingsDep = Annotated[RenderSettings, Depends(get_settings)]
 RedisDep = Annotated[redis.asyncio.Redis, Depends(get_redis)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
+QueueDep = Annotated[RenderQueue, Depends(get_queue)]
 HubDep = Annotated[EventHub, Depends(get_event_hub)]
 
 

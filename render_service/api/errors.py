@@ -9,8 +9,7 @@ from collections.abc import Callable
 import redis.exceptions
 
 from render_service.api.event_hub import TooManyStreams
-from render_service.store import JobFinished, JobNotFound
-from shared.queue import IdempotencyConflict, QueueFull
+from shared.queue import IdempotencyConflict, ImageStoreUnavailable, JobFinished, JobNotFound, QueueFull
 from shared.service.auth import AdminViewOff
 from shared.service.problems import ServiceError
 
@@ -54,6 +53,7 @@ DOMAIN_ERRORS: tuple[type[Exception], ...] = (
     JobFinished,
     IdempotencyConflict,
     QueueFull,
+    ImageStoreUnavailable,
     TooManyStreams,
     AdminViewOff,
 )

@@ -15,13 +15,13 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis.asyncio
 import redis.exceptions
 
 from shared.jobs import TERMINAL_STATUSES, JobEvent
-from shared.queue import EVENT_FIELD, QueueKeys, decode_hash, text
+from shared.queue import RenderQueue
+from shared.queue.repository import EVENTS_PER_READ
 from shared.service.problems import ServiceError
 
 log = logging.getLogger("render_service.api.events")
@@ -32,7 +32,6 @@ BLOCK_MS = 250
 has already read itself, so joining late loses nothing)."""
 IDLE_CHECK_SECONDS = 5.0
 """A stream that heard nothing for this long checks the job's status (expired or ended unseen)."""
-READ_COUNT = 100
 
 
 class TooManyStreams(ServiceError):
@@ -49,7 +48,7 @@ def _id(value: str) -> tuple[int, int]:
 
 @dataclass(eq=False)
 class _Watch:
-    key: str
+    job_id: str
     cursor: str
     queue: asyncio.Queue[list[tuple[str, dict[str, str]]] | BaseException] = field(default_factory=asyncio.Queue)
 
@@ -71,16 +70,14 @@ class StreamTicket:
 class EventHub:
     def __init__(
         self,
-        pool_client: redis.asyncio.Redis,
+        queue: RenderQueue,
         reader: redis.asyncio.Redis,
-        keys: QueueKeys,
         *,
         max_streams: int,
         max_per_client: int,
     ) -> None:
-        self.pool_client = pool_client  # short reads: history, status checks
+        self.queue = queue  # short reads on pooled connections: history, status checks
         self.reader = reader  # the hub's own connection, outside the pool
-        self.keys = keys
         self.max_streams = max_streams
         self.max_per_client = max_per_client
         self._open: Counter[str] = Counter()
@@ -130,68 +127,54 @@ class EventHub:
     async def events(self, job_id: str, after: str = "0-0") -> AsyncIterator[tuple[str, JobEvent]]:
         """The job's events after ``after``, history first, until a terminal status event (or the
         job ends or expires unseen). Raises Redis's connection errors if it goes away."""
-        key = self.keys.events(job_id)
         cursor = after
         while True:  # history: a pooled connection only for each short read
-            entries = await self._read_now(key, cursor)
+            entries = await self.queue.history(job_id, cursor)
             for cursor, event in entries:
                 yield cursor, event
                 if _terminal(event):
                     return
-            if len(entries) < READ_COUNT:
+            if len(entries) < EVENTS_PER_READ:
                 break
-        if await self._ended(job_id):
+        if await self.queue.has_ended(job_id):
             # A resumed stream of a finished job (Last-Event-ID at its end): nothing to wait for.
-            for entry_id, event in await self._read_now(key, cursor):
+            for entry_id, event in await self.queue.history(job_id, cursor):
                 yield entry_id, event
             return
-        watch = _Watch(key, cursor)
+        watch = _Watch(job_id, cursor)
         self._add(watch)
         try:
             while True:
                 try:
                     item = await asyncio.wait_for(watch.queue.get(), IDLE_CHECK_SECONDS)
                 except TimeoutError:
-                    if not await self._ended(job_id):
+                    if not await self.queue.has_ended(job_id):
                         continue
                     # Ended (or expired) without the hub seeing the terminal event: read once
                     # more, in case it was written meanwhile, then stop.
-                    for entry_id, event in await self._read_now(key, watch.cursor):
+                    for entry_id, event in await self.queue.history(job_id, watch.cursor):
                         yield entry_id, event
                     return
                 if isinstance(item, BaseException):
                     raise item
                 for entry_id, fields in item:
-                    event = JobEvent.model_validate_json(fields[EVENT_FIELD])
+                    event = self.queue.event_of(fields)
                     yield entry_id, event
                     if _terminal(event):
                         return
         finally:
             self._remove(watch)
 
-    async def _ended(self, job_id: str) -> bool:
-        """Terminal or expired. (A terminal status and its event are written in one transaction.)"""
-        status = await self.pool_client.hget(self.keys.job(job_id), "status")
-        return status is None or text(status) in TERMINAL_STATUSES
-
-    async def _read_now(self, key: str, cursor: str) -> list[tuple[str, JobEvent]]:
-        answer = await self.pool_client.xread({key: cursor}, count=READ_COUNT)
-        return [
-            (text(entry_id), JobEvent.model_validate_json(decode_hash(fields)[EVENT_FIELD]))
-            for _key, entries in answer or []
-            for entry_id, fields in entries
-        ]
-
     def _add(self, watch: _Watch) -> None:
-        self._watches.setdefault(watch.key, set()).add(watch)
+        self._watches.setdefault(watch.job_id, set()).add(watch)
         self._changed.set()
 
     def _remove(self, watch: _Watch) -> None:
-        watchers = self._watches.get(watch.key)
+        watchers = self._watches.get(watch.job_id)
         if watchers is not None:
             watchers.discard(watch)
             if not watchers:
-                del self._watches[watch.key]
+                del self._watches[watch.job_id]
 
     async def _run(self) -> None:
         while True:
@@ -199,11 +182,11 @@ class EventHub:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
-            streams: dict[Any, Any] = {
-                key: min((w.cursor for w in watchers), key=_id) for key, watchers in self._watches.items()
+            cursors = {
+                job_id: min((w.cursor for w in watchers), key=_id) for job_id, watchers in self._watches.items()
             }
             try:
-                answer = await self.reader.xread(streams, count=READ_COUNT, block=BLOCK_MS)
+                found = await self.queue.follow(self.reader, cursors, BLOCK_MS)
             except REDIS_ERRORS as exc:
                 # Every stream ends; its client reconnects with Last-Event-ID and misses nothing.
                 log.warning("event hub: redis unavailable (%s)", exc)
@@ -217,10 +200,9 @@ class EventHub:
                 log.exception("event hub: read failed")
                 await asyncio.sleep(1.0)
                 continue
-            for raw_key, entries in answer or []:
-                decoded = [(text(entry_id), decode_hash(fields)) for entry_id, fields in entries]
-                for watch in list(self._watches.get(text(raw_key), ())):
-                    fresh = [(i, f) for i, f in decoded if _id(i) > _id(watch.cursor)]
+            for job_id, entries in found.items():
+                for watch in list(self._watches.get(job_id, ())):
+                    fresh = [(i, f) for i, f in entries if _id(i) > _id(watch.cursor)]
                     if fresh:
                         watch.cursor = fresh[-1][0]
                         watch.queue.put_nowait(fresh)

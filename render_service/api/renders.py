@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -13,18 +14,17 @@ from fastapi.responses import RedirectResponse
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
-from render_service.api.deps import HubDep, RedisDep, SettingsDep, StoreDep, base_url
+from render_service.api.deps import HubDep, QueueDep, SettingsDep, base_url
 from render_service.api.event_hub import REDIS_ERRORS
 from render_service.api.listing import CURSOR_PATTERN, MAX_PAGE, RenderPage, find_by_idempotency_key, list_jobs
-from render_service.store import ImageRedirect, JobNotFound, JobStore
+from render_service.metrics import image_store_error_key
 from render_service.webhooks import WebhookRefused, check_webhook_url
-from shared.jobs import JobStatus, RenderAccepted, RenderJob, RenderSubmission, over_budget
-from shared.queue import job_urls, record_to_job
-from shared.queue import submit as submit_render
+from shared.jobs import JobStatus, RenderAccepted, RenderJob, RenderSubmission
+from shared.queue import ImageRedirect, ImageStoreUnavailable, JobNotFound, JobRecord, RenderQueue, job_urls, render_job
 from shared.service.auth import PUBLIC_OWNER, may_see, require_token, token_owner
-from shared.service.ownership import OWNER_FIELD, idempotency_scope, record_owner
 from shared.service.problems import ServiceError
 from shared.service.routing import StrictRoute
+from shared.service.submission import check_budget, submit_render
 
 log = logging.getLogger("render_service.api")
 
@@ -76,8 +76,7 @@ async def create_render(
     request: Request,
     response: Response,
     settings: SettingsDep,
-    client: RedisDep,
-    store: StoreDep,
+    queue: QueueDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -90,9 +89,7 @@ async def create_render(
 ) -> RenderAccepted:
     """Queue a render. 202 means the job will reach a terminal status, whatever crashes meanwhile."""
     request_body = submission.render_request()
-    if reason := over_budget(request_body, settings.max_job_megapixel_steps):
-        error = {"type": "work_budget", "loc": ("body",), "msg": f"{reason} (OMOST_RENDER_MAX_JOB_MEGAPIXEL_STEPS)"}
-        raise RequestValidationError([error])
+    check_budget(queue, request_body)  # before the webhook's DNS lookup
     if submission.webhook_url:
         # getaddrinfo blocks: resolve in a thread so one slow DNS answer doesn't stall the server.
         try:
@@ -105,24 +102,18 @@ async def create_render(
         except UnicodeError:  # the resolver's IDNA encoding of a host such as "a..b" or "\x80"
             error = {"type": "value_error", "loc": ("body", "webhook_url"), "msg": "the host is not a valid host name"}
             raise RequestValidationError([error]) from None
-    owner = token_owner(request)
     job_id, created = await submit_render(
-        client,
+        queue,
         request_body,
-        prefix=settings.key_prefix,
-        ttl_seconds=settings.job_ttl_seconds,
-        # Scoped to the credential: a key can neither replay nor reveal another token's job.
-        idempotency_key=idempotency_scope(owner, idempotency_key) if idempotency_key is not None else None,
+        submitter=token_owner(request),
+        idempotency_key=idempotency_key,
         webhook_url=submission.webhook_url,
-        max_queue_depth=settings.max_queue_depth,
     )
     job_status = "queued"
     num_images = 0
-    if created:
-        await record_owner(client, settings.keys, owner, job_id, settings.job_ttl_seconds)
-    else:
+    if not created:
         response.headers["Idempotent-Replayed"] = "true"
-        job = record_to_job(await store.record(job_id))
+        job = render_job(await queue.read(job_id))
         job_status, num_images = job.status, job.num_images
     log.info("render queued", extra={"fields": {"job": job_id, "replayed": not created}})
     urls = job_urls(job_id, num_images, base_url(request, settings))
@@ -134,7 +125,7 @@ async def create_render(
 async def list_renders(
     request: Request,
     settings: SettingsDep,
-    client: RedisDep,
+    queue: QueueDep,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Jobs per page.")] = 20,
     cursor: Annotated[
         str | None, Query(pattern=CURSOR_PATTERN.pattern, description="next_cursor of the previous page.")
@@ -147,20 +138,18 @@ async def list_renders(
     """Jobs submitted with this token (all jobs without auth), newest first, a page at a time."""
     owner, base = token_owner(request), base_url(request, settings)
     if idempotency_key is not None:
-        job = await find_by_idempotency_key(client, settings.keys, owner, idempotency_key, base)
+        job = await find_by_idempotency_key(queue, owner, idempotency_key, base)
         found = [job] if job is not None and (status is None or job.status == status) else []
         return RenderPage(items=found, next_cursor=None)
-    return await list_jobs(
-        client, settings.keys, owner, limit=limit, cursor=cursor, status=status, base_url=base
-    )
+    return await list_jobs(queue, owner, limit=limit, cursor=cursor, status=status, base_url=base)
 
 
 @router.get("/{job_id}", response_model=RenderJob, responses=_ERRORS)
-async def get_render(job_id: JobId, request: Request, settings: SettingsDep, store: StoreDep) -> RenderJob:
+async def get_render(job_id: JobId, request: Request, settings: SettingsDep, queue: QueueDep) -> RenderJob:
     """Status, place in the queue or progress, timings, error, seeds, model and image URLs of a job."""
-    job = record_to_job(await visible_record(store, job_id, request), base_url(request, settings))
+    job = render_job(await visible_record(queue, job_id, request), base_url(request, settings))
     if job.status == "queued":
-        job.queue_position = await store.queue_position(job_id)
+        job.queue_position = await queue.queue_position(job_id)
     return job
 
 
@@ -175,17 +164,21 @@ async def get_render(job_id: JobId, request: Request, settings: SettingsDep, sto
     },
 )
 async def get_image(
-    job_id: JobId, index: Annotated[int, Path(ge=0, le=1000)], request: Request, store: StoreDep
+    job_id: JobId, index: Annotated[int, Path(ge=0, le=1000)], request: Request, queue: QueueDep
 ) -> Response:
     """The ``index``-th PNG of a succeeded job (or, with the S3 image store, a 302 to it)."""
-    record = await visible_record(store, job_id, request)
-    state = record.get("status")
-    if state != "succeeded":
-        raise ImageUnavailable(409, f"render job {job_id} is {state}; images exist once it has succeeded")
-    count = int(record.get("num_images") or 0)
+    record = await visible_record(queue, job_id, request)
+    if record.status != "succeeded":
+        raise ImageUnavailable(409, f"render job {job_id} is {record.status}; images exist once it has succeeded")
+    count = record.num_images
     if index >= count:
         raise ImageUnavailable(404, f"render job {job_id} has {count} image(s): index 0 to {count - 1}")
-    data = await store.image(job_id, index, record)
+    try:
+        data = await queue.image(record, index)
+    except ImageStoreUnavailable:
+        with contextlib.suppress(*REDIS_ERRORS):
+            await queue.redis.hincrby(queue.keys.metrics, image_store_error_key("read"), 1)
+        raise
     if isinstance(data, ImageRedirect):
         # Not cacheable: the presigned URL expires long before the image does.
         return RedirectResponse(data.url, status_code=status.HTTP_302_FOUND, headers={"Cache-Control": "no-store"})
@@ -208,7 +201,7 @@ async def stream_events(
     job_id: JobId,
     request: Request,
     settings: SettingsDep,
-    store: StoreDep,
+    queue: QueueDep,
     hub: HubDep,
     last_event_id: Annotated[str | None, Header(description="Resume after this event id.")] = None,
 ) -> EventSourceResponse:
@@ -218,7 +211,7 @@ async def stream_events(
     terminal ``succeeded``/``failed``/``canceled``. Each event's ``id`` can be sent back as
     ``Last-Event-ID`` to resume without repeats.
     """
-    await visible_record(store, job_id, request)  # 404 before the stream starts
+    await visible_record(queue, job_id, request)  # 404 before the stream starts
     after = last_event_id if last_event_id and _is_stream_id(last_event_id) else "0-0"
     owner = token_owner(request)
     ticket = hub.admit(owner if owner != PUBLIC_OWNER else _client_address(request))  # 429 over a cap
@@ -246,20 +239,19 @@ async def stream_events(
     response_model=RenderJob,
     responses={**_ERRORS, 409: {"description": "The job already ended."}},
 )
-async def cancel_render(job_id: JobId, request: Request, settings: SettingsDep, store: StoreDep) -> RenderJob:
+async def cancel_render(job_id: JobId, request: Request, settings: SettingsDep, queue: QueueDep) -> RenderJob:
     """Cancel: a queued job is ``canceled`` at once; a running one stops at its next sampling step."""
-    await visible_record(store, job_id, request)
-    record = await store.cancel(job_id)
-    job = record_to_job(record, base_url(request, settings))
+    await visible_record(queue, job_id, request)
+    job = render_job(await queue.cancel(job_id), base_url(request, settings))
     log.info("render cancel requested", extra={"fields": {"job": job_id, "status": job.status}})
     return job
 
 
-async def visible_record(store: JobStore, job_id: str, request: Request) -> dict[str, str]:
+async def visible_record(queue: RenderQueue, job_id: str, request: Request) -> JobRecord:
     """The job's record if this request's token owns it (or is the admin's, or auth is off); a job
     of another token is "not found", exactly like an unknown id, so ids cannot be probed."""
-    record = await store.record(job_id)
-    if not may_see(request, record.get(OWNER_FIELD)):
+    record = await queue.read(job_id)
+    if not may_see(request, record.submitter):
         raise JobNotFound(job_id)
     return record
 

@@ -1,15 +1,16 @@
-"""Settings both services declare the same way: the Redis URL, the key prefix, logging, limits."""
+"""Settings both services declare the same way: the Redis URL, the queue (prefix, TTL, admission), logging, limits."""
 
 from __future__ import annotations
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from shared.queue import DEFAULT_PREFIX
+from shared.queue import QueueSettings
 
 
-class ServiceSettings(BaseSettings):
-    """Base of ``PlannerSettings`` and ``RenderSettings``; each sets its own ``env_prefix``."""
+class ServiceSettings(QueueSettings):
+    """Base of ``PlannerSettings`` and ``RenderSettings``; each sets its own ``env_prefix``. The key prefix,
+    job TTL, queue depth and work budget come from :class:`shared.queue.QueueSettings`."""
 
     # populate_by_name: Settings(redis_url=...) works in code; from the environment only
     # OMOST_REDIS_URL is read (a generic REDIS_URL must not be picked up by accident).
@@ -20,7 +21,6 @@ class ServiceSettings(BaseSettings):
         validation_alias="OMOST_REDIS_URL",
         description="Env OMOST_REDIS_URL (no service prefix: planner and render service share one Redis).",
     )
-    key_prefix: str = Field(default=DEFAULT_PREFIX, min_length=1, description="Prefix of every Redis key.")
     api_token: SecretStr | None = Field(
         default=None,
         description="If set, /v1/* needs 'Bearer <token>'. Several tokens (one per client) separated by commas: "

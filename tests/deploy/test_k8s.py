@@ -203,7 +203,7 @@ def test_planner_and_render_share_the_queue(
     planner, worker = loaded["planner_service"], loaded["render_service.worker"]
     assert planner.redis_url == worker.redis_url == loaded["render_service"].redis_url
     assert planner.key_prefix == worker.key_prefix == loaded["render_service"].key_prefix
-    assert planner.render_job_ttl_seconds == worker.job_ttl_seconds
+    assert planner.job_ttl_seconds == worker.job_ttl_seconds
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

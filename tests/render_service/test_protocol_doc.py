@@ -24,6 +24,7 @@ def test_key_names_match() -> None:
         keys.events("{id}"),
         keys.image("{id}", "{n}"),  # type: ignore[arg-type]
         keys.worker("{name}"),
+        keys.owner_index("{submitter}"),
         f"{keys.prefix}idempotency:{{sha256(key)}}",
         keys.webhook_outbox,
     ]

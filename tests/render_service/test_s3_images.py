@@ -1,15 +1,16 @@
 """The S3 image store against a real S3-protocol server: moto in server mode, a process on loopback.
 
 Workers and APIs are real processes using the production client code (boto3 through
-``render_service.images``); the test reads the bucket with its own boto3 client. The workers reach
+``shared.queue.s3``); the test reads the bucket with its own boto3 client. The workers reach
 the store through a TCP proxy that can hold back one request, so a worker can be caught with one
 image uploaded and the next in flight. The tests run in order and share the server and workers:
-upload and presigned fetch, the expiry sweep, a worker killed with SIGKILL mid-upload, and finally
-the store down (moto terminated), which must fail a job with the reason.
+upload and presigned fetch, the planner's b64_json read, the expiry sweep, a worker killed with
+SIGKILL mid-upload, and finally the store down (moto terminated), which must fail a job with the reason.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -26,8 +27,12 @@ import httpx
 import pytest
 import redis
 
+from planner_service.routers.images import read_png
+from planner_service.settings import PlannerSettings
 from shared.client import OmostClient
-from shared.queue import QueueKeys, Rec
+from shared.queue import QueueKeys, Rec, RenderQueue
+from shared.queue.connect import async_client, image_stores
+from shared.queue.settings import RenderImageStoreSettings
 from tests.render_service.helpers import Api, render_stack, submit, unique_prefix, wait_terminal
 from tests.support import ChildProcess, RedisServer, free_port, wait_for_http, wait_until
 
@@ -153,6 +158,7 @@ def env(redis_server: RedisServer, tiny_model, tmp_path_factory: pytest.TempPath
                     "start_worker": lambda name: stack.add_worker(name, **worker_settings),
                     "keys": stack.keys,
                     "redis": stack.redis,
+                    "redis_url": redis_server.url,
                 }
         finally:
             streaming.stop()
@@ -209,6 +215,39 @@ def test_images_are_uploaded_and_served_by_presigned_redirect(env: dict[str, Any
     with OmostClient(render_url=str(http.base_url), token=TOKEN) as client:
         assert client.image(client.get(job_id), 1) == stored[names[1]]
     env["first_job"] = job_id
+
+
+def test_the_planners_b64_json_reads_images_from_the_store(env: dict[str, Any]) -> None:
+    """``/v1/images/generations`` with ``b64_json`` (once a 400 asking for ``response_format=url`` with this
+    store) reads a job's PNGs through the planner's image store, configured from the render service's
+    variables as the planner process reads them. In-process: the route itself needs a planning LLM and is
+    driven end to end by tests/integrations/test_openai_images.py."""
+    job_id = env["first_job"]
+    stored = objects(env["s3"], job_id)
+    names = recorded_keys(env, job_id)
+    variables = {
+        "OMOST_RENDER_IMAGE_STORE": "s3",
+        "OMOST_RENDER_S3_BUCKET": BUCKET,
+        "OMOST_RENDER_S3_PREFIX": S3_PREFIX,
+        "OMOST_RENDER_S3_REGION": "us-east-1",
+        "OMOST_RENDER_S3_ENDPOINT_URL": env["moto"].url,
+    }
+
+    async def read_all() -> list[bytes]:
+        with pytest.MonkeyPatch.context() as mp:
+            for name, value in variables.items():
+                mp.setenv(name, value)
+            settings = PlannerSettings(redis_url=env["redis_url"], key_prefix=env["keys"].prefix)
+            _, readable = image_stores(RenderImageStoreSettings(), settings.keys)
+        client = async_client(settings.redis_url)
+        try:
+            queue = RenderQueue(client, settings, image_stores=readable)
+            record = await queue.read(job_id)
+            return [await read_png(queue, record, index) for index in range(record.num_images)]
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(read_all()) == [stored[name] for name in names]
 
 
 def test_expired_images_are_deleted_by_the_workers_sweep(env: dict[str, Any]) -> None:

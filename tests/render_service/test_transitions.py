@@ -9,7 +9,7 @@ import redis.asyncio
 
 from render_service.store import JobStore
 from shared.jobs import RenderRequest
-from shared.queue import QueueFull, QueueKeys, submit
+from shared.queue import QueueFull, QueueKeys, QueueSettings, RenderQueue, submit
 from tests.render_service.helpers import body, unique_prefix
 from tests.support import RedisServer
 
@@ -53,11 +53,12 @@ def test_a_job_canceled_while_queued_leaves_the_stream(redis_server: RedisServer
         prefix = unique_prefix("cancelq")
         keys = QueueKeys(prefix)
         store = JobStore(client, keys)
+        queue = RenderQueue(client, QueueSettings(key_prefix=prefix))
         first = await try_submit(client, prefix, 2, webhook_url="http://127.0.0.1:9/hook")
         second = await try_submit(client, prefix, 2)
         assert first and second and await try_submit(client, prefix, 2) is None
 
-        assert (await store.cancel(first))["status"] == "canceled"
+        assert (await queue.cancel(first)).status == "canceled"
         assert await client.xlen(keys.stream) == 1  # at once, not when a worker meets the entry
         stats = await store.stats(live_within=60, now=0)
         assert stats.depth - stats.pending == 1  # what /metrics reports as queued

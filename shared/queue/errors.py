@@ -1,0 +1,54 @@
+"""The queue's refusals and lookups that fail, each with the HTTP status the services answer."""
+
+from __future__ import annotations
+
+
+class QueueFull(Exception):
+    """The stream holds ``depth`` jobs, at or over the configured limit."""
+
+    http_status = 429  # the services' problem handlers read it (the contract imports no web framework)
+
+    def __init__(self, depth: int, limit: int) -> None:
+        super().__init__(f"the render queue holds {depth} jobs (limit {limit}); try again later")
+        self.depth = depth
+        self.limit = limit
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was already used for a different request."""
+
+    http_status = 409
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            f"this Idempotency-Key was already used for job {job_id} with a different request body; "
+            "use a new key for a new request"
+        )
+        self.job_id = job_id
+
+
+class OverBudget(Exception):
+    """The job asks for more megapixel-steps than the deployment's budget allows (a 422 at the edge)."""
+
+    http_status = 422
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class JobNotFound(LookupError):
+    http_status = 404  # read by the API's problem handler
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no render job with id {job_id!r} (unknown, or expired after its TTL)")
+
+
+class JobFinished(Exception):
+    """Cancel of a job that already ended."""
+
+    http_status = 409
+
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(f"render job {job_id} already ended ({status}); nothing to cancel")
+        self.status = status

@@ -1,0 +1,88 @@
+"""Every Redis key of the render queue, and the protocol's constants (docs/queue-protocol.md, *Keys*)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+PROTOCOL_VERSION = 1
+DEFAULT_PREFIX = "omost:"
+DEFAULT_TTL_SECONDS = 24 * 3600
+GROUP = "render-workers"
+"""The one consumer group every worker reads through (group names are not keys, so no prefix)."""
+MESSAGE_FIELD = "message"
+"""Stream entries carry one field, ``message``, holding the JSON :class:`QueueMessage`."""
+EVENT_FIELD = "event"
+"""Event-stream entries carry one field, ``event``, holding a JSON :class:`shared.jobs.JobEvent`."""
+
+DEAD_LETTER_MAXLEN = 10_000
+"""The dead-letter stream is capped (approximately, which is cheap) so a flood of bad jobs can't grow it."""
+
+JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+"""Ids we mint are 32 hex chars; other enqueuers may pick any id matching this."""
+
+RENDER_SECONDS_BUCKETS: tuple[float, ...] = (0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 20, 30, 60, 120, 300, 600)
+QUEUE_WAIT_SECONDS_BUCKETS: tuple[float, ...] = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+STEP_SECONDS_BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10)
+"""Histogram buckets the workers count into the shared metrics hash (see :func:`queue_observe`)."""
+
+
+@dataclass(frozen=True)
+class QueueKeys:
+    """Every Redis key of one deployment, all under ``prefix`` so deployments (and tests) can share a
+    Redis without seeing each other."""
+
+    prefix: str = DEFAULT_PREFIX
+    group: str = GROUP
+
+    @property
+    def stream(self) -> str:
+        """The job stream: one entry per delivery-able job."""
+        return f"{self.prefix}renders"
+
+    @property
+    def dead_letter(self) -> str:
+        """Jobs given up on: the original message plus ``reason``, ``job_id`` and ``failed_at``."""
+        return f"{self.prefix}renders:dead"
+
+    @property
+    def workers(self) -> str:
+        """Sorted set: worker name -> Unix time of its last heartbeat."""
+        return f"{self.prefix}workers"
+
+    @property
+    def metrics(self) -> str:
+        """Hash of counters the workers and the API increment; ``/metrics`` exports them."""
+        return f"{self.prefix}metrics"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}render:{job_id}"
+
+    def events(self, job_id: str) -> str:
+        return f"{self.prefix}render:{job_id}:events"
+
+    def image(self, job_id: str, index: int) -> str:
+        return f"{self.prefix}render:{job_id}:image:{index}"
+
+    @property
+    def image_expiry(self) -> str:
+        """Sorted set: object key in the S3 image store -> Unix time it is due for deletion."""
+        return f"{self.prefix}images:expiry"
+
+    def worker(self, name: str) -> str:
+        """Hash describing a live worker (model, device, pid); expires unless heartbeats refresh it."""
+        return f"{self.prefix}worker:{name}"
+
+    def idempotency(self, key: str) -> str:
+        # Hashed so that any client-chosen string (spaces, 10 kB, ...) makes a sane key.
+        return f"{self.prefix}idempotency:{hashlib.sha256(key.encode()).hexdigest()}"
+
+    @property
+    def webhook_outbox(self) -> str:
+        """List of job ids whose webhook is due but whose stream entry is gone (canceled while queued);
+        any worker pops it and delivers."""
+        return f"{self.prefix}webhooks:outbox"
+    def owner_index(self, submitter: str) -> str:
+        """Sorted set: the submitter's job ids -> submit time in ms (``GET /v1/renders`` pages it)."""
+        return f"{self.prefix}render-index:{submitter}"

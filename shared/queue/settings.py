@@ -1,0 +1,83 @@
+"""What configures the queue, each field declared once: :class:`QueueSettings` (key prefix, lifetimes and
+admission: the base of both services' settings) and :class:`ImageStoreSettings` (where PNGs live).
+
+Each service reads them under its own prefix, so the documented names stay: ``OMOST_RENDER_JOB_TTL_SECONDS``,
+``OMOST_RENDER_MAX_QUEUE_DEPTH``, ``OMOST_RENDER_MAX_JOB_MEGAPIXEL_STEPS``, and for the planner
+``OMOST_PLANNER_RENDER_JOB_TTL_SECONDS`` (its old name, kept) or ``OMOST_PLANNER_JOB_TTL_SECONDS``,
+``OMOST_PLANNER_MAX_QUEUE_DEPTH``, ``OMOST_PLANNER_MAX_JOB_MEGAPIXEL_STEPS``. The image store is the render
+service's ``OMOST_RENDER_IMAGE_STORE`` / ``OMOST_RENDER_S3_*``, read by the planner under the same names.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.jobs import DEFAULT_MAX_MEGAPIXEL_STEPS
+from shared.queue.keys import DEFAULT_PREFIX, DEFAULT_TTL_SECONDS, QueueKeys
+
+
+class QueueSettings(BaseSettings):
+    """Where the queue is and what it admits: the base of both services' settings (through
+    ``shared.service.settings.ServiceSettings``), so each field is declared once and read under the
+    service's prefix (``OMOST_RENDER_MAX_QUEUE_DEPTH``, ``OMOST_PLANNER_MAX_QUEUE_DEPTH``, ...).
+    Checked by the submit script, atomically with the enqueue."""
+
+    model_config = SettingsConfigDict(env_prefix="OMOST_QUEUE_", extra="ignore", populate_by_name=True)
+
+    key_prefix: str = Field(default=DEFAULT_PREFIX, min_length=1, description="Prefix of every Redis key.")
+    job_ttl_seconds: int = Field(
+        default=DEFAULT_TTL_SECONDS, ge=60, description="Records, events, images expire this long after the job ends."
+    )
+    max_queue_depth: int | None = Field(
+        default=1000, ge=1, description="Submits answer 429 while the stream holds this many jobs; None: no limit."
+    )
+    max_job_megapixel_steps: float | None = Field(
+        default=DEFAULT_MAX_MEGAPIXEL_STEPS,
+        gt=0,
+        description="Work budget of one job: width x height x steps x num_images (hires pass included) / 1e6; "
+        "bigger jobs get 422. None: no limit.",
+    )
+
+    @property
+    def keys(self) -> QueueKeys:
+        return QueueKeys(self.key_prefix)
+
+    @property
+    def budget_setting(self) -> str:
+        """The environment name of the budget, which a refusal names."""
+        return f"{self.model_config.get('env_prefix', '')}MAX_JOB_MEGAPIXEL_STEPS"
+
+
+class ImageStoreSettings(BaseSettings):
+    """Where PNGs live; a mixin of ``RenderSettings`` (prefix ``OMOST_RENDER_``) and read alone, under the same
+    names, by the planner (:class:`RenderImageStoreSettings`)."""
+
+    image_store: Literal["redis", "s3"] = Field(
+        default="redis", description="Where PNGs live: next to the record in Redis, or in an S3-compatible bucket."
+    )
+    s3_bucket: str = Field(default="", description="Bucket of the s3 image store (required with it).")
+    s3_prefix: str = Field(default="renders/", description="Key prefix of the objects in the bucket.")
+    s3_region: str = Field(default="", description="Region; empty: from the AWS config/provider chain.")
+    s3_endpoint_url: str = Field(default="", description="Empty: AWS S3; else MinIO, R2, GCS interop, ...")
+    s3_redirect: bool = Field(
+        default=True, description="GET .../images/{n} answers 302 to a presigned URL; false: the API streams."
+    )
+    s3_presign_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600, description="Life of a presigned URL.")
+    s3_upload_retry_seconds: float = Field(
+        default=60.0, gt=0, description="How long a worker retries an unreachable store before failing the job."
+    )
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> ImageStoreSettings:
+        if self.image_store == "s3" and not self.s3_bucket:
+            raise ValueError("OMOST_RENDER_IMAGE_STORE=s3 needs OMOST_RENDER_S3_BUCKET")
+        return self
+
+
+class RenderImageStoreSettings(ImageStoreSettings):
+    """The render service's image store settings as another service (the planner) reads them."""
+
+    model_config = SettingsConfigDict(env_prefix="OMOST_RENDER_", extra="ignore")

@@ -1,0 +1,142 @@
+"""``submit``: the one way a job enters the queue, as one Lua script so that admission (work budget,
+queue depth, idempotency) and the enqueue with its submitter are a single atomic step."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import NamedTuple
+
+import redis.asyncio
+
+from shared.jobs import RenderRequest, megapixel_steps, over_budget
+from shared.queue.errors import IdempotencyConflict, OverBudget, QueueFull
+from shared.queue.keys import DEFAULT_PREFIX, DEFAULT_TTL_SECONDS, EVENT_FIELD, MESSAGE_FIELD, QueueKeys
+from shared.queue.record import Rec, initial_record
+from shared.queue.wire import QueueMessage, make_event, new_job_id, text
+
+SUBMIT_SCRIPT = """
+local budget = tonumber(ARGV[9])
+if budget > 0 and tonumber(ARGV[8]) > budget then return {'over_budget', ARGV[8]} end
+local has_key = ARGV[5] ~= ''
+if has_key then
+  local existing = redis.call('GET', KEYS[5])
+  if existing then
+    local job_id, fingerprint = string.match(existing, '^([^:]*):(.*)$')
+    if job_id and redis.call('EXISTS', ARGV[6] .. job_id) == 1 then
+      return {'replay', job_id, fingerprint}
+    end
+  end
+end
+local limit = tonumber(ARGV[1])
+if limit > 0 then
+  local depth = redis.call('XLEN', KEYS[1])
+  if depth >= limit then return {'full', tostring(depth)} end
+end
+local ttl = tonumber(ARGV[2])
+local entry = redis.call('XADD', KEYS[1], '*', '$MESSAGE_FIELD', ARGV[3])
+local record = {}
+for i = 13, #ARGV do record[#record + 1] = ARGV[i] end
+record[#record + 1] = '$ENTRY_ID'
+record[#record + 1] = entry
+redis.call('HSET', KEYS[2], unpack(record))
+redis.call('EXPIRE', KEYS[2], ttl)
+redis.call('XADD', KEYS[3], '*', '$EVENT_FIELD', ARGV[4])
+redis.call('EXPIRE', KEYS[3], ttl)
+redis.call('HINCRBY', KEYS[4], 'jobs_submitted_total', 1)
+if has_key then redis.call('SET', KEYS[5], ARGV[5], 'EX', ttl) end
+if ARGV[10] ~= '' then
+  local now_ms = tonumber(ARGV[12])
+  redis.call('ZADD', KEYS[6], now_ms, ARGV[11])
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now_ms - ttl * 1000)
+  redis.call('EXPIRE', KEYS[6], ttl)
+end
+return {'created', entry}
+""".replace("$MESSAGE_FIELD", MESSAGE_FIELD).replace("$EVENT_FIELD", EVENT_FIELD).replace("$ENTRY_ID", Rec.ENTRY_ID)
+"""The Lua script of :func:`submit`, for enqueuers in any language (``EVAL SUBMIT_SCRIPT 6 ...``).
+
+One script, so "is the job within budget / is the key already used / is the queue full" and the
+enqueue are one atomic step: concurrent submits can neither overshoot the depth limit nor both
+create a job for one key, and a job is in its submitter's index from its first moment.
+KEYS: stream, job record, job events, metrics, idempotency key (any key, e.g. the stream, if none),
+the submitter's index ``{p}render-index:{submitter}`` (any key if none).
+ARGV: max depth (0: no limit), ttl, message JSON, ``queued`` event JSON, idempotency value
+``{id}:{fingerprint}`` ("" if none), job key prefix ``{p}render:``, fingerprint, the job's
+megapixel-steps, the budget (0: no limit), submitter ("" if none), job id, now in ms, then the
+record's field/value pairs. Answers ``created, <entry id>`` / ``replay, <job id>, <fingerprint>`` /
+``full, <depth>`` / ``over_budget, <megapixel-steps>``.
+"""
+
+
+class Submitted(NamedTuple):
+    job_id: str
+    created: bool
+    """False: an idempotent replay of an earlier submit; ``job_id`` is that job's."""
+
+
+def _request_fingerprint(request: RenderRequest, webhook_url: str | None) -> str:
+    body = json.dumps({"request": request.model_dump(mode="json"), "webhook_url": webhook_url}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+async def submit(
+    client: redis.asyncio.Redis,
+    request: RenderRequest,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    ttl_seconds: int = DEFAULT_TTL_SECONDS,
+    idempotency_key: str | None = None,
+    webhook_url: str | None = None,
+    max_queue_depth: int | None = None,
+    max_megapixel_steps: float | None = None,
+    submitter: str | None = None,
+) -> Submitted:
+    """Queue a render job: record (status ``queued``), first event and stream entry, all at once.
+
+    With ``idempotency_key``, a second call with the same key and request returns the first job
+    (``created`` False) without queueing again, and raises :class:`IdempotencyConflict` if the
+    request differs. Raises :class:`QueueFull` when ``max_queue_depth`` is given and the stream
+    already holds that many jobs, :class:`OverBudget` when the job costs more than
+    ``max_megapixel_steps``. With ``submitter``, the record names it and the job enters the
+    submitter's index. Every check runs inside the same Lua script as the enqueue.
+    """
+    keys = QueueKeys(prefix)
+    message = QueueMessage(job_id=new_job_id(), request=request, webhook_url=webhook_url, ttl_seconds=ttl_seconds)
+    fingerprint = _request_fingerprint(request, webhook_url) if idempotency_key is not None else ""
+    idem_key = keys.idempotency(idempotency_key) if idempotency_key is not None else keys.stream
+    record = [part for pair in initial_record(message, submitter).items() for part in pair]
+    event = make_event("queued").model_dump_json(exclude_none=True)
+    answer = await client.eval(
+        SUBMIT_SCRIPT,
+        6,
+        keys.stream,
+        keys.job(message.job_id),
+        keys.events(message.job_id),
+        keys.metrics,
+        idem_key,
+        keys.owner_index(submitter) if submitter else keys.stream,
+        max_queue_depth or 0,
+        ttl_seconds,
+        message.model_dump_json(),
+        event,
+        f"{message.job_id}:{fingerprint}" if idempotency_key is not None else "",
+        keys.job(""),
+        fingerprint,
+        repr(megapixel_steps(request)),
+        repr(float(max_megapixel_steps or 0)),
+        submitter or "",
+        message.job_id,
+        int(time.time() * 1000),
+        *record,
+    )
+    outcome = [text(part) for part in answer]
+    if outcome[0] == "over_budget":
+        raise OverBudget(over_budget(request, max_megapixel_steps) or f"over budget ({outcome[1]})")
+    if outcome[0] == "full":
+        raise QueueFull(int(outcome[1]), max_queue_depth or 0)
+    if outcome[0] == "replay":
+        if outcome[2] != fingerprint:
+            raise IdempotencyConflict(outcome[1])
+        return Submitted(outcome[1], False)
+    return Submitted(message.job_id, True)

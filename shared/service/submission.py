@@ -1,0 +1,42 @@
+"""Submitting a render from a service: the one path both the render API (``POST /v1/renders``) and the
+planner (``POST /v1/generations``, ``/v1/images/generations``) take. Admission itself (work budget,
+queue depth, idempotency, the submitter) is the queue's submit script; here its refusal over budget
+becomes the 422 both services answer, naming the field and the setting."""
+
+from __future__ import annotations
+
+from fastapi.exceptions import RequestValidationError
+
+from shared.jobs import RenderRequest
+from shared.queue import OverBudget, RenderQueue, Submitted
+
+
+def _refusal(queue: RenderQueue, exc: OverBudget, loc: tuple[str, ...]) -> RequestValidationError:
+    error = {"type": "work_budget", "loc": loc, "msg": f"{exc.reason} ({queue.settings.budget_setting})"}
+    return RequestValidationError([error])
+
+
+def check_budget(queue: RenderQueue, request: RenderRequest, *, loc: tuple[str, ...] = ("body",)) -> None:
+    """422 now for a job the queue would refuse (before work that would be wasted on it, e.g. a plan)."""
+    try:
+        queue.check_budget(request)
+    except OverBudget as exc:
+        raise _refusal(queue, exc, loc) from None
+
+
+async def submit_render(
+    queue: RenderQueue,
+    request: RenderRequest,
+    *,
+    submitter: str,
+    idempotency_key: str | None = None,
+    webhook_url: str | None = None,
+    loc: tuple[str, ...] = ("body",),
+) -> Submitted:
+    """Queue ``request`` in ``submitter``'s name; 422 over budget, and the queue's 429 / 409 as they are."""
+    try:
+        return await queue.submit(
+            request, submitter=submitter, idempotency_key=idempotency_key, webhook_url=webhook_url
+        )
+    except OverBudget as exc:
+        raise _refusal(queue, exc, loc) from None
