@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 
@@ -44,3 +45,25 @@ def test_stock_flux_pipeline_renders_it(tiny_flux: Path) -> None:
     ).images[0]
     assert image.shape == (64, 64, 3)
     assert np.isfinite(image).all() and image.std() > 0
+
+
+def test_flux_family_loads_the_folder_and_refuses_what_is_not_one(tiny_flux: Path, tmp_path: Path) -> None:
+    from diffusers import FluxPipeline
+
+    from render_service.engine import ModelNotFoundError
+    from render_service.engine.families import model_family
+
+    family = model_family("flux")
+    assert family.attention_layout == "joint"
+    assert isinstance(family.load_pipeline(str(tiny_flux), torch.float32, None), FluxPipeline)
+    with pytest.raises(ModelNotFoundError, match="not a diffusers Flux folder"):
+        family.load_pipeline(str(tmp_path), torch.float32, None)
+
+
+def test_render_engine_refuses_flux_before_loading_it(tiny_flux: Path) -> None:
+    """The SDXL engine has no joint-attention backend: picking the Flux family fails clearly, at once."""
+    from render_service.engine import RenderEngine
+    from render_service.engine.backends import AttentionConfigError
+
+    with pytest.raises(AttentionConfigError, match="joint"):
+        RenderEngine.load(str(tiny_flux), device="cpu", family="flux")
