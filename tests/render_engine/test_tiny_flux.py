@@ -67,3 +67,15 @@ def test_render_engine_refuses_flux_before_loading_it(tiny_flux: Path) -> None:
 
     with pytest.raises(AttentionConfigError, match="joint"):
         RenderEngine.load(str(tiny_flux), device="cpu", family="flux")
+
+
+def test_tiny_flux_by_name_lives_in_the_omost_cache(tiny_flux: Path, tmp_path: Path, monkeypatch) -> None:
+    from diffusers import FluxPipeline
+
+    from render_service.engine.families import model_family
+
+    monkeypatch.setenv("OMOST_CACHE_DIR", str(tmp_path))
+    (tmp_path / "tiny-flux").symlink_to(tiny_flux)  # already built: the name must reuse it, not rebuild
+    pipe = model_family("flux").load_pipeline("tiny-flux", torch.float32, None)
+    assert isinstance(pipe, FluxPipeline)
+    assert Path(pipe.transformer.config._name_or_path).resolve() == (tiny_flux / "transformer").resolve()
