@@ -262,6 +262,9 @@ def render_regional_flux(
     """
     if height % 16 or width % 16:
         raise ValueError(f"Flux sizes must be multiples of 16; got {width}x{height}")
+    if {"negative_prompt", "negative_prompt_embeds", "true_cfg_scale"} & pipe_kwargs.keys():
+        # The negative pass would run with the positive pass's joint mask over a different text length.
+        raise ValueError("true CFG (a negative prompt) is not supported with regions on Flux yet")
     prompts = [condition_prompt(c) for c in layout.conditions]
     device = pipe._execution_device
     with torch.no_grad():

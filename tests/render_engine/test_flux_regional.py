@@ -209,3 +209,13 @@ def test_bf16_stays_finite(tiny_flux: Path) -> None:
     pipe.set_progress_bar_config(disable=True)
     image = render(pipe, CANVAS)
     assert np.isfinite(image).all() and image.std() > 0
+
+
+def test_what_it_cannot_do_yet_is_refused_clearly(pipe: Any) -> None:
+    layout = layout_canvas(Canvas.model_validate(CANVAS))
+    with pytest.raises(ValueError, match="multiples of 16; got 72x64"):
+        render_regional_flux(pipe, layout, height=64, width=72)
+    with pytest.raises(ValueError, match="true CFG"):
+        render_regional_flux(pipe, layout, height=64, width=64, negative_prompt="blurry", true_cfg_scale=4.0)
+    with pytest.raises(ValueError, match="base_ratio must be in"):
+        FluxRegionalOptions(base_ratio=1.5)
