@@ -16,9 +16,16 @@ token ``i``:
   (a region's pixels see their region's tokens and the global's, never another region's);
 - image → image: always (the picture stays one picture).
 
-Attention with it is, per head, in exact arithmetic (:func:`reference_joint_attention`)::
+Omost's area factor is carried over as the SDXL path has it: an image token's score for a text
+token of condition ``c`` is multiplied by ``s_c = N / pixels(c)`` (``N`` image tokens; the global
+condition's ``s`` is 1, and a condition that covers no token gets 1), so small regions are not
+drowned by the global prompt; text rows' scores are not scaled. With ``S[i, j]`` that factor (1
+elsewhere), attention is, per head, in exact arithmetic (:func:`reference_joint_attention`)::
 
-    out_i = sum_j softmax_j( q_i·k_j / sqrt(d)  if A[i, j]  else -inf ) v_j
+    out_i = sum_j softmax_j( S[i, j] · q_i·k_j / sqrt(d)  if A[i, j]  else -inf ) v_j
+
+Depth needs nothing here: conditions are laid out farthest to nearest as ``layout_canvas`` orders
+them, and no pair of regions sees each other's tokens.
 
 Regional-Prompting-FLUX's knobs (:class:`FluxRegionalOptions`): the mask is applied only in the
 first ``regional_steps`` denoising steps and only in every ``double_interval``-th double-stream
@@ -26,8 +33,7 @@ and ``single_interval``-th single-stream block; elsewhere the attention is stock
 all tokens). Where it is applied, image rows are blended with a base pass that sees only the
 global prompt's text: ``out_img = base_ratio * base + (1 - base_ratio) * masked``.
 
-Not carried over yet: Omost's area factor (SDXL multiplies a region's scores by
-pixels / region pixels); the mask is dense ``(S, S)`` bool, not a packed/Flex kernel.
+Not done yet: the mask is dense ``(S, S)`` bool, not a packed/Flex kernel.
 
 Everything reaches the processors through ``joint_attention_kwargs={"regional": ...}``, diffusers'
 own channel to attention processors, and the step count through ``callback_on_step_end``.
@@ -68,6 +74,8 @@ class FluxRegionalOptions:
     """Every this-many-th single-stream block gets the mask (1: all)."""
     base_ratio: float = 0.2
     """Weight of the global-prompt-only pass in the image rows where the mask applies."""
+    area_weighting: bool = True
+    """Omost's area factor on image rows' scores for region tokens (see the module docstring)."""
 
     def __post_init__(self) -> None:
         if self.regional_steps < 0:
@@ -98,11 +106,18 @@ def joint_allowed(token_condition: torch.Tensor, covered: torch.Tensor) -> torch
 
 
 def reference_joint_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    allowed: torch.Tensor,
+    score_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The module docstring's formula in float64, ``(B, S, H, D)`` in and out (diffusers' layout)."""
+    """The module docstring's formula in float64, ``(B, S, H, D)`` in and out (diffusers' layout);
+    ``score_scale`` is ``S`` ``(S, S)`` (None: all ones)."""
     q, k, v = (t.to(torch.float64) for t in (query, key, value))
     scores = torch.einsum("bihd,bjhd->bhij", q, k) / q.shape[-1] ** 0.5
+    if score_scale is not None:
+        scores = scores * score_scale.to(scores)
     scores = scores.masked_fill(~allowed.to(scores.device), float("-inf"))
     weights = torch.softmax(scores, dim=-1)
     return torch.einsum("bhij,bjhd->bihd", weights, v)
@@ -128,6 +143,8 @@ class FluxRegionalInputs:
     """The base pass's mask: every row sees the global prompt's text and the image, nothing else."""
     text_length: int
     options: FluxRegionalOptions = field(default_factory=FluxRegionalOptions)
+    key_scale: torch.Tensor | None = None
+    """``(S,)``: the area factor image rows apply to each key's score (None: no factor)."""
     step: int = 0
     """The denoising step being run; advanced by :meth:`on_step_end`."""
 
@@ -142,9 +159,24 @@ class FluxRegionalInputs:
         if covered.shape[0] == 1:
             return cls(None, None, text_length, options)
         allowed = joint_allowed(token_condition, covered)
-        sees = torch.cat([token_condition == 0, torch.ones(covered.shape[1], dtype=torch.bool)])
+        pixels = covered.shape[1]
+        sees = torch.cat([token_condition == 0, torch.ones(pixels, dtype=torch.bool)])
         base_allowed = sees[None, :].expand(len(sees), -1).clone()
-        return cls(allowed, base_allowed, text_length, options)
+        key_scale = None
+        if options.area_weighting:
+            area = covered.sum(dim=1).to(torch.float32)
+            # A condition that covers no token is masked everywhere; 1 keeps it harmless.
+            scale = torch.where(area > 0, pixels / area.clamp(min=1), torch.ones_like(area))
+            key_scale = torch.cat([scale[token_condition], torch.ones(pixels)])
+        return cls(allowed, base_allowed, text_length, options, key_scale=key_scale)
+
+    def score_scale(self) -> torch.Tensor | None:
+        """``S`` of the module docstring, ``(S, S)``: the reference's view of :attr:`key_scale`."""
+        if self.key_scale is None:
+            return None
+        rows = torch.ones(len(self.key_scale), len(self.key_scale))
+        rows[self.text_length :] = self.key_scale[None, :]
+        return rows
 
     def applies(self, kind: str, index: int) -> bool:
         if self.allowed is None or self.step >= self.options.regional_steps:
@@ -208,13 +240,26 @@ class FluxRegionalAttnProcessor:
 
         assert regional.allowed is not None and regional.base_allowed is not None
         device = query.device
-        out = self.attend(query, key, value, regional.allowed.to(device))
+        text = regional.text_length
+        allowed = regional.allowed.to(device)
+        if regional.key_scale is None:
+            out = self.attend(query, key, value, allowed)
+        else:
+            # Scaling a key scales its score for the rows that use it: the image rows get the
+            # area-scaled keys, the text rows the plain ones, in two calls.
+            scale = regional.key_scale.to(device=device, dtype=key.dtype)[None, :, None, None]
+            out = torch.cat(
+                [
+                    self.attend(query[:, :text], key, value, allowed[:text]),
+                    self.attend(query[:, text:], key * scale, value, allowed[text:]),
+                ],
+                dim=1,
+            )
         ratio = regional.options.base_ratio
         if ratio > 0:
-            text = regional.text_length
-            base = self.attend(query, key, value, regional.base_allowed.to(device))
-            image = ratio * base[:, text:] + (1 - ratio) * out[:, text:]
-            out = torch.cat([out[:, :text], image], dim=1)
+            # Only image rows are blended; the base pass sees no region token, so no area factor.
+            base = self.attend(query[:, text:], key, value, regional.base_allowed.to(device)[text:])
+            out = torch.cat([out[:, :text], ratio * base + (1 - ratio) * out[:, text:]], dim=1)
         out = out.flatten(2, 3).to(query.dtype)
 
         if encoder_hidden_states is not None:

@@ -76,7 +76,9 @@ def test_joint_mask_follows_the_rules() -> None:
     assert torch.equal(joint_allowed(token_condition, covered), want)
 
 
-def attention_case(pipe: Any, kind: str, dtype: torch.dtype) -> tuple[Any, dict[str, Any], FluxRegionalInputs]:
+def attention_case(
+    pipe: Any, kind: str, dtype: torch.dtype, area_weighting: bool = True
+) -> tuple[Any, dict[str, Any], FluxRegionalInputs]:
     """One attention layer of the tiny Flux with random inputs and a two-region canvas."""
     transformer = pipe.transformer
     block = transformer.transformer_blocks[0] if kind == "double" else transformer.single_transformer_blocks[0]
@@ -97,15 +99,17 @@ def attention_case(pipe: Any, kind: str, dtype: torch.dtype) -> tuple[Any, dict[
         args = dict(hidden_states=image, encoder_hidden_states=text, image_rotary_emb=rotary)
     else:
         args = dict(hidden_states=torch.cat([text, image], dim=1), image_rotary_emb=rotary)
-    inputs = FluxRegionalInputs.build(token_condition, covered, FluxRegionalOptions(base_ratio=0.3))
+    options = FluxRegionalOptions(base_ratio=0.3, area_weighting=area_weighting)
+    inputs = FluxRegionalInputs.build(token_condition, covered, options)
     return attn, args, inputs
 
 
+@pytest.mark.parametrize("area_weighting", [True, False])
 @pytest.mark.parametrize("kind", ["double", "single"])
-def test_processor_equals_float64_reference(pipe: Any, kind: str) -> None:
+def test_processor_equals_float64_reference(pipe: Any, kind: str, area_weighting: bool) -> None:
     from render_service.engine.flux_regional import FluxRegionalAttnProcessor
 
-    attn, args, inputs = attention_case(pipe, kind, torch.float64)
+    attn, args, inputs = attention_case(pipe, kind, torch.float64, area_weighting)
     processor = FluxRegionalAttnProcessor(kind, 0)
     calls: list[tuple[torch.Tensor, ...]] = []
     kernel = processor.attend
@@ -114,10 +118,17 @@ def test_processor_equals_float64_reference(pipe: Any, kind: str) -> None:
         out = processor(attn, **args, regional=inputs)
     finally:
         attn.to(torch.float32)
-    assert len(calls) == 2, "the masked pass and the base pass"
-    q, k, v, _ = calls[0]
+    score_scale = inputs.score_scale()
+    if area_weighting:
+        assert len(calls) == 3, "text rows, image rows with area-scaled keys, the base pass"
+        assert score_scale is not None and score_scale.max() > 1, "the regions are smaller than the image"
+        q = torch.cat([calls[0][0], calls[1][0]], dim=1)
+    else:
+        assert len(calls) == 2 and score_scale is None, "the masked pass and the base pass"
+        q = calls[0][0]
+    _, k, v, _ = calls[0]
     assert inputs.allowed is not None and inputs.base_allowed is not None
-    masked = reference_joint_attention(q, k, v, inputs.allowed)
+    masked = reference_joint_attention(q, k, v, inputs.allowed, score_scale)
     base = reference_joint_attention(q, k, v, inputs.base_allowed)
     text = inputs.text_length
     mixed = torch.cat([masked[:, :text], 0.3 * base[:, text:] + 0.7 * masked[:, text:]], dim=1).flatten(2, 3)
@@ -137,7 +148,6 @@ def test_masked_pairs_never_mix(pipe: Any) -> None:
     from render_service.engine.flux_regional import FluxRegionalAttnProcessor
 
     attn, args, inputs = attention_case(pipe, "double", torch.float32)
-    inputs = FluxRegionalInputs(inputs.allowed, inputs.base_allowed, inputs.text_length, FluxRegionalOptions())
     processor = FluxRegionalAttnProcessor("double", 0)
     image, text = processor(attn, **args, regional=inputs)
     changed = args["encoder_hidden_states"].clone()
@@ -166,18 +176,19 @@ def test_knobs_choose_steps_and_blocks_and_the_kernel_gets_the_mask(pipe: Any) -
     )  # fmt: skip
     install_flux_regional_processors(pipe.transformer)  # fresh kernels for the other tests
     assert np.isfinite(output.images[0]).all()
-    # 3 steps, 2 double + 2 single blocks; only step 0 and blocks 0 of each kind, masked + base pass.
+    # 3 steps, 2 double + 2 single blocks; only step 0 and blocks 0 of each kind: text rows, image
+    # rows (area-scaled keys) and the base pass.
     names = [name for name, _ in seen]
-    assert names == ["transformer_blocks.0.attn.processor"] * 2 + ["single_transformer_blocks.0.attn.processor"] * 2
+    assert names == ["transformer_blocks.0.attn.processor"] * 3 + ["single_transformer_blocks.0.attn.processor"] * 3
     covered = token_coverage(layout, SIZE, SIZE)
     token_condition = torch.arange(3).repeat_interleave(TEXT)
     text_len = len(token_condition)
-    mask = seen[0][1]
-    assert mask is not None and mask.shape == (text_len + covered.shape[1],) * 2
+    mask = seen[1][1]  # the image rows'
+    assert mask is not None and mask.shape == (covered.shape[1], text_len + covered.shape[1])
     for pixel in range(covered.shape[1]):
         for token in range(text_len):
             condition = int(token_condition[token])
-            assert bool(mask[text_len + pixel, token]) == bool(covered[condition, pixel])
+            assert bool(mask[pixel, token]) == bool(covered[condition, pixel])
 
 
 def test_global_only_canvas_equals_stock_flux_pipeline(pipe: Any) -> None:
