@@ -33,7 +33,8 @@ and ``single_interval``-th single-stream block; elsewhere the attention is stock
 all tokens). Where it is applied, image rows are blended with a base pass that sees only the
 global prompt's text: ``out_img = base_ratio * base + (1 - base_ratio) * masked``.
 
-Not done yet: the mask is dense ``(S, S)`` bool, not a packed/Flex kernel.
+Not done yet: the mask is dense ``(S, S)`` bool through the registry's dense backend, not a
+packed/Flex kernel.
 
 Everything reaches the processors through ``joint_attention_kwargs={"regional": ...}``, diffusers'
 own channel to attention processors, and the step count through ``callback_on_step_end``.
@@ -46,8 +47,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from render_service.engine.backends import dense_backend
 from shared.layout import CanvasLayout, Condition
 
 __all__ = [
@@ -126,10 +127,11 @@ def reference_joint_attention(
 def joint_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
 ) -> torch.Tensor:
-    """SDPA over ``(B, S, H, D)`` tensors with an optional ``(S, S)`` bool mask (True: may attend)."""
-    out = F.scaled_dot_product_attention(
-        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=mask
-    )
+    """Masked attention over ``(B, S, H, D)`` tensors with an optional ``(R, S)`` bool mask (True: may
+    attend), through the registry's dense backend (kernels are chosen only in ``backends/``), which
+    takes keys with the softmax scale already folded in."""
+    folded = key * key.shape[-1] ** -0.5
+    out = dense_backend().attend(query.transpose(1, 2), folded.transpose(1, 2), value.transpose(1, 2), mask)
     return out.transpose(1, 2)
 
 
