@@ -21,3 +21,20 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory):
     from render_service.engine.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-sdxl"))
+
+
+TINY_FLUX_VERSION = 1
+"""Bump when :mod:`render_service.engine.tiny_flux` changes shape, so the cached build is rebuilt."""
+
+
+@pytest.fixture(scope="session")
+def tiny_flux():
+    """The tiny random-weight Flux as a diffusers folder, built offline once and cached in the user's
+    cache folder (outside the tree) across sessions: building it takes seconds, loading it less."""
+    import os
+    from pathlib import Path
+
+    from render_service.engine.tiny_flux import build_tiny_flux
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return build_tiny_flux(cache / "omost-tests" / f"tiny-flux-v{TINY_FLUX_VERSION}")

@@ -36,8 +36,18 @@ def _load_sdxl(model: str, dtype: torch.dtype, config: str | None) -> Any:
     return load_pipeline(model, dtype, config=config)
 
 
+def _load_flux(model: str, dtype: torch.dtype, config: str | None) -> Any:
+    from render_service.engine.flux_loading import load_flux_pipeline
+
+    return load_flux_pipeline(model, dtype)
+
+
 FAMILIES: dict[str, ModelFamily] = {
     "sdxl": ModelFamily("sdxl", attention_layout="cross", contiguous_condition_tokens=True, load_pipeline=_load_sdxl),
+    # Flux.1: regional control through masked joint attention (render_service.engine.flux_regional).
+    # No attention backend serves ``joint`` yet, so RenderEngine.load refuses it with a clear error
+    # before loading anything; the worker path for Flux is still to come.
+    "flux": ModelFamily("flux", attention_layout="joint", contiguous_condition_tokens=True, load_pipeline=_load_flux),
 }
 DEFAULT_FAMILY = "sdxl"
 

@@ -58,7 +58,9 @@ def test_load_refuses_a_backend_before_loading_the_model() -> None:
     """The check comes first: a misconfigured worker fails in a second, not after a model download."""
     with pytest.raises(AttentionConfigError, match="flex"):
         RenderEngine.load("/nonexistent/model", device="cpu", attention="flex")
-    with pytest.raises(ValueError, match="model family must be one of sdxl"):
+    with pytest.raises(ValueError, match="model family must be one of sdxl, flux; got 'sd3'"):
+        RenderEngine.load("/nonexistent/model", device="cpu", family="sd3")
+    with pytest.raises(AttentionConfigError, match="this model family's is joint"):
         RenderEngine.load("/nonexistent/model", device="cpu", family="flux")
 
 

@@ -1,0 +1,339 @@
+"""Omost's regions on Flux: masked joint attention, after Regional-Prompting-FLUX (arXiv 2411.02395).
+
+Flux has no cross-attention: every block attends over one sequence ``[text tokens | image
+tokens]``. The text sequence here is ``[global | region 1 | ... | region R]``: each condition of
+:func:`shared.layout.layout_canvas` joined into one prompt and encoded by T5 at the same
+``max_sequence_length`` (the global condition also gives the pooled CLIP vector, exactly as stock
+``FluxPipeline`` does for a single prompt). Condition ``c`` covers image token ``p`` when its
+90x90 grid mask, sampled nearest-exact at the token grid (image/16), is 1 there; the global
+condition covers every token.
+
+The joint mask ``A`` (query row → key column may attend), with ``cond(i)`` the condition of text
+token ``i``:
+
+- text ``i`` → text ``j``: ``cond(i) == cond(j)`` (each prompt sees only itself);
+- text ``i`` → image ``p`` and image ``p`` → text ``i``: ``cond(i)`` covers ``p``
+  (a region's pixels see their region's tokens and the global's, never another region's);
+- image → image: always (the picture stays one picture).
+
+Omost's area factor is carried over as the SDXL path has it: an image token's score for a text
+token of condition ``c`` is multiplied by ``s_c = N / pixels(c)`` (``N`` image tokens; the global
+condition's ``s`` is 1, and a condition that covers no token gets 1), so small regions are not
+drowned by the global prompt; text rows' scores are not scaled. With ``S[i, j]`` that factor (1
+elsewhere), attention is, per head, in exact arithmetic (:func:`reference_joint_attention`)::
+
+    out_i = sum_j softmax_j( S[i, j] · q_i·k_j / sqrt(d)  if A[i, j]  else -inf ) v_j
+
+Depth needs nothing here: conditions are laid out farthest to nearest as ``layout_canvas`` orders
+them, and no pair of regions sees each other's tokens.
+
+Regional-Prompting-FLUX's knobs (:class:`FluxRegionalOptions`): the mask is applied only in the
+first ``regional_steps`` denoising steps and only in every ``double_interval``-th double-stream
+and ``single_interval``-th single-stream block; elsewhere the attention is stock (unmasked over
+all tokens). Where it is applied, image rows are blended with a base pass that sees only the
+global prompt's text: ``out_img = base_ratio * base + (1 - base_ratio) * masked``.
+
+Not done yet: the mask is dense ``(S, S)`` bool through the registry's dense backend, not a
+packed/Flex kernel.
+
+Everything reaches the processors through ``joint_attention_kwargs={"regional": ...}``, diffusers'
+own channel to attention processors, and the step count through ``callback_on_step_end``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from render_service.engine.backends import dense_backend
+from shared.layout import CanvasLayout, Condition
+
+__all__ = [
+    "FluxRegionalAttnProcessor",
+    "FluxRegionalInputs",
+    "FluxRegionalOptions",
+    "condition_prompt",
+    "install_flux_regional_processors",
+    "joint_allowed",
+    "reference_joint_attention",
+    "render_regional_flux",
+]
+
+
+@dataclass(frozen=True)
+class FluxRegionalOptions:
+    """Regional-Prompting-FLUX's knobs; the defaults are the ones its examples use."""
+
+    regional_steps: int = 10
+    """How many first steps get the regional mask (their examples: 10 of 24; all 4 of [schnell])."""
+    double_interval: int = 1
+    """Every this-many-th double-stream block gets the mask (1: all)."""
+    single_interval: int = 1
+    """Every this-many-th single-stream block gets the mask (1: all)."""
+    base_ratio: float = 0.2
+    """Weight of the global-prompt-only pass in the image rows where the mask applies."""
+    area_weighting: bool = True
+    """Omost's area factor on image rows' scores for region tokens (see the module docstring)."""
+
+    def __post_init__(self) -> None:
+        if self.regional_steps < 0:
+            raise ValueError(f"regional_steps must be >= 0; got {self.regional_steps}")
+        for name in ("double_interval", "single_interval"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if not 0.0 <= self.base_ratio <= 1.0:
+            raise ValueError(f"base_ratio must be in [0, 1]; got {self.base_ratio}")
+
+
+def condition_prompt(condition: Condition) -> str:
+    """One condition's prompt for T5: its prefixes then its suffixes (T5 reads long text, so no bags)."""
+    return " ".join((*condition.prefixes, *condition.suffixes))
+
+
+def joint_allowed(token_condition: torch.Tensor, covered: torch.Tensor) -> torch.Tensor:
+    """The joint mask ``A`` of the module docstring, ``(T + N, T + N)`` bool.
+
+    ``token_condition`` ``(T,)`` long: each text token's condition; ``covered`` ``(C, N)`` bool:
+    which image tokens each condition covers.
+    """
+    text_covers = covered[token_condition]  # (T, N)
+    top = torch.cat([token_condition[:, None] == token_condition[None, :], text_covers], dim=1)
+    pixels = covered.shape[1]
+    bottom = torch.cat([text_covers.T, torch.ones(pixels, pixels, dtype=torch.bool, device=covered.device)], dim=1)
+    return torch.cat([top, bottom], dim=0)
+
+
+def reference_joint_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    allowed: torch.Tensor,
+    score_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The module docstring's formula in float64, ``(B, S, H, D)`` in and out (diffusers' layout);
+    ``score_scale`` is ``S`` ``(S, S)`` (None: all ones)."""
+    q, k, v = (t.to(torch.float64) for t in (query, key, value))
+    scores = torch.einsum("bihd,bjhd->bhij", q, k) / q.shape[-1] ** 0.5
+    if score_scale is not None:
+        scores = scores * score_scale.to(scores)
+    scores = scores.masked_fill(~allowed.to(scores.device), float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    return torch.einsum("bhij,bjhd->bihd", weights, v)
+
+
+def joint_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Masked attention over ``(B, S, H, D)`` tensors with an optional ``(R, S)`` bool mask (True: may
+    attend), through the registry's dense backend (kernels are chosen only in ``backends/``), which
+    takes keys with the softmax scale already folded in."""
+    folded = key * key.shape[-1] ** -0.5
+    out = dense_backend().attend(query.transpose(1, 2), folded.transpose(1, 2), value.transpose(1, 2), mask)
+    return out.transpose(1, 2)
+
+
+@dataclass
+class FluxRegionalInputs:
+    """One job's regional state, handed to every processor as ``joint_attention_kwargs["regional"]``."""
+
+    allowed: torch.Tensor | None
+    """The joint mask ``(S, S)``; None when there is only the global condition (stock attention)."""
+    base_allowed: torch.Tensor | None
+    """The base pass's mask: every row sees the global prompt's text and the image, nothing else."""
+    text_length: int
+    options: FluxRegionalOptions = field(default_factory=FluxRegionalOptions)
+    key_scale: torch.Tensor | None = None
+    """``(S,)``: the area factor image rows apply to each key's score (None: no factor)."""
+    step: int = 0
+    """The denoising step being run; advanced by :meth:`on_step_end`."""
+
+    @classmethod
+    def build(
+        cls,
+        token_condition: torch.Tensor,
+        covered: torch.Tensor,
+        options: FluxRegionalOptions,
+    ) -> FluxRegionalInputs:
+        text_length = len(token_condition)
+        if covered.shape[0] == 1:
+            return cls(None, None, text_length, options)
+        allowed = joint_allowed(token_condition, covered)
+        pixels = covered.shape[1]
+        sees = torch.cat([token_condition == 0, torch.ones(pixels, dtype=torch.bool)])
+        base_allowed = sees[None, :].expand(len(sees), -1).clone()
+        key_scale = None
+        if options.area_weighting:
+            area = covered.sum(dim=1).to(torch.float32)
+            # A condition that covers no token is masked everywhere; 1 keeps it harmless.
+            scale = torch.where(area > 0, pixels / area.clamp(min=1), torch.ones_like(area))
+            key_scale = torch.cat([scale[token_condition], torch.ones(pixels)])
+        return cls(allowed, base_allowed, text_length, options, key_scale=key_scale)
+
+    def score_scale(self) -> torch.Tensor | None:
+        """``S`` of the module docstring, ``(S, S)``: the reference's view of :attr:`key_scale`."""
+        if self.key_scale is None:
+            return None
+        rows = torch.ones(len(self.key_scale), len(self.key_scale))
+        rows[self.text_length :] = self.key_scale[None, :]
+        return rows
+
+    def applies(self, kind: str, index: int) -> bool:
+        if self.allowed is None or self.step >= self.options.regional_steps:
+            return False
+        interval = self.options.double_interval if kind == "double" else self.options.single_interval
+        return index % interval == 0
+
+    def on_step_end(self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``FluxPipeline``'s ``callback_on_step_end``: the next step is ``step + 1``."""
+        self.step = step + 1
+        return {}
+
+
+class FluxRegionalAttnProcessor:
+    """Flux's stock attention processor with the regional mask where :meth:`FluxRegionalInputs.applies`.
+
+    Projections, QK norms and rotary embeddings are diffusers' own (the same helpers
+    ``FluxAttnProcessor`` uses); only the attention call differs. ``attend`` is the kernel
+    (an attribute, so a test can spy on exactly what it is given).
+    """
+
+    def __init__(self, kind: str, index: int) -> None:
+        from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+
+        self.kind = kind
+        self.index = index
+        self.stock = FluxAttnProcessor()
+        self.attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor] = (
+            joint_attention
+        )
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: Any = None,
+        regional: FluxRegionalInputs | None = None,
+    ) -> Any:
+        if regional is None or not regional.applies(self.kind, self.index):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)  # type: ignore[arg-type]  # None is fine: single blocks pass none
+        from diffusers.models.embeddings import apply_rotary_emb
+        from diffusers.models.transformers.transformer_flux import _get_qkv_projections
+
+        query, key, value, encoder_query, encoder_key, encoder_value = _get_qkv_projections(
+            attn, hidden_states, encoder_hidden_states
+        )
+        query, key, value = (t.unflatten(-1, (-1, attn.head_dim)) for t in (query, key, value))
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        if attn.added_kv_proj_dim is not None and encoder_hidden_states is not None:
+            encoder_query, encoder_key, encoder_value = (
+                t.unflatten(-1, (-1, attn.head_dim)) for t in (encoder_query, encoder_key, encoder_value)
+            )
+            query = torch.cat([attn.norm_added_q(encoder_query), query], dim=1)
+            key = torch.cat([attn.norm_added_k(encoder_key), key], dim=1)
+            value = torch.cat([encoder_value, value], dim=1)
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+
+        assert regional.allowed is not None and regional.base_allowed is not None
+        device = query.device
+        text = regional.text_length
+        allowed = regional.allowed.to(device)
+        if regional.key_scale is None:
+            out = self.attend(query, key, value, allowed)
+        else:
+            # Scaling a key scales its score for the rows that use it: the image rows get the
+            # area-scaled keys, the text rows the plain ones, in two calls.
+            scale = regional.key_scale.to(device=device, dtype=key.dtype)[None, :, None, None]
+            out = torch.cat(
+                [
+                    self.attend(query[:, :text], key, value, allowed[:text]),
+                    self.attend(query[:, text:], key * scale, value, allowed[text:]),
+                ],
+                dim=1,
+            )
+        ratio = regional.options.base_ratio
+        if ratio > 0:
+            # Only image rows are blended; the base pass sees no region token, so no area factor.
+            base = self.attend(query[:, text:], key, value, regional.base_allowed.to(device)[text:])
+            out = torch.cat([out[:, :text], ratio * base + (1 - ratio) * out[:, text:]], dim=1)
+        out = out.flatten(2, 3).to(query.dtype)
+
+        if encoder_hidden_states is not None:
+            context, out = out.split_with_sizes(
+                [encoder_hidden_states.shape[1], out.shape[1] - encoder_hidden_states.shape[1]], dim=1
+            )
+            out = attn.to_out[1](attn.to_out[0](out.contiguous()))
+            return out, attn.to_add_out(context.contiguous())
+        return out
+
+
+def install_flux_regional_processors(transformer: Any) -> int:
+    """Give every attention of a ``FluxTransformer2DModel`` a regional processor; return how many."""
+    processors: dict[str, Any] = {}
+    for name in transformer.attn_processors:
+        # "transformer_blocks.3.attn.processor" / "single_transformer_blocks.7.attn.processor"
+        prefix, index = name.split(".")[:2]
+        kind = "single" if prefix == "single_transformer_blocks" else "double"
+        processors[name] = FluxRegionalAttnProcessor(kind, int(index))
+    transformer.set_attn_processor(processors)
+    return len(processors)
+
+
+def token_coverage(layout: CanvasLayout, height: int, width: int) -> torch.Tensor:
+    """``(C, N)`` bool: which image tokens (Flux packs 2x2 latents, so image/16) each condition covers."""
+    rows, cols = height // 16, width // 16
+    masks = [torch.from_numpy(c.mask(rows, cols)).flatten() > 0.5 for c in layout.conditions]
+    return torch.stack(masks)
+
+
+def render_regional_flux(
+    pipe: Any,
+    layout: CanvasLayout,
+    *,
+    height: int,
+    width: int,
+    options: FluxRegionalOptions | None = None,
+    max_sequence_length: int = 512,
+    **pipe_kwargs: Any,
+) -> Any:
+    """Render ``layout`` with a ``FluxPipeline`` whose transformer has the regional processors.
+
+    Extra keyword arguments go to the pipeline (steps, guidance, generator, output type); the
+    return value is the pipeline's.
+    """
+    if height % 16 or width % 16:
+        raise ValueError(f"Flux sizes must be multiples of 16; got {width}x{height}")
+    if {"negative_prompt", "negative_prompt_embeds", "true_cfg_scale"} & pipe_kwargs.keys():
+        # The negative pass would run with the positive pass's joint mask over a different text length.
+        raise ValueError("true CFG (a negative prompt) is not supported with regions on Flux yet")
+    prompts = [condition_prompt(c) for c in layout.conditions]
+    device = pipe._execution_device
+    with torch.no_grad():
+        embeds, pooled, _ = pipe.encode_prompt(
+            prompt=prompts[0], prompt_2=None, device=device, max_sequence_length=max_sequence_length
+        )
+        parts = [embeds]
+        for prompt in prompts[1:]:
+            region, _, _ = pipe.encode_prompt(
+                prompt=prompt, prompt_2=None, device=device, max_sequence_length=max_sequence_length
+            )
+            parts.append(region)
+    token_condition = torch.arange(len(parts)).repeat_interleave(torch.tensor([p.shape[1] for p in parts]))
+    inputs = FluxRegionalInputs.build(
+        token_condition, token_coverage(layout, height, width), options or FluxRegionalOptions()
+    )
+    return pipe(
+        prompt_embeds=torch.cat(parts, dim=1),
+        pooled_prompt_embeds=pooled,
+        height=height,
+        width=width,
+        joint_attention_kwargs={"regional": inputs},
+        callback_on_step_end=inputs.on_step_end,
+        **pipe_kwargs,
+    )
