@@ -40,6 +40,7 @@ NOT_RUN = {
     ("README.md", "# 1. Set up everything"): "setup and `generate --tiny` from scratch: tests/cli/test_processes.py, "
                                              "scripts/test.sh",
     ("README.md", ".venv/bin/omost serve --tiny"): "the CLI's commands as processes: tests/cli/test_processes.py",
+    ("architecture.md", "shared/  (the contract"): "a diagram",
     ("cli.md", "planning: 212 tokens"): "output shown, not a command",
     ("integrations.md", '{"error": {"message"'): "an answer shown, not a request",
     ("integrations.md", "from openai import OpenAI"): "the README's OpenAI snippet makes the same call (b64_json is "
