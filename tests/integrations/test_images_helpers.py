@@ -7,7 +7,6 @@ import asyncio
 import time
 
 import pytest
-
 from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 
