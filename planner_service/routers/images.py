@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 MODEL_ID = "omost"
 """The one model these routes serve: an LLM-planned, region-controlled SDXL render."""
 
-SIZE_PATTERN = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+SIZE_PATTERN = re.compile(r"^([0-9]{1,5})x([0-9]{1,5})$")
+"""ASCII digits only (``\\d`` would take Arabic-Indic ones); matched whole (``fullmatch``: ``$`` alone lets a
+trailing newline through)."""
 
 
 class ImagesSettings(BaseSettings):
@@ -169,18 +171,25 @@ class OpenAIErrorRoute(StrictRoute):
         async def handle(request: Request) -> Response:
             try:
                 return await handler(request)
-            except ImagesAPIError as exc:
+            except Exception as exc:
+                response = await answer(request, exc)
+            if response.status_code in (429, 503) and "retry-after" not in response.headers:
+                # Every "try later" says when, whichever layer refused (queue full, plans in flight, LLM down).
+                response.headers["Retry-After"] = str(request.app.state.settings.retry_after_seconds)
+            return response
+
+        async def answer(request: Request, exc: Exception) -> Response:
+            if isinstance(exc, ImagesAPIError):
                 job = {"job": exc.job} if exc.job else {}
                 return _error_response(exc.status, exc.detail, **job)
-            except RequestValidationError as exc:
+            if isinstance(exc, RequestValidationError):
                 return _validation_error(exc)
-            except HTTPException as exc:
+            if isinstance(exc, HTTPException):
                 detail = OpenAIErrorDetail(message=str(exc.detail), type=_error_type(exc.status_code))
                 return _error_response(exc.status_code, detail, dict(exc.headers) if exc.headers else None)
-            except Exception as exc:
-                if hasattr(exc, "http_status"):
-                    return _from_status(exc)
-                return await _reshape(request, exc)
+            if hasattr(exc, "http_status"):
+                return _from_status(exc)
+            return await _reshape(request, exc)
 
         return handle
 
@@ -260,7 +269,7 @@ router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_
 
 
 def parse_size(size: str | None, default: str) -> tuple[int, int]:
-    match = SIZE_PATTERN.match(default if size in (None, "auto") else size)
+    match = SIZE_PATTERN.fullmatch(default if size in (None, "auto") else size)
     if match is None:
         raise ImagesAPIError(400, f"size must be 'auto' or WIDTHxHEIGHT (e.g. 1024x1024); got {size!r}",
                              param="size", code="invalid_size")

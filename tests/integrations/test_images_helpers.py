@@ -7,11 +7,15 @@ import asyncio
 import time
 
 import pytest
+from fastapi import APIRouter, FastAPI
+from fastapi.testclient import TestClient
 
-from planner_service.routers.images import ImagesAPIError, parse_size, read_png, wait_for_job
+from planner_service.llm.client import LLMUnavailable
+from planner_service.routers.images import ImagesAPIError, OpenAIErrorRoute, parse_size, read_png, wait_for_job
+from planner_service.settings import PlannerSettings
 from shared.canvas import Canvas, GlobalDescription
 from shared.jobs import RenderRequest
-from shared.queue import QueueSettings, RedisImages, RenderQueue, SyncRenderQueue, result_fields
+from shared.queue import QueueFull, QueueSettings, RedisImages, RenderQueue, SyncRenderQueue, result_fields
 from shared.queue.connect import async_client, sync_client
 from shared.queue.record import Rec
 from tests.support import RedisServer
@@ -25,13 +29,32 @@ def test_sizes_the_renderer_takes(size: str | None, expected: tuple[int, int]) -
     assert parse_size(size, "256x256") == expected
 
 
-@pytest.mark.parametrize("size", ["1001x1000", "1024", "1024x", "x1024", "56x64", "2056x64", "1024X1024", "-8x64"])
+@pytest.mark.parametrize("size", ["1001x1000", "1024", "1024x", "x1024", "56x64", "2056x64", "1024X1024", "-8x64",
+                                  "64x64\n", "\u0666\u0664x\u0666\u0664"])  # a trailing newline; Arabic-Indic digits
 def test_sizes_it_refuses_name_the_size(size: str) -> None:
     with pytest.raises(ImagesAPIError) as info:
         parse_size(size, "256x256")
     assert info.value.status == 400
     assert info.value.detail.param == "size"
     assert info.value.detail.code == "invalid_size"
+
+
+@pytest.mark.parametrize(("failure", "status"), [(QueueFull(20, 20), 429), (LLMUnavailable("down"), 503)])
+def test_every_try_later_says_when(failure: Exception, status: int) -> None:
+    """A 429 or 503 of the Images route carries Retry-After, whichever layer refused (a real route of the
+    router's class, in-process: reaching a full queue or a dead LLM through the whole stack costs plans)."""
+    router = APIRouter(route_class=OpenAIErrorRoute)
+
+    @router.post("/fails")
+    async def fails() -> None:
+        raise failure
+
+    app = FastAPI()
+    app.include_router(router)
+    app.state.settings = PlannerSettings(retry_after_seconds=7)
+    answer = TestClient(app).post("/fails")
+    assert answer.status_code == status and answer.headers["Retry-After"] == "7"
+    assert answer.json()["error"]["message"] == str(failure)
 
 
 def test_a_job_no_worker_takes_times_out_and_a_finished_one_returns(redis_server: RedisServer) -> None:
