@@ -127,7 +127,7 @@ class Renderer:
         def should_cancel() -> bool:
             if must_stop():
                 return True
-            if stepped:  # tests only: held between two steps while the test says so
+            if stepped and self.step_gate.folder is not None:  # tests only: held between two steps while told
                 self.step_gate.wait(delivery.job_id, until=must_stop)
                 return running.cancel_reason is not None
             return False
