@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
 from fastapi import APIRouter, Depends, Request
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from planner_service.admission import AdmissionDep, unless_disconnected
@@ -15,12 +11,10 @@ from planner_service.dependencies import PlanServiceDep, QueueDep, SettingsDep
 from planner_service.schemas import GenerationRequest
 from planner_service.service import PlanService
 from planner_service.settings import PlannerSettings
-from shared.canvas import Canvas, GlobalDescription
 from shared.jobs import RenderRequest
 from shared.plans import GenerationAccepted
 from shared.queue import RenderQueue, job_urls
 from shared.service.auth import require_token, token_owner
-from shared.service.problems import field_errors
 from shared.service.routing import StrictRoute
 from shared.service.submission import check_budget, submit_render
 
@@ -29,17 +23,6 @@ router = APIRouter(
 )
 
 _RENDER = ("body", "render")
-_PLACEHOLDER = Canvas(global_description=GlobalDescription(description="placeholder", HTML_web_color_name="white"))
-
-
-def _render_request(render: dict, canvas: Canvas) -> RenderRequest:
-    # Strict JSON validation, as at the render API's edge: "width": "64" is an error, not 64.
-    document = json.dumps({**render, "canvas": canvas.model_dump(mode="json")})
-    try:
-        return RenderRequest.model_validate_json(document, strict=True)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_input=False, include_context=False)
-        raise RequestValidationError(field_errors(errors, prefix=("body", "render"))) from None
 
 
 @router.post(
@@ -63,7 +46,8 @@ async def create_generation(
     request: Request,
 ) -> GenerationAccepted:
     # Check the render parameters first: a bad width or a job over budget should not cost a plan.
-    check_budget(queue, _render_request(body.render, _PLACEHOLDER), loc=_RENDER)
+    # (``body.render`` itself was validated with the body, strictly, by the route class.)
+    check_budget(queue, body.render, loc=_RENDER)
     slot = admission.admit()
     try:
         # A client that hangs up stops the plan and never gets a render queued in its name.
@@ -80,7 +64,7 @@ async def _plan_and_queue(
     request: Request,
 ) -> GenerationAccepted:
     plan = await service.plan(body.model_copy(update={"stream": False}))
-    render_request = _render_request(body.render, plan.canvas)
+    render_request = RenderRequest.of(plan.canvas, body.render)
     try:
         # The job is the token's, as if submitted to the render API with it.
         job_id, _ = await submit_render(queue, render_request, submitter=token_owner(request), loc=_RENDER)

@@ -33,7 +33,7 @@ from planner_service.dependencies import PlanServiceDep, QueueDep, SettingsDep
 from planner_service.routers.generations import create_generation
 from planner_service.schemas import GenerationRequest
 from shared.contract import RENDER_DEFAULTS
-from shared.jobs import MAX_IMAGES, RenderJob, RenderRequest
+from shared.jobs import MAX_IMAGES, RenderJob, SamplingParams
 from shared.plans import MAX_PROMPT_CHARS
 from shared.queue import JobRecord, RenderQueue, job_urls, render_job
 from shared.service.auth import require_token
@@ -275,15 +275,13 @@ def parse_size(size: str | None, default: str) -> tuple[int, int]:
                              param="size", code="invalid_size")
     width, height = int(match[1]), int(match[2])
     try:
-        RenderRequest.model_validate({"canvas": _ANY_CANVAS, "width": width, "height": height})
+        SamplingParams(width=width, height=height)
     except ValidationError as exc:
         reason = "; ".join(f"{e['loc'][0]} {e['msg']}" for e in exc.errors(include_url=False))
         raise ImagesAPIError(400, f"size {width}x{height} cannot be rendered: {reason}",
                              param="size", code="invalid_size") from None
     return width, height
 
-
-_ANY_CANVAS = {"global_description": {"description": "size check", "HTML_web_color_name": "white"}}
 
 
 async def wait_for_job(queue: RenderQueue, job_id: str, timeout: float) -> tuple[JobRecord, RenderJob] | None:
@@ -321,7 +319,7 @@ async def create_image(
     """Plan a canvas from the prompt, render ``n`` images of it and wait for them."""
     width, height = parse_size(body.size, images.default_size)
     n = body.n or 1
-    render = {"width": width, "height": height, "num_images": n, "steps": images.steps}
+    render = SamplingParams(width=width, height=height, num_images=n, steps=images.steps)
     # The same path as POST /v1/generations: the same validation, plan, queue and error mapping.
     if not body.prompt.strip():  # "\x1d" passes min_length, but a plan needs words (found by schemathesis)
         raise ImagesAPIError(400, "the prompt is empty (only whitespace)", param="prompt")

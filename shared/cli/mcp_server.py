@@ -25,7 +25,7 @@ from shared.canvas import Canvas
 from shared.cli.errors import field_error
 from shared.client import AsyncOmostClient, OmostAPIError, RenderFailed
 from shared.contract import RENDER_DEFAULTS
-from shared.jobs import MAX_IMAGES, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE, RenderJob, RenderRequest
+from shared.jobs import MAX_IMAGES, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE, RenderJob, RenderRequest, SamplingParams
 from shared.plans import MAX_PROMPT_CHARS
 
 INSTRUCTIONS = (
@@ -228,11 +228,9 @@ def build_server(config: MCPConfig) -> MCPServer:
     ) -> Annotated[CallToolResult, GenerateOutput]:
         """Prompt to image(s): plan a canvas, render it and return the images (progress is reported)."""
         client = client_of(ctx)
-        render_options: dict[str, Any] = {
-            "width": width, "height": height, "steps": steps, "seed": seed, "num_images": num_images,
-        }
+        sampling = SamplingParams(width=width, height=height, steps=steps, seed=seed, num_images=num_images)
         try:
-            accepted = await client.generate(prompt, render=render_options, max_new_tokens=max_new_tokens)
+            accepted = await client.generate(prompt, render=sampling, max_new_tokens=max_new_tokens)
             job = await _wait(client, accepted.id, ctx, config.render_timeout)
             images = await _images(client, job)
         except FAILURES as exc:
