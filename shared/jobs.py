@@ -6,7 +6,8 @@ engine's input, so a request that passes here can always be rendered.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import re
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -18,6 +19,9 @@ MAX_SIDE = 2048
 MAX_STEPS = 150
 MAX_IMAGES = 8
 MAX_SEED = 2**32 - 1
+JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+"""A render job's id: the ids the queue mints are 32 hex characters; other enqueuers may pick any id
+matching this (it is also a Redis key part and a URL path segment)."""
 
 Sampler = Literal["dpmpp_2m_karras", "dpmpp_2m", "euler", "euler_ancestral", "ddim", "unipc"]
 DEFAULT_SAMPLER: Sampler = "dpmpp_2m_karras"
@@ -119,7 +123,6 @@ def over_budget(request: SamplingParams, limit: float | None) -> str | None:
 # --- Job lifecycle: statuses, events, records and API views -------------------------------------
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
-JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running", "succeeded", "failed", "canceled")
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
 """A job in one of these states never changes again (until its record expires)."""
 
@@ -209,9 +212,3 @@ class RenderJob(BaseModel):
     urls: RenderJobUrls
     request: RenderRequest
 
-
-class ApiError(BaseModel):
-    """Every 4xx/5xx body: ``detail`` says what was wrong (for 422, also per-field ``errors``)."""
-
-    detail: str
-    errors: list[dict[str, Any]] | None = None

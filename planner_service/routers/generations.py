@@ -1,28 +1,19 @@
-"""``POST /v1/generations``: plan, then queue the render job, in one call (202)."""
+"""``POST /v1/generations``: plan, then queue the render job, in one call (202). The logic is
+:mod:`planner_service.generation`; this module binds it to HTTP."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
-from redis.exceptions import RedisError
 
-from planner_service.admission import AdmissionDep, unless_disconnected
-from planner_service.conversations import StoreUnavailable
-from planner_service.dependencies import PlanServiceDep, QueueDep, SettingsDep
+from planner_service.dependencies import GenerationsDep
 from planner_service.schemas import GenerationRequest
-from planner_service.service import PlanService
-from planner_service.settings import PlannerSettings
-from shared.jobs import RenderRequest
 from shared.plans import GenerationAccepted
-from shared.queue import RenderQueue, job_urls
-from shared.service.auth import require_token, token_owner
+from shared.service.auth import require_token
 from shared.service.routing import StrictRoute
-from shared.service.submission import check_budget, submit_render
 
 router = APIRouter(
     prefix="/v1", tags=["generations"], dependencies=[Depends(require_token)], route_class=StrictRoute
 )
-
-_RENDER = ("body", "render")
 
 
 @router.post(
@@ -38,43 +29,6 @@ _RENDER = ("body", "render")
     },
 )
 async def create_generation(
-    body: GenerationRequest,
-    service: PlanServiceDep,
-    settings: SettingsDep,
-    queue: QueueDep,
-    admission: AdmissionDep,
-    request: Request,
+    body: GenerationRequest, generations: GenerationsDep, request: Request
 ) -> GenerationAccepted:
-    # Check the render parameters first: a bad width or a job over budget should not cost a plan.
-    # (``body.render`` itself was validated with the body, strictly, by the route class.)
-    check_budget(queue, body.render, loc=_RENDER)
-    slot = admission.admit()
-    try:
-        # A client that hangs up stops the plan and never gets a render queued in its name.
-        return await unless_disconnected(request, _plan_and_queue(body, service, settings, queue, request))
-    finally:
-        slot.release()
-
-
-async def _plan_and_queue(
-    body: GenerationRequest,
-    service: PlanService,
-    settings: PlannerSettings,
-    queue: RenderQueue,
-    request: Request,
-) -> GenerationAccepted:
-    plan = await service.plan(body.model_copy(update={"stream": False}))
-    render_request = RenderRequest.of(plan.canvas, body.render)
-    try:
-        # The job is the token's, as if submitted to the render API with it.
-        job_id, _ = await submit_render(queue, render_request, submitter=token_owner(request), loc=_RENDER)
-    except RedisError as exc:
-        raise StoreUnavailable(f"the render queue (Redis) is unavailable: {exc}") from exc
-    return GenerationAccepted(
-        id=job_id,
-        status="queued",
-        canvas=plan.canvas,
-        code=plan.code,
-        conversation_id=plan.conversation_id,
-        urls=job_urls(job_id, render_request.num_images, settings.render_api_url),
-    )
+    return await generations.generate(body, request)

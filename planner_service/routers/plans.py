@@ -47,7 +47,9 @@ _Streamed = AsyncGenerator[PlanDelta | PlanRetry | PlanResponse, None]
         503: {"description": "The LLM server (or Redis) is unreachable."},
     },
 )
-async def create_plan(body: PlanRequest, service: PlanServiceDep, admission: AdmissionDep, request: Request):
+async def create_plan(
+    body: PlanRequest, service: PlanServiceDep, admission: AdmissionDep, request: Request
+) -> PlanResponse | EventSourceResponse:
     slot = admission.admit()  # 429 beyond the limit, before any work
     if not body.stream:
         try:
