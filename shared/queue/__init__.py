@@ -36,6 +36,7 @@ the only code that names a field), :mod:`~shared.queue.transitions`, :mod:`~shar
 :mod:`~shared.queue.connect` (the one Redis client factory) and :mod:`~shared.queue.views`.
 """
 
+from shared.jobs import JOB_ID_PATTERN
 from shared.queue.errors import IdempotencyConflict, JobFinished, JobNotFound, OverBudget, QueueFull
 from shared.queue.images import ImageRedirect, ImagesNotSaved, ImageStore, ImageStoreUnavailable, RedisImages
 from shared.queue.keys import (
@@ -44,7 +45,6 @@ from shared.queue.keys import (
     DEFAULT_TTL_SECONDS,
     EVENT_FIELD,
     GROUP,
-    JOB_ID_PATTERN,
     MESSAGE_FIELD,
     PROTOCOL_VERSION,
     QUEUE_WAIT_SECONDS_BUCKETS,

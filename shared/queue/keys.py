@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 
 PROTOCOL_VERSION = 1
@@ -19,8 +18,6 @@ EVENT_FIELD = "event"
 DEAD_LETTER_MAXLEN = 10_000
 """The dead-letter stream is capped (approximately, which is cheap) so a flood of bad jobs can't grow it."""
 
-JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-"""Ids we mint are 32 hex chars; other enqueuers may pick any id matching this."""
 
 RENDER_SECONDS_BUCKETS: tuple[float, ...] = (0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 20, 30, 60, 120, 300, 600)
 QUEUE_WAIT_SECONDS_BUCKETS: tuple[float, ...] = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)

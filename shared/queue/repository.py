@@ -18,10 +18,18 @@ import redis
 import redis.asyncio
 from redis.exceptions import ResponseError
 
-from shared.jobs import TERMINAL_STATUSES, JobEvent, JobStatus, RenderRequest, over_budget
+from shared.jobs import (
+    JOB_ID_PATTERN,
+    TERMINAL_STATUSES,
+    JobEvent,
+    JobStatus,
+    RenderRequest,
+    SamplingParams,
+    over_budget,
+)
 from shared.queue.errors import JobNotFound, OverBudget
 from shared.queue.images import ImageRedirect, ImageStore, ImageStoreUnavailable, RedisImages
-from shared.queue.keys import EVENT_FIELD, JOB_ID_PATTERN, MESSAGE_FIELD, QueueKeys
+from shared.queue.keys import EVENT_FIELD, MESSAGE_FIELD, QueueKeys
 from shared.queue.record import JobRecord, Rec
 from shared.queue.settings import QueueSettings
 from shared.queue.submit import Submitted, submit
@@ -64,7 +72,7 @@ class RenderQueue:
 
     # --- submit --------------------------------------------------------------------------------
 
-    def check_budget(self, request: RenderRequest) -> None:
+    def check_budget(self, request: SamplingParams) -> None:
         """Raise :class:`OverBudget` now for a job the submit script would refuse (e.g. before planning it)."""
         if reason := over_budget(request, self.settings.max_job_megapixel_steps):
             raise OverBudget(reason)

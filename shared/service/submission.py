@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from fastapi.exceptions import RequestValidationError
 
-from shared.jobs import RenderRequest
+from shared.jobs import RenderRequest, SamplingParams
 from shared.queue import OverBudget, RenderQueue, Submitted
 
 
@@ -16,7 +16,7 @@ def _refusal(queue: RenderQueue, exc: OverBudget, loc: tuple[str, ...]) -> Reque
     return RequestValidationError([error])
 
 
-def check_budget(queue: RenderQueue, request: RenderRequest, *, loc: tuple[str, ...] = ("body",)) -> None:
+def check_budget(queue: RenderQueue, request: SamplingParams, *, loc: tuple[str, ...] = ("body",)) -> None:
     """422 now for a job the queue would refuse (before work that would be wasted on it, e.g. a plan)."""
     try:
         queue.check_budget(request)
