@@ -31,7 +31,14 @@ from render_service.metrics import count_webhook
 from render_service.settings import RenderSettings
 from render_service.webhooks import Attempt, headers_for, post_once
 from render_service.worker.retry import REDIS_ERRORS
-from shared.queue import JobRecord, Rec, render_job, stream_entries, text, transact
+from shared.queue import (
+    JOB_ID_PATTERN,
+    SyncRenderQueue,
+    render_job,
+    stream_entries,
+    text,
+    webhook_attempted,
+)
 from shared.queue.keys import WEBHOOK_GROUP
 from shared.queue.wire import decode_hash, read_entries
 
@@ -50,6 +57,7 @@ class WebhookSender:
         self.name = name
         self.keys = settings.keys
         self.redis = client
+        self.queue = SyncRenderQueue(client, self.keys)
         self._exit = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="webhooks", daemon=True)
         self._http = httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
@@ -134,8 +142,7 @@ class WebhookSender:
         """POST once; write the outcome on the record and, if the delivery is over, ack it, together."""
         fields = decode_hash(raw)
         job_id, delivery_id = fields.get("job_id", ""), fields.get("delivery_id", "")
-        found = self.redis.hgetall(self.keys.job(job_id)) if job_id else None
-        record = JobRecord.decode(found) if found else None
+        record = self.queue.find(job_id) if JOB_ID_PATTERN.match(job_id) else None
         if record is None or not record.webhook_url:
             self._ack(entry_id)  # the job expired (or never had a webhook): nothing to deliver
             return
@@ -168,14 +175,13 @@ class WebhookSender:
         keys = self.keys
 
         def build(pipe: Any, record: dict[str, str]) -> None:
-            if record:  # not once the record expired (HSET would make a new key without a TTL)
-                pipe.hset(keys.job(job_id), mapping={Rec.WEBHOOK_STATUS: outcome, Rec.WEBHOOK_ATTEMPTS: str(attempts)})
+            webhook_attempted(
+                pipe, keys, record, job_id=job_id, entry_id=entry_id, outcome=outcome, attempts=attempts, over=over
+            )
             if over:
-                pipe.xack(keys.webhooks, WEBHOOK_GROUP, entry_id)
-                pipe.xdel(keys.webhooks, entry_id)
                 count_webhook(pipe, keys, outcome)
 
-        transact(self.redis, keys, job_id, build)
+        self.queue.transact(job_id, build)
 
     def _ack(self, entry_id: str) -> None:
         with self.redis.pipeline(transaction=True) as pipe:

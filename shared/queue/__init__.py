@@ -20,6 +20,7 @@ transition         what it writes, in one Redis transaction               who ca
 :func:`fail`       :func:`finish` as ``failed`` plus a dead-letter copy    worker
 :func:`requeue`    a fresh entry, the old one acked, record ``queued``     worker on shutdown
 :func:`dead_letter`  a message nobody can run, acked and copied aside      worker
+:func:`webhook_attempted`  a webhook POST's outcome; the delivery acked if over  worker's webhook sender
 =================  =====================================================  ==========================
 
 Except :func:`submit`, a transition only *buffers* commands on a ``MULTI`` pipeline: the same
@@ -72,6 +73,7 @@ from shared.queue.transitions import (
     request_cancel,
     requeue,
     transact,
+    webhook_attempted,
     webhook_delivery_id,
 )
 from shared.queue.views import job_urls, render_job
@@ -156,5 +158,6 @@ __all__ = [
     "submit",
     "text",
     "transact",
+    "webhook_attempted",
     "webhook_delivery_id",
 ]

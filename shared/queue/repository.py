@@ -307,6 +307,3 @@ class SyncRenderQueue:
         if lease is not None and text(lease) != token:
             return "superseded"
         return None
-
-    def record_webhook(self, job_id: str, outcome: str, client: redis.Redis | None = None) -> None:
-        (client or self.redis).hset(self.keys.job(job_id), Rec.WEBHOOK_STATUS, outcome)

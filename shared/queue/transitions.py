@@ -26,6 +26,7 @@ from shared.queue.keys import (
     QUEUE_WAIT_SECONDS_BUCKETS,
     RENDER_SECONDS_BUCKETS,
     STEP_SECONDS_BUCKETS,
+    WEBHOOK_GROUP,
     QueueKeys,
 )
 from shared.queue.record import Rec, decode_time, encode_time, initial_record
@@ -356,6 +357,27 @@ def requeue(
     event = make_event("queued", message=f"requeued: worker {worker} shut down")
     queue_event(pipe, keys, delivery.job_id, event, delivery.message.ttl_seconds)
     return True
+
+
+def webhook_attempted(
+    pipe: Any,
+    keys: QueueKeys,
+    record: Mapping[str, str],
+    *,
+    job_id: str,
+    entry_id: str,
+    outcome: str,
+    attempts: int,
+    over: bool,
+) -> None:
+    """A POST of the webhook delivery ``entry_id`` ended: its outcome and the attempt count on the record
+    (unless the record expired: an HSET would make a key without a TTL); a delivery that is ``over``
+    (delivered, rejected, refused or out of attempts) leaves ``{p}webhooks``, acked and deleted."""
+    if record:
+        pipe.hset(keys.job(job_id), mapping={Rec.WEBHOOK_STATUS: outcome, Rec.WEBHOOK_ATTEMPTS: str(attempts)})
+    if over:
+        pipe.xack(keys.webhooks, WEBHOOK_GROUP, entry_id)
+        pipe.xdel(keys.webhooks, entry_id)
 
 
 def _queue_dead_letter(

@@ -8,7 +8,9 @@ import shared.queue
 from shared.jobs import JobEvent, RenderRequest
 from shared.queue import EVENT_FIELD, GROUP, MESSAGE_FIELD, WEBHOOK_GROUP, QueueKeys, QueueMessage, Rec, initial_record
 
-TRANSITIONS = ("submit", "claim", "progress", "request_cancel", "finish", "fail", "requeue", "dead_letter")
+TRANSITIONS = (
+    "submit", "claim", "progress", "request_cancel", "finish", "fail", "requeue", "dead_letter", "webhook_attempted"
+)  # fmt: skip
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "queue-protocol.md").read_text()
 
