@@ -45,6 +45,7 @@ from shared.queue.wire import decode_hash, read_entries
 log = logging.getLogger("render_service.worker")
 
 READ_BLOCK_MS = 1000
+STOP_WAIT_SECONDS = 2.0
 SCAN_COUNT = 50
 
 
@@ -66,12 +67,14 @@ class WebhookSender:
         self._thread.start()
 
     def stop(self) -> None:
-        """Finish the attempt in flight (bounded by the POST timeout), then stop; pending deliveries stay
-        pending for the other workers."""
+        """Stop taking deliveries. An attempt still in flight after a moment is left to die with the
+        process (a daemon thread): its entry stays pending and another worker makes the attempt again,
+        so a slow receiver never holds a stopping worker past its termination grace."""
         self._exit.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=3 * self.settings.webhook_timeout_seconds + 5)
-        self._http.close()
+            self._thread.join(timeout=STOP_WAIT_SECONDS)
+        if not self._thread.is_alive():
+            self._http.close()
 
     def retry_delay(self, attempts: int) -> float:
         """Seconds a delivery that had ``attempts`` POSTs waits (idle) before the next one."""
