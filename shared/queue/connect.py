@@ -136,6 +136,10 @@ def async_client(
     settings = {**DEFAULTS, **options}
     sentinel_url = parse_sentinel_url(url)
     if sentinel_url is not None:
+        # A client option, not a connection option: master_for would hand it to every connection.
+        if settings.pop("single_connection_client", False):
+            pool = async_client(url, **settings).connection_pool
+            return redis.asyncio.Redis(connection_pool=pool, single_connection_client=True)
         sentinel = redis.asyncio.sentinel.Sentinel(
             sentinel_url.sentinels, sentinel_kwargs=sentinel_url.sentinel_kwargs(settings)
         )

@@ -130,5 +130,8 @@ def test_jobs_in_flight_survive_a_sentinel_failover(env: tuple[Stack, SentinelCl
         events = [json.loads(f[b"event"]) for _, f in stack.redis.xrange(stack.keys.events(job_id))]
         statuses = [e["status"] for e in events if e["type"] == "status"]
         assert statuses[-1] == "succeeded" and sum(s in TERMINAL for s in statuses) == 1, (job_id, statuses)
+    # The event hub reads through the Sentinels too (its own single connection): a finished job's stream.
+    with http.stream("GET", f"/v1/renders/{held[0]}/events", timeout=30) as events:
+        assert events.status_code == 200 and "succeeded" in events.read().decode()
     codes = [code for code, _, _ in watcher.answers]
     print(f"failover {failover_seconds:.1f} s; answers {dict((c, codes.count(c)) for c in set(codes))}")
