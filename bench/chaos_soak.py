@@ -90,6 +90,8 @@ class SoakReport:
     memory_after: int = 0
     keys_before: int = 0
     keys_after: int = 0
+    leftover: dict[str, int] = field(default_factory=dict)
+    """Entries left at the end in the job stream and the webhook stream (both 0 when all is settled)."""
     seconds: float = 0.0
     load: tuple[float, float] = (0.0, 0.0)
     errors: list[str] = field(default_factory=list)
@@ -111,7 +113,7 @@ class SoakReport:
             f"chaos: {self.worker_kills} worker SIGKILLs, {len(self.failover_seconds)} primary SIGKILLs "
             f"(failover {', '.join(f'{s:.1f}' for s in self.failover_seconds)} s), {self.api_restarts} API restarts",
             f"redis used_memory {self.memory_before / 1e6:.2f} MB -> {self.memory_after / 1e6:.2f} MB; "
-            f"keys {self.keys_before} -> {self.keys_after}",
+            f"keys {self.keys_before} -> {self.keys_after}; left in the streams {self.leftover}",
             f"{self.seconds:.0f} s; load average (1 min) {self.load[0]:.1f} at start, {self.load[1]:.1f} at the end "
             f"on {os.cpu_count()} cores",
         ]
@@ -389,6 +391,10 @@ class Soak:
                 report.submit_to_done.append(float(record[b"finished_at"]) - self.submitted_at[job_id])
             if self.receiver.delivered[f"{job_id}.{status}"] == 0:
                 report.missing_webhooks.append(job_id)
+        report.leftover = {
+            "renders": int(self.redis.xlen(self.keys.stream)),
+            "webhooks": int(self.redis.xlen(self.keys.webhooks)),
+        }
         report.duplicate_webhooks = sum(n - 1 for n in self.receiver.delivered.values() if n > 1)
         # The history too: exactly one terminal status event per job, and the last one.
         with self.redis.pipeline(transaction=False) as pipe:

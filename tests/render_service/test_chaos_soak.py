@@ -34,3 +34,4 @@ def test_a_short_chaos_soak_loses_nothing(tiny_model: Path, tmp_path: Path) -> N
     assert not report.bad_answers, report.bad_answers[:5]
     assert report.succeeded == config.jobs
     assert not report.missing_webhooks, report.missing_webhooks
+    assert report.leftover == {"renders": 0, "webhooks": 0}, report.leftover
