@@ -191,6 +191,13 @@ class SentinelCluster:
         return f"redis+sentinel://{hosts}/{self.SERVICE}/0"
 
     def start(self) -> SentinelCluster:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # a start that failed half-way leaves no process behind
+            raise
+
+    def _start(self) -> SentinelCluster:
         self.primary.start()
         self.replica.extra_args = ["--replicaof", "127.0.0.1", str(self.primary.port)]
         self.replica.start()
