@@ -208,7 +208,12 @@ class RenderJob(BaseModel):
     worker: str | None = None
     deliveries: int = 0
     cancel_requested: bool = False
-    webhook: str | None = Field(default=None, description="Outcome of the webhook call, once made.")
+    webhook: str | None = Field(
+        default=None,
+        description="How the webhook delivery stands: pending, retrying: ..., delivered: ..., rejected: ..., "
+        "refused: ... or failed after N attempts: ...",
+    )
+    webhook_attempts: int = Field(default=0, description="POSTs made so far for the webhook delivery.")
     urls: RenderJobUrls
     request: RenderRequest
 
