@@ -187,8 +187,6 @@ def test_every_variable_is_a_setting(
 
 
 def test_s3_component_names_are_settings(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    if "image_store" not in RenderSettings.model_fields:
-        pytest.skip("the S3 image store (issue 18 §1) is not in RenderSettings yet")
     docs = rendered["all-components"]
     for workload, container in omost_containers(docs):
         settings = MODULE_SETTINGS[container["command"][2]]
