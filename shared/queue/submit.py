@@ -101,7 +101,7 @@ async def submit(
     ``max_megapixel_steps``. With ``submitter``, the record names it and the job enters the
     submitter's index. Every check runs inside the same Lua script as the enqueue.
     """
-    keys = QueueKeys(prefix)
+    keys = QueueKeys(prefix, model=request.model)  # the job goes on its model's stream
     message = QueueMessage(job_id=new_job_id(), request=request, webhook_url=webhook_url, ttl_seconds=ttl_seconds)
     fingerprint = _request_fingerprint(request, webhook_url) if idempotency_key is not None else ""
     idem_key = keys.idempotency(idempotency_key) if idempotency_key is not None else keys.stream
