@@ -35,7 +35,9 @@ def _by_pipeline_class(name: str, where: str) -> str:
     if name in FLUX_PIPELINES:
         return "flux"
     if name.startswith("Flux2"):
-        raise ModelNotFoundError(f"{where} is a {name} (Flux.2), which is not served yet (docs/render-engine.md). {TAKEN}")
+        raise ModelNotFoundError(
+            f"{where} is a {name} (Flux.2), which is not served yet (docs/render-engine.md). {TAKEN}"
+        )
     raise ModelNotFoundError(f"{where} is a {name or 'pipeline of unknown class'}, which we cannot render. {TAKEN}")
 
 
@@ -50,12 +52,12 @@ class _Header(Mapping[str, Any]):
         from safetensors import safe_open
 
         self._file = safe_open(str(path), framework="pt")
-        self._keys = set(self._file.keys())
+        self._keys = set(self._file.keys())  # type: ignore[no-untyped-call]
 
     def __getitem__(self, key: str) -> Any:
         if key not in self._keys:
             raise KeyError(key)
-        return self._Shape(self._file.get_slice(key).get_shape())
+        return self._Shape(self._file.get_slice(key).get_shape())  # type: ignore[no-untyped-call]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys)
@@ -99,7 +101,9 @@ def detect_family(model: str) -> str:
             return "sdxl"
         if kind in ("flux-dev", "flux-schnell"):
             return "flux"
-        raise ModelNotFoundError(f"{path} is a single-file checkpoint of type {kind!r}, which we cannot render. {TAKEN}")
+        raise ModelNotFoundError(
+            f"{path} is a single-file checkpoint of type {kind!r}, which we cannot render. {TAKEN}"
+        )
     if HUB_ID.match(model):
         try:
             from diffusers import DiffusionPipeline

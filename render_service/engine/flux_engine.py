@@ -41,7 +41,7 @@ from shared.jobs import MAX_SEED, FluxOptions, RenderRequest
 from shared.layout import layout_canvas
 from shared.models import ModelInfo
 
-__all__ = ["FLUX_SAMPLERS", "FluxEngine", "VARIANT_DEFAULTS", "regional_options"]
+__all__ = ["FLUX_SAMPLERS", "VARIANT_DEFAULTS", "FluxEngine", "regional_options"]
 
 FLUX_SAMPLERS = ("euler",)
 """Flux's one sampler: Euler on the flow-matching schedule (``FlowMatchEulerDiscreteScheduler``)."""
@@ -249,7 +249,9 @@ class FluxEngine:
                 self._progress = None
             with timer("decode"):
                 images = [self._decode(latent[None], height, width) for latent in latents]
-        return RenderResult(images=images, seeds=seeds, timings={**timer.seconds, "total": time.perf_counter() - started})
+        return RenderResult(
+            images=images, seeds=seeds, timings={**timer.seconds, "total": time.perf_counter() - started}
+        )
 
     def _check_cancel_hook(self, module: torch.nn.Module, args: Any) -> None:
         progress = self._progress

@@ -52,7 +52,9 @@ def load_flux_pipeline(model: str, dtype: torch.dtype, config: str | None = None
         return _single_file(path, dtype, config)
     if path.is_dir():
         if not (path / "model_index.json").is_file():
-            raise ModelNotFoundError(f"{path} is not a diffusers Flux folder (no model_index.json in it). {HOW_TO_PROVIDE}")
+            raise ModelNotFoundError(
+                f"{path} is not a diffusers Flux folder (no model_index.json in it). {HOW_TO_PROVIDE}"
+            )
         try:
             return FluxPipeline.from_pretrained(str(path), dtype=dtype)
         except (OSError, ValueError) as exc:
@@ -80,7 +82,9 @@ def _single_file(path: Path, dtype: torch.dtype, config: str | None) -> Any:
 
     base = config or SINGLE_FILE_CONFIGS.get(single_file_type(path), SINGLE_FILE_CONFIGS["flux-dev"])
     try:
-        transformer = FluxTransformer2DModel.from_single_file(str(path), config=base, subfolder="transformer", dtype=dtype)
+        transformer = FluxTransformer2DModel.from_single_file(
+            str(path), config=base, subfolder="transformer", dtype=dtype
+        )
         return FluxPipeline.from_pretrained(base, transformer=transformer, dtype=dtype)
     except Exception as exc:  # conversion, hub and file errors come in many classes
         raise ModelNotFoundError(

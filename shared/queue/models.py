@@ -52,5 +52,3 @@ async def list_models(client: redis.asyncio.Redis, keys: QueueKeys) -> list[Mode
         info = ModelInfo.model_validate_json(raw if isinstance(raw, str) else raw.decode())
         models.append(info.model_copy(update={"workers": counts.get(info.name, 0)}))
     return sorted(models, key=lambda m: m.name)
-
-

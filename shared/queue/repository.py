@@ -19,9 +19,9 @@ import redis.asyncio
 from redis.exceptions import ResponseError
 
 from shared.jobs import TERMINAL_STATUSES, JobEvent, JobStatus, RenderRequest, over_budget
+from shared.models import ModelInfo
 from shared.queue.errors import JobNotFound, OverBudget
 from shared.queue.images import ImageRedirect, ImageStore, ImageStoreUnavailable, RedisImages
-from shared.models import ModelInfo
 from shared.queue.keys import EVENT_FIELD, JOB_ID_PATTERN, MESSAGE_FIELD, QueueKeys
 from shared.queue.models import list_models
 from shared.queue.record import JobRecord, Rec

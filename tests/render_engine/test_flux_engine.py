@@ -17,24 +17,13 @@ from render_service.engine.flux_regional import condition_prompt
 from shared.jobs import RenderRequest
 from shared.layout import layout_canvas
 from shared.models import ModelMismatch, fit_request
+from tests.support import regions_canvas
 
-REGION = {"offset": "no offset", "area": "a small square area", "detailed_descriptions": [], "tags": "",
-          "distance_to_viewer": 1.0, "HTML_web_color_name": "gray"}  # fmt: skip
-LOCATIONS = ["on the left", "on the right", "in the center", "on the top", "on the bottom", "on the top-left",
-             "on the top-right", "on the bottom-left", "on the bottom-right", "in the center", "on the left"]  # fmt: skip
+canvas = regions_canvas
 
 
-def canvas(regions: int) -> dict[str, Any]:
-    return {
-        "global_description": {"description": "A quiet room.", "HTML_web_color_name": "beige"},
-        "local_descriptions": [
-            {**REGION, "location": LOCATIONS[i], "description": f"A thing number {i}."} for i in range(regions)
-        ],
-    }
-
-
-def request(regions: int = 1, **overrides: Any) -> RenderRequest:
-    fields = {"canvas": canvas(regions), "width": 64, "height": 64, "steps": 2, "seed": 5, "sampler": "euler"}
+def request(conditions: int = 1, **overrides: Any) -> RenderRequest:
+    fields = {"canvas": canvas(conditions), "width": 64, "height": 64, "steps": 2, "seed": 5, "sampler": "euler"}
     return RenderRequest.model_validate({**fields, **overrides})
 
 
@@ -66,21 +55,23 @@ def test_family_is_read_from_the_checkpoint(tiny_flux: Path, tiny_model: Path, t
 def test_one_region_job_equals_stock_flux_pipeline(flux: Any) -> None:
     from diffusers import FluxPipeline
 
-    ours = np.asarray(flux.render(request(0, num_images=2, guidance_scale=3.5)).images[1], dtype=np.int16)
+    ours = np.asarray(flux.render(request(1, num_images=2, guidance_scale=3.5)).images[1], dtype=np.int16)
     stock_pipe = FluxPipeline(**flux.pipeline.components)
     # The global condition's prompt as the engine gives T5 and CLIP (its prefixes and suffixes joined).
-    prompt = condition_prompt(layout_canvas(request(0).canvas).conditions[0])
+    prompt = condition_prompt(layout_canvas(request(1).canvas).conditions[0])
     generators = [torch.Generator().manual_seed(5), torch.Generator().manual_seed(6)]
     with flux._render_lock:  # the processors are ours with no regional inputs: stock attention
-        stock = stock_pipe(prompt, height=64, width=64, num_inference_steps=2, guidance_scale=3.5,
-                           num_images_per_prompt=2, generator=generators, max_sequence_length=512).images[1]  # fmt: skip
+        stock = stock_pipe(
+            prompt, height=64, width=64, num_inference_steps=2, guidance_scale=3.5, num_images_per_prompt=2,
+            generator=generators, max_sequence_length=512,
+        ).images[1]  # fmt: skip
     assert np.abs(ours - np.asarray(stock, dtype=np.int16)).max() <= 1
 
 
-@pytest.mark.parametrize("regions", [4, 11])
-def test_regional_jobs_report_every_step(flux: Any, regions: int) -> None:
+@pytest.mark.parametrize("conditions", [5, 12])
+def test_regional_jobs_report_every_step(flux: Any, conditions: int) -> None:
     steps: list[tuple[int, int]] = []
-    result = flux.render(request(regions, steps=3), on_step=lambda done, total: steps.append((done, total)))
+    result = flux.render(request(conditions, steps=3), on_step=lambda done, total: steps.append((done, total)))
     assert steps == [(1, 3), (2, 3), (3, 3)]
     assert result.images[0].size == (64, 64) and np.asarray(result.images[0]).std() > 0
     assert set(result.timings) >= {"encode", "denoise", "decode", "total"}
@@ -95,10 +86,10 @@ def test_cancel_stops_within_a_step(flux: Any) -> None:
         return len(steps) >= 1  # after the first step: the next block asks and stops
 
     with pytest.raises(RenderCanceled):
-        flux.render(request(4, steps=5), on_step=lambda done, total: steps.append(done), should_cancel=should_cancel)
+        flux.render(request(5, steps=5), on_step=lambda done, total: steps.append(done), should_cancel=should_cancel)
     assert steps == [1]
     # And the engine is still usable (the lock is released, no regional state left over).
-    assert len(flux.render(request(0)).images) == 1
+    assert len(flux.render(request(1)).images) == 1
 
 
 def test_flux_refuses_what_it_cannot_do(flux: Any) -> None:

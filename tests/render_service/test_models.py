@@ -12,29 +12,18 @@ import httpx
 import pytest
 
 from tests.render_service.helpers import Stack, render_stack, start_worker, unique_prefix, wait_for, wait_for_workers
-from tests.support import RedisServer
+from tests.support import RedisServer, regions_canvas
 
 pytestmark = pytest.mark.slow  # worker processes load torch and a model each
 
 SETTINGS = {"claim_idle_seconds": 4.0, "heartbeat_seconds": 0.5, "block_seconds": 0.5, "shutdown_grace_seconds": 0.5}
-REGION = {"offset": "no offset", "area": "a small square area", "detailed_descriptions": [], "tags": "",
-          "distance_to_viewer": 1.0, "HTML_web_color_name": "gray"}  # fmt: skip
-LOCATIONS = ["on the left", "on the right", "in the center", "on the top", "on the bottom", "on the top-left",
-             "on the top-right", "on the bottom-left", "on the bottom-right", "in the center", "on the left"]  # fmt: skip
-
-
-def canvas(conditions: int) -> dict[str, Any]:
-    """A canvas with the global description and ``conditions - 1`` regions."""
-    return {
-        "global_description": {"description": "A quiet room.", "HTML_web_color_name": "beige"},
-        "local_descriptions": [
-            {**REGION, "location": LOCATIONS[i], "description": f"A thing number {i}."} for i in range(conditions - 1)
-        ],
-    }
+canvas = regions_canvas
 
 
 @pytest.fixture(scope="module")
-def fleet(redis_server: RedisServer, tiny_model: Path, tiny_flux: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def fleet(
+    redis_server: RedisServer, tiny_model: Path, tiny_flux: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     logs = tmp_path_factory.mktemp("models-logs")
     with render_stack(redis_server.url, unique_prefix("models"), tiny_model, logs, {"sdxl-1": SETTINGS}) as stack:
         stack.workers["flux-1"] = start_worker(
