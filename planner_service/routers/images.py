@@ -33,7 +33,7 @@ from planner_service.dependencies import PlanServiceDep, QueueDep, SettingsDep
 from planner_service.routers.generations import create_generation
 from planner_service.schemas import GenerationRequest
 from shared.contract import RENDER_DEFAULTS
-from shared.jobs import MAX_IMAGES, RenderJob, RenderRequest
+from shared.jobs import DEFAULT_MODEL, MAX_IMAGES, RenderJob, RenderRequest
 from shared.plans import MAX_PROMPT_CHARS
 from shared.queue import JobRecord, RenderQueue, job_urls, render_job
 from shared.service.auth import require_token
@@ -204,7 +204,12 @@ class ImageGenerationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    model: str | None = Field(default=None, max_length=256, description="Accepted and ignored: one model is served.")
+    model: str | None = Field(
+        default=None,
+        max_length=256,
+        description=f"'{MODEL_ID}' or null: the render service's default model; else a render model's name as "
+        "GET /v1/models lists it (e.g. a Flux fleet's), which then renders with its own default steps.",
+    )
     n: int | None = Field(default=None, ge=1, le=MAX_IMAGES, description="Images, one render job; 1 when null.")
     size: str | None = Field(default=None, max_length=16, description="'auto' or WxH (multiples of 8, 64-2048).")
     response_format: Literal["b64_json", "url"] | None = None
@@ -321,7 +326,11 @@ async def create_image(
     """Plan a canvas from the prompt, render ``n`` images of it and wait for them."""
     width, height = parse_size(body.size, images.default_size)
     n = body.n or 1
-    render = {"width": width, "height": height, "num_images": n, "steps": images.steps}
+    render: dict[str, Any] = {"width": width, "height": height, "num_images": n}
+    if body.model in (None, MODEL_ID):
+        render["steps"] = images.steps
+    else:  # a named render model: its own default steps (4 for Flux schnell); not served -> 400 naming `model`
+        render["model"] = body.model
     # The same path as POST /v1/generations: the same validation, plan, queue and error mapping.
     if not body.prompt.strip():  # "\x1d" passes min_length, but a plan needs words (found by schemathesis)
         raise ImagesAPIError(400, "the prompt is empty (only whitespace)", param="prompt")
@@ -356,6 +365,10 @@ async def create_image(
 
 @router.get("/models", response_model=ModelList, responses={k: _ERRORS[k] for k in (401, 500)},
             operation_id="list_models")
-async def list_models() -> ModelList:
-    """The model(s) ``POST /v1/images/generations`` serves (OpenAI's list shape)."""
-    return ModelList(data=[Model(id=MODEL_ID, created=0, owned_by="omost-service")])
+async def list_models(queue: QueueDep) -> ModelList:
+    """The model(s) ``POST /v1/images/generations`` serves (OpenAI's list shape): ``omost`` (the render
+    service's default model) and every other model the render workers registered."""
+    served = [m for m in await queue.models() if m.name != DEFAULT_MODEL]
+    models = [Model(id=MODEL_ID, created=0, owned_by="omost-service")]
+    models += [Model(id=m.name, created=int(m.last_seen), owned_by="omost-service") for m in served]
+    return ModelList(data=models)
