@@ -139,6 +139,10 @@ class FluxEngine:
     def compile_transformer(self, **kwargs: Any) -> None:
         """``torch.compile`` the transformer in place (graph breaks allowed: the processors read the
         job's step in Python). Not measured on a GPU yet (``bench/flux_bench.py --compile``)."""
+        # Each block's processor is its own object (kind, index) and double and single blocks differ in their
+        # inputs: dynamo compiles one graph per block, more than its default cache of 8 allows.
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
         self.transformer.compile(**kwargs)
         self.compiled = True
 

@@ -121,3 +121,28 @@ def test_a_request_is_fitted_to_its_model(flux: Any) -> None:
         fit_request(RenderRequest.model_validate(wrong), info)
     assert [field for field, _ in caught.value.errors] == ["sampler", "width", "negative_prompt", "hires_fix"]
     assert "multiples of 16" in str(caught.value)
+
+
+def test_flux_bench_runs_its_tables_on_the_tiny_flux(tmp_path: Path) -> None:
+    """bench/flux_bench.py (the GPU run's Flux side, --shape full) goes through the same code on the tiny Flux."""
+    import importlib.util
+    import sys
+
+    bench = Path(__file__).resolve().parents[2] / "bench" / "flux_bench.py"
+    spec = importlib.util.spec_from_file_location("flux_bench", bench)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["flux_bench"] = module
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    try:
+        rows = module.main(["--size", "64", "--steps", "2", "--repeats", "1", "--regions", "1,5",
+                            "--json", str(tmp_path / "flux.json")])  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert [(r["table"], r["conditions"]) for r in rows] == [("eager", 1), ("eager", 5)]
+    assert all(r["stock_s"] > 0 and r["ours_s"] > 0 for r in rows) and rows[1]["text_tokens"] > rows[0]["text_tokens"]
+    assert json.loads((tmp_path / "flux.json").read_text())["rows"] == rows
+    with pytest.raises(SystemExit) as parsed:
+        module.main(["--shape", "full", "--variant", "schnell", "--compile", "--help"])
+    assert parsed.value.code == 0
