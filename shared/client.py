@@ -122,9 +122,11 @@ class _Requests:
     @staticmethod
     def submission(request: RenderRequest, idempotency_key: str | None, webhook_url: str | None) -> dict[str, Any]:
         """The body and headers of ``POST /v1/renders``."""
-        body = request.model_dump(mode="json")
+        # exclude_unset: what the caller left unset stays so, and the served model's defaults fill it
+        # (a Flux model's steps, guidance and sampler differ from SDXL's).
+        body = request.model_dump(mode="json", exclude_unset=True)
         if webhook_url:
-            body = RenderSubmission(**body, webhook_url=webhook_url).model_dump(mode="json", exclude_none=True)
+            body = RenderSubmission(**body, webhook_url=webhook_url).model_dump(mode="json", exclude_unset=True)
         return {"json": body, "headers": {"Idempotency-Key": idempotency_key} if idempotency_key else {}}
 
 

@@ -25,7 +25,16 @@ from shared.canvas import Canvas
 from shared.cli.errors import field_error
 from shared.client import AsyncOmostClient, OmostAPIError, RenderFailed
 from shared.contract import RENDER_DEFAULTS
-from shared.jobs import MAX_IMAGES, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE, RenderJob, RenderRequest
+from shared.jobs import (
+    MAX_IMAGES,
+    MAX_SEED,
+    MAX_SIDE,
+    MAX_STEPS,
+    MIN_SIDE,
+    MODEL_NAME_PATTERN,
+    RenderJob,
+    RenderRequest,
+)
 from shared.plans import MAX_PROMPT_CHARS
 
 INSTRUCTIONS = (
@@ -49,7 +58,10 @@ class MCPConfig:
 Prompt = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="What to draw.")]
 Width = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8, description="Image width (multiple of 8).")]
 Height = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8, description="Image height (multiple of 8).")]
-Steps = Annotated[int, Field(ge=1, le=MAX_STEPS, description="Sampling steps.")]
+Steps = Annotated[int | None, Field(ge=1, le=MAX_STEPS, description="Sampling steps; null: the model's default.")]
+ModelName = Annotated[
+    str | None, Field(pattern=MODEL_NAME_PATTERN, description="A served render model (GET /v1/models); null: default.")
+]
 Seed = Annotated[int | None, Field(ge=0, le=MAX_SEED, description="Image i uses seed + i; null: random.")]
 Images = Annotated[int, Field(ge=1, le=MAX_IMAGES, description="How many images.")]
 PlanTokens = Annotated[int | None, Field(ge=16, le=32768, description="Cap on the plan's length in tokens.")]
@@ -183,13 +195,16 @@ def build_server(config: MCPConfig) -> MCPServer:
         ctx: Context,
         width: Width = RENDER_DEFAULTS["width"],
         height: Height = RENDER_DEFAULTS["height"],
-        steps: Steps = RENDER_DEFAULTS["steps"],
+        steps: Steps = None,
         seed: Seed = None,
         num_images: Images = 1,
+        model: ModelName = None,
     ) -> JobOutput:
         """Queue a render of CANVAS; returns the job at once (follow it with get_render)."""
-        request = RenderRequest(canvas=canvas, width=width, height=height, steps=steps, seed=seed,
-                                num_images=num_images)
+        optional = {name: value for name, value in (("steps", steps), ("model", model)) if value is not None}
+        request = RenderRequest.model_validate(
+            {"canvas": canvas, "width": width, "height": height, "seed": seed, "num_images": num_images, **optional}
+        )
         try:
             client = client_of(ctx)
             accepted = await client.submit(request)
@@ -221,16 +236,17 @@ def build_server(config: MCPConfig) -> MCPServer:
         ctx: Context,
         width: Width = RENDER_DEFAULTS["width"],
         height: Height = RENDER_DEFAULTS["height"],
-        steps: Steps = RENDER_DEFAULTS["steps"],
+        steps: Steps = None,
         seed: Seed = None,
         num_images: Images = 1,
         max_new_tokens: PlanTokens = None,
+        model: ModelName = None,
     ) -> Annotated[CallToolResult, GenerateOutput]:
         """Prompt to image(s): plan a canvas, render it and return the images (progress is reported)."""
         client = client_of(ctx)
-        render_options: dict[str, Any] = {
-            "width": width, "height": height, "steps": steps, "seed": seed, "num_images": num_images,
-        }
+        render_options: dict[str, Any] = {"width": width, "height": height, "seed": seed, "num_images": num_images}
+        optional = {name: value for name, value in (("steps", steps), ("model", model)) if value is not None}
+        render_options.update(optional)
         try:
             accepted = await client.generate(prompt, render=render_options, max_new_tokens=max_new_tokens)
             job = await _wait(client, accepted.id, ctx, config.render_timeout)
