@@ -27,6 +27,9 @@ def test_key_names_match() -> None:
         keys.owner_index("{submitter}"),
         f"{keys.prefix}idempotency:{{sha256(key)}}",
         keys.webhook_outbox,
+        keys.stream_of("{model}"),
+        keys.models,
+        keys.model_info("{name}"),
     ]
     for name in names:
         assert f"`{name}`" in DOC, name
