@@ -22,7 +22,7 @@ from shared.queue import RenderQueue, job_urls
 from shared.service.auth import require_token, token_owner
 from shared.service.problems import field_errors
 from shared.service.routing import StrictRoute
-from shared.service.submission import check_budget, submit_render
+from shared.service.submission import check_budget, fit_model, submit_render
 
 router = APIRouter(
     prefix="/v1", tags=["generations"], dependencies=[Depends(require_token)], route_class=StrictRoute
@@ -62,8 +62,9 @@ async def create_generation(
     admission: AdmissionDep,
     request: Request,
 ) -> GenerationAccepted:
-    # Check the render parameters first: a bad width or a job over budget should not cost a plan.
-    check_budget(queue, _render_request(body.render, _PLACEHOLDER), loc=_RENDER)
+    # Check the render parameters first: a bad width, a job over budget or a model nobody serves (or one
+    # that cannot take these options) should not cost a plan.
+    check_budget(queue, await fit_model(queue, _render_request(body.render, _PLACEHOLDER), loc=_RENDER), loc=_RENDER)
     slot = admission.admit()
     try:
         # A client that hangs up stops the plan and never gets a render queued in its name.

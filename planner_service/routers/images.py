@@ -38,11 +38,14 @@ from shared.plans import MAX_PROMPT_CHARS
 from shared.queue import JobRecord, RenderQueue, job_urls, render_job
 from shared.service.auth import require_token
 from shared.service.routing import StrictRoute
+from shared.service.submission import fit_model
 
 log = logging.getLogger(__name__)
 
 MODEL_ID = "omost"
-"""The one model these routes serve: an LLM-planned, region-controlled SDXL render."""
+"""The render service's default model (an LLM-planned, region-controlled render); other served models by name."""
+OPENAI_MODELS = ("dall-e-", "gpt-image-")
+"""OpenAI's own model names, which apps send by default: they mean the default model, as ``omost`` does."""
 
 SIZE_PATTERN = re.compile(r"^([0-9]{1,5})x([0-9]{1,5})$")
 """ASCII digits only (``\\d`` would take Arabic-Indic ones); matched whole (``fullmatch``: ``$`` alone lets a
@@ -207,8 +210,9 @@ class ImageGenerationRequest(BaseModel):
     model: str | None = Field(
         default=None,
         max_length=256,
-        description=f"'{MODEL_ID}' or null: the render service's default model; else a render model's name as "
-        "GET /v1/models lists it (e.g. a Flux fleet's), which then renders with its own default steps.",
+        description=f"'{MODEL_ID}', null or an OpenAI model name (dall-e-*, gpt-image-*): the render service's "
+        "default model; else a render model's name as GET /v1/models lists it (e.g. a Flux fleet's), which then "
+        "renders with its own default steps.",
     )
     n: int | None = Field(default=None, ge=1, le=MAX_IMAGES, description="Images, one render job; 1 when null.")
     size: str | None = Field(default=None, max_length=16, description="'auto' or WxH (multiples of 8, 64-2048).")
@@ -327,10 +331,15 @@ async def create_image(
     width, height = parse_size(body.size, images.default_size)
     n = body.n or 1
     render: dict[str, Any] = {"width": width, "height": height, "num_images": n}
-    if body.model in (None, MODEL_ID):
+    if body.model is None or body.model == MODEL_ID or body.model.startswith(OPENAI_MODELS):
         render["steps"] = images.steps
-    else:  # a named render model: its own default steps (4 for Flux schnell); not served -> 400 naming `model`
+    else:  # a named render model: its own default steps (4 for Flux schnell)
         render["model"] = body.model
+        try:  # not served, or not at this size: a 400 naming the parameter, before any plan
+            check = RenderRequest.model_validate({"canvas": _ANY_CANVAS, **render})
+        except ValidationError as exc:
+            raise ImagesAPIError(400, f"model {body.model!r}: {exc.errors()[0]['msg']}", param="model") from None
+        await fit_model(queue, check)
     # The same path as POST /v1/generations: the same validation, plan, queue and error mapping.
     if not body.prompt.strip():  # "\x1d" passes min_length, but a plan needs words (found by schemathesis)
         raise ImagesAPIError(400, "the prompt is empty (only whitespace)", param="prompt")
