@@ -13,6 +13,7 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, Request
 
 from shared.service.problems import ServiceError
+from shared.service.state import app_state
 
 T = TypeVar("T")
 
@@ -64,8 +65,7 @@ class Admission:
 
 
 def get_admission(request: Request) -> Admission:
-    admission: Admission = request.app.state.admission
-    return admission
+    return app_state(request, "admission", Admission)
 
 
 AdmissionDep = Annotated[Admission, Depends(get_admission)]

@@ -10,7 +10,6 @@ import random
 import time
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from planner_service.edits import Patch, plan_patch
 from planner_service.llm.client import ChatStream, Completion, OpenAIClient, SamplingParams
@@ -22,7 +21,7 @@ from shared.canvas import Canvas
 from shared.grammar import ContentLimits, Profile, RegionShape, omost_grammar
 from shared.jobs import MAX_SEED
 from shared.omost_code import CanvasParseError, ParseResult, canvas_to_code, parse_canvas_code
-from shared.plans import ChatTurn
+from shared.plans import ChatTurn, PlanDelta, PlanRetry
 
 # One seed range for the whole system (shared.jobs). llama.cpp's seed is a uint32 whose top value
 # 0xFFFFFFFF means "pick one at random", so plans draw from [0, MAX_SEED).
@@ -108,6 +107,11 @@ class PlanOutcome:
     timings: dict[str, float]
     pairs: dict[int, int] | None = None
     """For an edit made as a patch: new region index -> previous index (see ``shared.canvas_diff``)."""
+
+
+PlannerEvent = PlanDelta | PlanRetry | PlanOutcome
+"""What :meth:`Planner.stream` yields: the contract's stream events, then the outcome (the service
+turns it into the contract's ``PlanResult``)."""
 
 
 @dataclass
@@ -239,18 +243,17 @@ class Planner:
 
     async def plan(self, request: PlanInput) -> PlanOutcome:
         async with contextlib.aclosing(self._attempts(request, streamed=False)) as events:
-            async for kind, data in events:
-                if kind == "plan":
-                    outcome: PlanOutcome = data
-                    return outcome
+            async for event in events:
+                if isinstance(event, PlanOutcome):
+                    return event
         raise AssertionError("unreachable: the attempts end with a plan or raise")
 
-    def stream(self, request: PlanInput) -> AsyncGenerator[tuple[str, Any], None]:
-        """Events ``("delta", text)``, ``("retry", info)`` and finally ``("plan", PlanOutcome)``;
-        raises :class:`PlanFailed` and the client's errors like :meth:`plan`."""
+    def stream(self, request: PlanInput) -> AsyncGenerator[PlannerEvent, None]:
+        """:class:`PlanDelta` and :class:`PlanRetry` events, then the :class:`PlanOutcome`; raises
+        :class:`PlanFailed` and the client's errors like :meth:`plan`."""
         return self._attempts(request, streamed=True)
 
-    async def _attempts(self, request: PlanInput, *, streamed: bool) -> AsyncGenerator[tuple[str, Any], None]:
+    async def _attempts(self, request: PlanInput, *, streamed: bool) -> AsyncGenerator[PlannerEvent, None]:
         """Both :meth:`plan` and :meth:`stream`: ask, parse, retry on a parse failure. Only a streamed
         completion yields ``delta`` events."""
         messages = self.messages(request)
@@ -263,7 +266,7 @@ class Planner:
             if streamed:
                 stream: ChatStream = await self.client.stream(messages, params, shaping.grammar)
                 async for text in stream.deltas():
-                    yield "delta", text
+                    yield PlanDelta(text=text)
                 completion = stream.completion
             else:
                 completion = await self.client.complete(messages, params, shaping.grammar)
@@ -275,9 +278,9 @@ class Planner:
                 error = exc
                 self._failed(exc, attempt)
                 if attempt + 1 < self.attempts:
-                    yield "retry", {"attempt": attempt + 2, "error": str(exc)}
+                    yield PlanRetry(attempt=attempt + 2, error=str(exc))
                 continue
-            yield "plan", self._outcome(parsed, code, truncated, attempt, tally, shaping)
+            yield self._outcome(parsed, code, truncated, attempt, tally, shaping)
             return
         assert error is not None and tally.last is not None
         raise PlanFailed(error, tally.last.text, self.attempts)

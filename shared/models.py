@@ -4,11 +4,13 @@ unset; a clear refusal for what the model cannot do). No Redis here: :mod:`share
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
-from shared.jobs import DEFAULT_MODEL, MODEL_NAME_PATTERN, RenderRequest
+from shared.jobs import DEFAULT_MODEL, MODEL_NAME_PATTERN, SamplingParams
+
+RequestT = TypeVar("RequestT", bound=SamplingParams)
 
 __all__ = ["ModelInfo", "ModelList", "ModelMismatch", "fit_request"]
 
@@ -51,7 +53,7 @@ class ModelMismatch(ValueError):
 _OPTION_UNSET = {"negative_prompt": "", "hires_fix": None, "initial_latent_strength": None, "flux": None}
 
 
-def fit_request(request: RenderRequest, info: ModelInfo) -> RenderRequest:
+def fit_request(request: RequestT, info: ModelInfo) -> RequestT:
     """``request`` with ``info``'s defaults for steps, guidance and sampler where the client left them
     unset; raises :class:`ModelMismatch` naming every field the model cannot take."""
     unset = {

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from shared.contract import RENDER_DEFAULTS
+from shared.jobs import SamplingParams
 
 PlannerUrl = Annotated[
     str | None,
@@ -55,7 +56,7 @@ def tiny_stack_env(tiny: bool) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class RenderOptions:
-    """How to sample; sizes left unset are chosen by :meth:`request_fields` (small for the tiny model)."""
+    """How to sample; sizes left unset are chosen by :meth:`sampling` (small for the tiny model)."""
 
     width: int | None = None
     height: int | None = None
@@ -65,14 +66,16 @@ class RenderOptions:
     guidance: float | None = None
     model_name: str | None = None
 
-    def request_fields(self, *, tiny: bool) -> dict[str, Any]:
-        """The fields of a render request (``shared.jobs.RenderRequest`` without the canvas). Steps, guidance
-        and sampler left unset are left out, so the served model's own defaults apply (Flux's differ)."""
+    def sampling(self, *, tiny: bool) -> SamplingParams:
+        """The sampling parameters of the render, checked by the contract (a ``ValidationError`` names
+        each bad option), so a bad option is refused before any plan or stack is started. Steps, guidance
+        and the model left out stay unset, so the served model's own defaults apply (Flux's differ)."""
         side_w, side_h = (TINY_SIDE, TINY_SIDE) if tiny else (RENDER_DEFAULTS["width"], RENDER_DEFAULTS["height"])
-        fields = {"width": self.width or side_w, "height": self.height or side_h, "seed": self.seed,
-                  "num_images": self.num_images}  # fmt: skip
         optional = {"steps": self.steps, "guidance_scale": self.guidance, "model": self.model_name}
-        return {**fields, **{name: value for name, value in optional.items() if value is not None}}
+        return SamplingParams(
+            width=self.width or side_w, height=self.height or side_h, seed=self.seed, num_images=self.num_images,
+            **{name: value for name, value in optional.items() if value is not None},
+        )
 
 
 _RENDER_PARAMETERS = [

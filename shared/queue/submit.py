@@ -6,17 +6,20 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import redis.asyncio
 
 from shared.jobs import RenderRequest, megapixel_steps, over_budget
+from shared.queue.durability import Durability
 from shared.queue.errors import IdempotencyConflict, OverBudget, QueueFull
 from shared.queue.keys import DEFAULT_PREFIX, DEFAULT_TTL_SECONDS, EVENT_FIELD, MESSAGE_FIELD, QueueKeys
 from shared.queue.record import Rec, initial_record
 from shared.queue.wire import QueueMessage, make_event, new_job_id, text
 
 SUBMIT_SCRIPT = """
+local existing_entry = redis.call('HGET', KEYS[2], '$ENTRY_ID')
+if existing_entry then return {'created', existing_entry} end
 local budget = tonumber(ARGV[9])
 if budget > 0 and tonumber(ARGV[8]) > budget then return {'over_budget', ARGV[8]} end
 local has_key = ARGV[5] ~= ''
@@ -64,7 +67,9 @@ the submitter's index ``{p}render-index:{submitter}`` (any key if none).
 ARGV: max depth (0: no limit), ttl, message JSON, ``queued`` event JSON, idempotency value
 ``{id}:{fingerprint}`` ("" if none), job key prefix ``{p}render:``, fingerprint, the job's
 megapixel-steps, the budget (0: no limit), submitter ("" if none), job id, now in ms, then the
-record's field/value pairs. Answers ``created, <entry id>`` / ``replay, <job id>, <fingerprint>`` /
+record's field/value pairs. The job id is minted by the caller, so a call retried after a lost
+reply (a connection cut, a failover) finds its own record and answers ``created`` again.
+Answers ``created, <entry id>`` / ``replay, <job id>, <fingerprint>`` /
 ``full, <depth>`` / ``over_budget, <megapixel-steps>``.
 """
 
@@ -91,6 +96,7 @@ async def submit(
     max_queue_depth: int | None = None,
     max_megapixel_steps: float | None = None,
     submitter: str | None = None,
+    durability: Durability = Durability(),
 ) -> Submitted:
     """Queue a render job: record (status ``queued``), first event and stream entry, all at once.
 
@@ -99,7 +105,9 @@ async def submit(
     request differs. Raises :class:`QueueFull` when ``max_queue_depth`` is given and the stream
     already holds that many jobs, :class:`OverBudget` when the job costs more than
     ``max_megapixel_steps``. With ``submitter``, the record names it and the job enters the
-    submitter's index. Every check runs inside the same Lua script as the enqueue.
+    submitter's index. Every check runs inside the same Lua script as the enqueue. With
+    ``durability.replicas``, a new job counts only once that many replicas hold it (``WAIT`` on the
+    script's connection); raises :class:`NotReplicated` otherwise.
     """
     keys = QueueKeys(prefix, model=request.model)  # the job goes on its model's stream
     message = QueueMessage(job_id=new_job_id(), request=request, webhook_url=webhook_url, ttl_seconds=ttl_seconds)
@@ -107,9 +115,7 @@ async def submit(
     idem_key = keys.idempotency(idempotency_key) if idempotency_key is not None else keys.stream
     record = [part for pair in initial_record(message, submitter).items() for part in pair]
     event = make_event("queued").model_dump_json(exclude_none=True)
-    answer = await client.eval(
-        SUBMIT_SCRIPT,
-        6,
+    args: list[Any] = [
         keys.stream,
         keys.job(message.job_id),
         keys.events(message.job_id),
@@ -129,7 +135,15 @@ async def submit(
         message.job_id,
         int(time.time() * 1000),
         *record,
-    )
+    ]
+    if durability.replicas:
+        # One pipeline, so WAIT runs on the connection that ran the script.
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.eval(SUBMIT_SCRIPT, 6, *args)
+            pipe.execute_command("WAIT", durability.replicas, durability.timeout_ms)
+            answer, acked = await pipe.execute()
+    else:
+        answer, acked = await client.eval(SUBMIT_SCRIPT, 6, *args), None
     outcome = [text(part) for part in answer]
     if outcome[0] == "over_budget":
         raise OverBudget(over_budget(request, max_megapixel_steps) or f"over budget ({outcome[1]})")
@@ -139,4 +153,6 @@ async def submit(
         if outcome[2] != fingerprint:
             raise IdempotencyConflict(outcome[1])
         return Submitted(outcome[1], False)
+    if acked is not None:
+        durability.check(acked)
     return Submitted(message.job_id, True)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from fastapi.exceptions import RequestValidationError
 
-from shared.jobs import DEFAULT_MODEL, RenderRequest
-from shared.models import ModelMismatch, fit_request
+from shared.jobs import DEFAULT_MODEL, RenderRequest, SamplingParams
+from shared.models import ModelMismatch, RequestT, fit_request
 from shared.queue import OverBudget, RenderQueue, Submitted
 
 
@@ -18,7 +18,7 @@ def _refusal(queue: RenderQueue, exc: OverBudget, loc: tuple[str, ...]) -> Reque
     return RequestValidationError([error])
 
 
-def check_budget(queue: RenderQueue, request: RenderRequest, *, loc: tuple[str, ...] = ("body",)) -> None:
+def check_budget(queue: RenderQueue, request: SamplingParams, *, loc: tuple[str, ...] = ("body",)) -> None:
     """422 now for a job the queue would refuse (before work that would be wasted on it, e.g. a plan)."""
     try:
         queue.check_budget(request)
@@ -26,7 +26,7 @@ def check_budget(queue: RenderQueue, request: RenderRequest, *, loc: tuple[str, 
         raise _refusal(queue, exc, loc) from None
 
 
-async def fit_model(queue: RenderQueue, request: RenderRequest, *, loc: tuple[str, ...] = ("body",)) -> RenderRequest:
+async def fit_model(queue: RenderQueue, request: RequestT, *, loc: tuple[str, ...] = ("body",)) -> RequestT:
     """``request`` with its model's defaults for what it left unset (:func:`shared.models.fit_request`);
     422 when no worker serves the model it names or the model cannot do what it asks.
 

@@ -12,9 +12,10 @@ import pytest
 from planner_service.errors import error_body
 from planner_service.llm.client import OpenAIClient
 from planner_service.metrics import PlannerMetrics
-from planner_service.planning import PlanFailed, PlanInput, Planner
+from planner_service.planning import PlanFailed, PlanInput, Planner, PlannerEvent, PlanOutcome
 from planner_service.settings import PlannerSettings
 from shared.omost_code import canvas_to_code
+from shared.plans import PlanDelta, PlanRetry
 from tests.planner.canvases import EDITED
 
 GOOD = canvas_to_code(EDITED)
@@ -93,15 +94,17 @@ def test_streaming_announces_retries() -> None:
     client = OpenAIClient("http://llm/v1", kind="vllm", transport=httpx.MockTransport(handler))
     planner = Planner(client, config, PlannerMetrics())
 
-    async def collect() -> list[tuple[str, object]]:
+    async def collect() -> list[PlannerEvent]:
         return [event async for event in planner.stream(PlanInput(prompt="a cat", seed=3))]
 
     events = asyncio.run(collect())
-    kinds = [kind for kind, _ in events]
-    assert kinds[0] == "delta" and "retry" in kinds and kinds[-1] == "plan"
-    assert kinds.index("retry") == 1
-    assert "".join(str(d) for k, d in events[2:] if k == "delta") == GOOD
-    assert events[-1][1].parsed.canvas == EDITED  # type: ignore[attr-defined]
+    kinds = [type(event) for event in events]
+    assert kinds[0] is PlanDelta and kinds[1] is PlanRetry and kinds.count(PlanRetry) == 1
+    retry = events[1]
+    assert isinstance(retry, PlanRetry) and retry.attempt == 2 and retry.error
+    assert "".join(e.text for e in events[2:] if isinstance(e, PlanDelta)) == GOOD
+    outcome = events[-1]
+    assert isinstance(outcome, PlanOutcome) and outcome.parsed.canvas == EDITED
 
 
 def test_cut_off_answer_yields_its_complete_calls() -> None:

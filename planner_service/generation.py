@@ -1,0 +1,62 @@
+"""Plan, then queue the render: what ``POST /v1/generations`` does, and the first half of
+``POST /v1/images/generations``. The routers bind it to HTTP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+from redis.exceptions import RedisError
+
+from planner_service.admission import Admission, unless_disconnected
+from planner_service.conversations import StoreUnavailable
+from planner_service.service import PlanService
+from planner_service.settings import PlannerSettings
+from shared.jobs import RenderRequest
+from shared.plans import GenerationAccepted, GenerationRequest
+from shared.queue import RenderQueue, job_urls
+from shared.service.auth import token_owner
+from shared.service.submission import check_budget, fit_model, submit_render
+
+RENDER_LOC = ("body", "render")
+"""Where a refused render parameter sits in a 422's ``loc``."""
+
+
+@dataclass(frozen=True)
+class Generations:
+    """What a generation needs of the app, gathered by the route from its providers."""
+
+    service: PlanService
+    settings: PlannerSettings
+    queue: RenderQueue
+    admission: Admission
+
+    async def generate(self, body: GenerationRequest, request: Request) -> GenerationAccepted:
+        """Plan ``body``'s prompt and queue the render of its canvas in the token's name (202's body)."""
+        # (``body.render`` was validated with the body, strictly, by the route class.) A job over
+        # budget, or for a model nobody serves (or one that cannot take these options), should not
+        # cost a plan: refuse it first.
+        check_budget(self.queue, await fit_model(self.queue, body.render, loc=RENDER_LOC), loc=RENDER_LOC)
+        slot = self.admission.admit()
+        try:
+            # A client that hangs up stops the plan and never gets a render queued in its name.
+            return await unless_disconnected(request, self._plan_and_queue(body, request))
+        finally:
+            slot.release()
+
+    async def _plan_and_queue(self, body: GenerationRequest, request: Request) -> GenerationAccepted:
+        plan = await self.service.plan(body.model_copy(update={"stream": False}))
+        render_request = RenderRequest.of(plan.canvas, body.render)
+        try:
+            # The job is the token's, as if submitted to the render API with it.
+            job_id, _ = await submit_render(self.queue, render_request, submitter=token_owner(request), loc=RENDER_LOC)
+        except RedisError as exc:
+            raise StoreUnavailable(f"the render queue (Redis) is unavailable: {exc}") from exc
+        return GenerationAccepted(
+            id=job_id,
+            status="queued",
+            canvas=plan.canvas,
+            code=plan.code,
+            conversation_id=plan.conversation_id,
+            urls=job_urls(job_id, render_request.num_images, self.settings.render_api_url),
+        )
