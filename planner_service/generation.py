@@ -16,7 +16,7 @@ from shared.jobs import RenderRequest
 from shared.plans import GenerationAccepted, GenerationRequest
 from shared.queue import RenderQueue, job_urls
 from shared.service.auth import token_owner
-from shared.service.submission import check_budget, submit_render
+from shared.service.submission import check_budget, fit_model, submit_render
 
 RENDER_LOC = ("body", "render")
 """Where a refused render parameter sits in a 422's ``loc``."""
@@ -34,8 +34,9 @@ class Generations:
     async def generate(self, body: GenerationRequest, request: Request) -> GenerationAccepted:
         """Plan ``body``'s prompt and queue the render of its canvas in the token's name (202's body)."""
         # (``body.render`` was validated with the body, strictly, by the route class.) A job over
-        # budget should not cost a plan: refuse it first.
-        check_budget(self.queue, body.render, loc=RENDER_LOC)
+        # budget, or for a model nobody serves (or one that cannot take these options), should not
+        # cost a plan: refuse it first.
+        check_budget(self.queue, await fit_model(self.queue, body.render, loc=RENDER_LOC), loc=RENDER_LOC)
         slot = self.admission.admit()
         try:
             # A client that hangs up stops the plan and never gets a render queued in its name.

@@ -109,7 +109,7 @@ async def submit(
     ``durability.replicas``, a new job counts only once that many replicas hold it (``WAIT`` on the
     script's connection); raises :class:`NotReplicated` otherwise.
     """
-    keys = QueueKeys(prefix)
+    keys = QueueKeys(prefix, model=request.model)  # the job goes on its model's stream
     message = QueueMessage(job_id=new_job_id(), request=request, webhook_url=webhook_url, ttl_seconds=ttl_seconds)
     fingerprint = _request_fingerprint(request, webhook_url) if idempotency_key is not None else ""
     idem_key = keys.idempotency(idempotency_key) if idempotency_key is not None else keys.stream

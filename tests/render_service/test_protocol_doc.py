@@ -29,6 +29,9 @@ def test_key_names_match() -> None:
         keys.owner_index("{submitter}"),
         f"{keys.prefix}idempotency:{{sha256(key)}}",
         keys.webhooks,
+        keys.stream_of("{model}"),
+        keys.models,
+        keys.model_info("{name}"),
     ]
     for name in names:
         assert f"`{name}`" in DOC, name
