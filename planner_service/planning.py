@@ -12,8 +12,19 @@ from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.trace import Span
+
 from planner_service.edits import Patch, plan_patch
-from planner_service.llm.client import ChatStream, Completion, OpenAIClient, SamplingParams
+from planner_service.llm.client import (
+    ChatStream,
+    Completion,
+    LLMError,
+    LLMUnavailable,
+    OpenAIClient,
+    PromptPastContext,
+    SamplingParams,
+)
 from planner_service.metrics import PlannerMetrics
 from planner_service.prompting import build_messages, previous_canvas, with_canvas
 from planner_service.settings import PlannerSettings
@@ -23,6 +34,7 @@ from shared.grammar import ContentLimits, Profile, RegionShape, omost_grammar
 from shared.jobs import MAX_SEED
 from shared.omost_code import CanvasParseError, ParseResult, canvas_to_code, parse_canvas_code
 from shared.plans import ChatTurn
+from shared.service.tracing import record_error, tracer
 
 # One seed range for the whole system (shared.jobs). llama.cpp's seed is a uint32 whose top value
 # 0xFFFFFFFF means "pick one at random", so plans draw from [0, MAX_SEED).
@@ -251,8 +263,32 @@ class Planner:
         return self._attempts(request, streamed=True)
 
     async def _attempts(self, request: PlanInput, *, streamed: bool) -> AsyncGenerator[tuple[str, Any], None]:
-        """Both :meth:`plan` and :meth:`stream`: ask, parse, retry on a parse failure. Only a streamed
-        completion yields ``delta`` events."""
+        """Both :meth:`plan` and :meth:`stream`, in one ``plan`` span (the LLM calls are its children).
+
+        The span is made current only around each LLM call, never across a ``yield``: the consumer of
+        a stream may resume this generator from another context."""
+        span = tracer.start_span("plan", attributes=self._span_attributes(request, streamed))
+        try:
+            async for kind, data in self._tries(request, streamed=streamed, span=span):
+                if kind == "plan":
+                    span.set_attributes(_outcome_attributes(data))
+                yield kind, data
+        except Exception as exc:
+            record_error(span, exc, _problem_type(exc))
+            raise
+        finally:
+            span.end()
+
+    def _span_attributes(self, request: PlanInput, streamed: bool) -> dict[str, Any]:
+        return {
+            "omost.plan.grammar_profile": self.settings.resolved_profile if self.grammar else "none",
+            "omost.plan.max_tokens": self._max_tokens(request),
+            "omost.plan.streamed": streamed,
+            "omost.plan.edit": _is_edit(request),
+        }
+
+    async def _tries(self, request: PlanInput, *, streamed: bool, span: Span) -> AsyncGenerator[tuple[str, Any], None]:
+        """Ask, parse, retry on a parse failure. Only a streamed completion yields ``delta`` events."""
         messages = self.messages(request)
         shaping = self.shaping(request)
         seed = request.seed if request.seed is not None else random.randrange(MAX_SEED)
@@ -261,12 +297,14 @@ class Planner:
         for attempt in range(self.attempts):
             params = self._params(request, attempt, seed, shaping.banned_words)
             if streamed:
-                stream: ChatStream = await self.client.stream(messages, params, shaping.grammar)
+                with trace.use_span(span, end_on_exit=False):
+                    stream: ChatStream = await self.client.stream(messages, params, shaping.grammar)
                 async for text in stream.deltas():
                     yield "delta", text
                 completion = stream.completion
             else:
-                completion = await self.client.complete(messages, params, shaping.grammar)
+                with trace.use_span(span, end_on_exit=False):
+                    completion = await self.client.complete(messages, params, shaping.grammar)
             tally.add(completion)
             self._count_call(completion)
             try:
@@ -274,6 +312,7 @@ class Planner:
             except CanvasParseError as exc:
                 error = exc
                 self._failed(exc, attempt)
+                span.add_event("parse failed", {"omost.plan.attempt": attempt + 1, "omost.error": str(exc)[:500]})
                 if attempt + 1 < self.attempts:
                     yield "retry", {"attempt": attempt + 2, "error": str(exc)}
                 continue
@@ -281,6 +320,27 @@ class Planner:
             return
         assert error is not None and tally.last is not None
         raise PlanFailed(error, tally.last.text, self.attempts)
+
+
+def _outcome_attributes(outcome: PlanOutcome) -> dict[str, Any]:
+    return {
+        "omost.plan.attempts": outcome.attempts,
+        "omost.plan.prompt_tokens": outcome.prompt_tokens,
+        "omost.plan.completion_tokens": outcome.completion_tokens,
+        "omost.plan.truncated": outcome.truncated,
+        "omost.plan.regions": len(outcome.parsed.canvas.local_descriptions),
+    }
+
+
+def _problem_type(exc: Exception) -> str:
+    """What went wrong, in the words of ``omost_planner_plan_failures_total``'s causes."""
+    if isinstance(exc, PlanFailed):
+        return "parse_failed"
+    if isinstance(exc, LLMUnavailable):
+        return "llm_unavailable"
+    if isinstance(exc, PromptPastContext):
+        return "prompt_too_long"
+    return "llm_error" if isinstance(exc, LLMError) else type(exc).__name__
 
 
 def _spellings(words: Iterable[str]) -> tuple[str, ...]:

@@ -13,6 +13,8 @@ from dataclasses import replace
 from typing import Any
 
 import redis
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from render_service.metrics import count_image_store_error, count_webhook, observe_phases, send_counts
 from render_service.settings import RenderSettings
@@ -20,6 +22,7 @@ from render_service.webhooks import deliver
 from render_service.worker.rendering import RenderOutcome, RunningJob
 from render_service.worker.retry import RetryPolicy
 from shared.queue import Delivery, ImagesNotSaved, ImageStore, SyncRenderQueue, fail, finish, render_job, requeue
+from shared.service.tracing import child_span, record_error, tracer
 
 log = logging.getLogger("render_service.worker")
 
@@ -79,7 +82,8 @@ class Settlement:
         try:
             for running, outcome in zip(batch, outcomes, strict=True):
                 started, images = time.monotonic(), bool(outcome.images)
-                encoded_outcome = self._encoded(outcome)
+                with child_span(running.span, "png encode", {"omost.render.images": len(outcome.images)}):
+                    encoded_outcome = self._encoded(outcome)
                 encoded = time.monotonic()
                 self.settle(running, encoded_outcome)
                 phases = {"png": encoded - started, "settle": time.monotonic() - encoded}
@@ -110,15 +114,18 @@ class Settlement:
         """Save the PNGs in the image store; the outcome then carries the fields naming them, not the bytes
         (or, if the store keeps failing, is a failure with the reason)."""
         try:
-            fields = self.images.save(
-                self.redis,
-                self.retry,
-                job_id=delivery.job_id,
-                token=delivery.token,
-                pngs=outcome.pngs,
-                ttl_seconds=delivery.message.ttl_seconds,
-            )
+            with tracer.start_as_current_span("image store", record_exception=False) as span:
+                span.set_attribute("omost.image_store", type(self.images).__name__)
+                fields = self.images.save(
+                    self.redis,
+                    self.retry,
+                    job_id=delivery.job_id,
+                    token=delivery.token,
+                    pngs=outcome.pngs,
+                    ttl_seconds=delivery.message.ttl_seconds,
+                )
         except ImagesNotSaved as exc:
+            record_error(span, exc, "image_store")
             send_counts(self.step_redis, lambda pipe: count_image_store_error(pipe, self.keys, "upload"))
             return RenderOutcome("failed", error=str(exc))
         return replace(outcome, pngs=[], fields={**outcome.fields, **fields})
@@ -139,7 +146,18 @@ class Settlement:
     # --- settle --------------------------------------------------------------------------------
 
     def settle(self, running: RunningJob, outcome: RenderOutcome) -> None:
-        """Write how the render ended with the matching transition, fenced by the delivery's token."""
+        """Write how the render ended with the matching transition, fenced by the delivery's token; this
+        run's span ends here."""
+        span = running.span
+        ended = "superseded" if running.cancel_reason == "superseded" else "requeued"
+        span.set_attribute("omost.job.status", outcome.status or ended)
+        try:
+            with child_span(span, "settle"):
+                self._settle(running, outcome)
+        finally:
+            span.end()
+
+    def _settle(self, running: RunningJob, outcome: RenderOutcome) -> None:
         keys, delivery = self.keys, running.delivery
         job = {"fields": {"job": delivery.job_id}}
         if running.cancel_reason == "superseded":
@@ -185,10 +203,15 @@ class Settlement:
     # --- webhooks ------------------------------------------------------------------------------
 
     def schedule_webhook(self, job_id: str) -> None:
-        # Off the render thread: a slow receiver must not hold up the next job.
-        self._webhooks.submit(self._send_webhook, job_id)
+        # Off the render thread: a slow receiver must not hold up the next job. Its span joins the
+        # job's trace when scheduled while settling it.
+        self._webhooks.submit(self._send_webhook, job_id, otel_context.get_current())
 
-    def _send_webhook(self, job_id: str) -> None:
+    def _send_webhook(self, job_id: str, context: otel_context.Context | None = None) -> None:
+        with tracer.start_as_current_span("webhook", context=context, attributes={"omost.job.id": job_id}):
+            self._deliver_webhook(job_id)
+
+    def _deliver_webhook(self, job_id: str) -> None:
         settings = self.settings
         try:
             record = self.retry(lambda: self.queue.find(job_id, self.step_redis), "read job")
@@ -208,6 +231,7 @@ class Settlement:
             )
             self.retry(lambda: self.queue.record_webhook(job_id, outcome, self.step_redis), "record webhook")
             send_counts(self.step_redis, lambda pipe: count_webhook(pipe, self.keys, outcome))
+            trace.get_current_span().set_attribute("omost.webhook.outcome", outcome)
             log.info("webhook sent", extra={"fields": {"job": job_id, "outcome": outcome}})
         except Exception:
             log.exception("webhook delivery crashed", extra={"fields": {"job": job_id}})

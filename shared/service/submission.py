@@ -6,9 +6,11 @@ becomes the 422 both services answer, naming the field and the setting."""
 from __future__ import annotations
 
 from fastapi.exceptions import RequestValidationError
+from opentelemetry.trace import SpanKind
 
 from shared.jobs import RenderRequest
 from shared.queue import OverBudget, RenderQueue, Submitted
+from shared.service.tracing import current_trace_context, record_error, request_attributes, tracer
 
 
 def _refusal(queue: RenderQueue, exc: OverBudget, loc: tuple[str, ...]) -> RequestValidationError:
@@ -33,10 +35,26 @@ async def submit_render(
     webhook_url: str | None = None,
     loc: tuple[str, ...] = ("body",),
 ) -> Submitted:
-    """Queue ``request`` in ``submitter``'s name; 422 over budget, and the queue's 429 / 409 as they are."""
-    try:
-        return await queue.submit(
-            request, submitter=submitter, idempotency_key=idempotency_key, webhook_url=webhook_url
-        )
-    except OverBudget as exc:
-        raise _refusal(queue, exc, loc) from None
+    """Queue ``request`` in ``submitter``'s name; 422 over budget, and the queue's 429 / 409 as they are.
+
+    The ``render submit`` span's context travels in the queue message: the worker's spans are its children."""
+    with tracer.start_as_current_span(
+        "render submit", kind=SpanKind.PRODUCER, attributes=request_attributes(request), record_exception=False
+    ) as span:
+        try:
+            submitted = await queue.submit(
+                request,
+                submitter=submitter,
+                idempotency_key=idempotency_key,
+                webhook_url=webhook_url,
+                trace_context=current_trace_context(),
+            )
+        except OverBudget as exc:
+            record_error(span, exc, "work_budget")
+            raise _refusal(queue, exc, loc) from None
+        except Exception as exc:
+            record_error(span, exc, type(exc).__name__)
+            raise
+        span.set_attribute("omost.job.id", submitted.job_id)
+        span.set_attribute("omost.job.replayed", not submitted.created)
+        return submitted

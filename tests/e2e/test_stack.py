@@ -1,6 +1,6 @@
 """The whole stack over HTTP, everything real: redis-server, the planner with SmolLM2 through the
 embedded llama.cpp server, the render API and one worker with the tiny model, each its own process,
-started by ``omost serve``."""
+started by ``omost serve``, with OpenTelemetry traces on (exported to a receiver in the test)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from PIL import Image
 from shared.cli.stack import free_port
 from shared.client import OmostAPIError, OmostClient, RenderFailed
 from shared.jobs import RenderRequest
+from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.prometheus_server import OBSERVABILITY, PrometheusServer, dashboard_expressions, metric_names
 from tests.support import RedisServer, StepGate, wait_for_http, wait_until
 
@@ -43,8 +45,15 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Stack]:
-    """``omost serve`` as a user runs it, stopped with Ctrl-C (SIGINT) at the end."""
+def otlp() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, otlp: OtlpReceiver) -> Iterator[Stack]:
+    """``omost serve`` as a user runs it, stopped with Ctrl-C (SIGINT) at the end; traced, as the
+    standard OTEL_* variables ask."""
     redis = RedisServer().start()
     planner_port, render_port = free_port(), free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
@@ -56,7 +65,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterato
         "OMOST_PLANNER_KEY_PREFIX": "e2e:",
         "XDG_CACHE_HOME": str(cache),
         "OMOST_RENDER_TEST_STEP_GATE": str(gate.folder),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url,
+        "OTEL_BSP_SCHEDULE_DELAY": "200",  # export within a fraction of a second, not 5 s
     }
+    env.pop("OTEL_SERVICE_NAME", None)  # each process names itself
     args = [
         sys.executable,
         "-m",
@@ -245,3 +257,48 @@ def test_prometheus_scrapes_the_stack_and_a_job_moves_its_counters(
         assert not [rule["name"] for rule in rules if rule["state"] == "firing"]
     finally:
         prometheus.stop()
+
+
+def test_a_generation_is_one_trace(stack: Stack, otlp: OtlpReceiver, client: OmostClient) -> None:
+    """planner -> LLM -> render submit -> worker, parent to child, across four processes; the job's
+    trace context travels in the queue message; log lines carry the trace id."""
+    trace_id, caller = secrets.token_hex(16), secrets.token_hex(8)
+    body = {"prompt": "a boat on a lake", "max_new_tokens": PLAN_TOKENS, "seed": 8, "render": {**SMALL, "seed": 3}}
+    headers = {"traceparent": f"00-{trace_id}-{caller}-01"}  # the caller's span: the trace is the caller's
+    answer = httpx.post(f"{stack.planner_url}/v1/generations", json=body, headers=headers, timeout=300)
+    assert answer.status_code == 202, answer.text
+    job = client.wait(answer.json()["id"], timeout=300)
+    assert job.status == "succeeded"
+
+    def spans() -> dict[str, ReceivedSpan]:
+        return {span.name: span for span in otlp.trace(trace_id)}
+
+    wait_until(lambda: "render job" in spans(), 60, what="the worker's spans exported")
+    wait_until(lambda: {"settle", "image store", "engine decode"} <= set(spans()), 60, what="the settle spans")
+    got = spans()
+    server = got["POST /v1/generations"]
+    assert (server.parent_id, server.service, server.kind) == (caller, "omost-planner", "SERVER")
+    plan = got["plan"]
+    assert plan.parent_id == server.span_id
+    assert plan.attributes["omost.plan.max_tokens"] == PLAN_TOKENS
+    assert plan.attributes["omost.plan.completion_tokens"] > 0
+    assert plan.attributes["omost.plan.grammar_profile"]
+    (llm,) = [s for s in otlp.trace(trace_id) if s.kind == "CLIENT" and s.parent_id == plan.span_id]
+    assert "chat/completions" in str(llm.attributes.get("url.full", llm.attributes.get("http.url")))
+    submit = got["render submit"]
+    assert (submit.parent_id, submit.kind, submit.attributes["omost.job.id"]) == (server.span_id, "PRODUCER", job.id)
+    run = got["render job"]
+    assert (run.parent_id, run.service, run.kind) == (submit.span_id, "omost-render-worker", "CONSUMER")
+    assert run.attributes["omost.job.id"] == job.id and run.attributes["omost.job.status"] == "succeeded"
+    assert run.attributes["omost.render.steps"] == SMALL["steps"] and run.attributes["omost.render.attention"]
+    assert run.attributes["omost.queue.wait_seconds"] >= 0 and "omost.render.regions" in run.attributes
+    for name in ("claim", "render", "png encode", "settle"):
+        assert got[name].parent_id == run.span_id, name
+    for name in ("engine encode", "engine denoise", "engine decode"):
+        assert got[name].parent_id == got["render"].span_id, name
+    steps = [event for event in got["engine denoise"].events if event[0] == "step"]
+    assert [attributes["omost.step"] for _, attributes in steps] == list(range(1, SMALL["steps"] + 1))
+    assert got["image store"].parent_id == got["settle"].span_id
+    assert all(not span.error for span in otlp.trace(trace_id))
+    logged = [json.loads(line) for line in stack.log.read_text().splitlines() if trace_id in line]
+    assert any(line.get("msg") == "job started" and line.get("span_id") for line in logged), logged[-5:]
