@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -300,5 +301,9 @@ def test_a_generation_is_one_trace(stack: Stack, otlp: OtlpReceiver, client: Omo
     assert [attributes["omost.step"] for _, attributes in steps] == list(range(1, SMALL["steps"] + 1))
     assert got["image store"].parent_id == got["settle"].span_id
     assert all(not span.error for span in otlp.trace(trace_id))
-    logged = [json.loads(line) for line in stack.log.read_text().splitlines() if trace_id in line]
-    assert any(line.get("msg") == "job started" and line.get("span_id") for line in logged), logged[-5:]
+    where = re.search(r"logs in (\S+);", stack.log.read_text())  # serve names its children's log folder
+    assert where is not None
+    logs = Path(where[1])
+    worker_log = (logs / "render-worker-0.log").read_text().splitlines()
+    logged = [json.loads(line) for line in worker_log if trace_id in line]
+    assert any(line["msg"] == "job started" and line["span_id"] == run.span_id for line in logged), worker_log[-5:]

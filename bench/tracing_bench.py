@@ -1,0 +1,266 @@
+"""What OpenTelemetry tracing costs the render path: today's code (before tracing), tracing off, tracing on.
+
+The render path is the worker's: claim, render (the tiny random-weight model unless ``--model``),
+PNG encode, settle. Each variant is a child process that loads the engine, runs a real
+:class:`~render_service.worker.core.Worker` against a private redis-server on ``--jobs`` queued jobs
+and reports their rendering window (first ``started_at`` to last ``finished_at``, per job). "today" runs
+the tree of ``--baseline`` (default: the commit before tracing landed), extracted with ``git archive``;
+"on" exports every span over OTLP/HTTP to a receiver in this process, as to a collector. Variants run
+interleaved, ``--rounds`` times, in a new order each round, and each keeps its median: the machine may
+be shared, so the load average is printed beside the figures.
+
+Run: ``python bench/tracing_bench.py`` (needs git and redis-server on PATH).
+
+Beside the end-to-end figures it times the tracing calls a job makes while tracing is off, in
+isolation (``--calls``): on a loaded machine the end-to-end spread is wider than the 0.5 % goal,
+while the isolated cost is what tracing off can add at most.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+CANVAS = {
+    "global_description": {"description": "a lighthouse at dusk", "HTML_web_color_name": "navy"},
+    "local_descriptions": [
+        {
+            "location": "on the left",
+            "offset": "slightly to the left",
+            "area": "a small vertical area",
+            "distance_to_viewer": 5.0,
+            "description": "a lighthouse",
+            "detailed_descriptions": ["white tower", "red stripes"],
+            "tags": "lighthouse",
+            "atmosphere": "calm",
+            "style": "painting",
+            "quality_meta": "high quality",
+            "HTML_web_color_name": "white",
+        }
+    ],
+}
+
+
+# --- the child: one variant's render path -----------------------------------------------------------------
+
+
+def child(args: argparse.Namespace) -> None:
+    """Run in the tree on ``sys.path[0]`` (today's, or this one): queue the jobs, render them, report."""
+    import inspect
+
+    import redis
+    import torch
+
+    from render_service.engine import RenderEngine
+    from render_service.settings import RenderSettings
+    from render_service.worker.core import Worker
+    from shared.jobs import RenderRequest
+    from shared.queue import JobRecord, QueueKeys, submit
+
+    torch.set_num_threads(args.threads)
+    configure = _configure_tracing()
+    settings = RenderSettings(
+        redis_url=args.redis_url, key_prefix=args.prefix, model=args.model, block_seconds=0.2, log_level="WARNING"
+    )
+    if configure is not None:
+        configure("omost-render-worker")
+    engine = RenderEngine.load(args.model, device="cpu")
+    engine.warm_up([(args.size, args.size)], steps=1)
+    request = RenderRequest.model_validate(
+        {"canvas": CANVAS, "width": args.size, "height": args.size, "steps": args.steps}
+    )
+    carries_trace = "trace_context" in inspect.signature(submit).parameters
+
+    async def queue_jobs() -> list[str]:
+        import redis.asyncio
+
+        client = redis.asyncio.Redis.from_url(args.redis_url)
+        trace = {"traceparent": f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"} if carries_trace else None
+        extra: dict[str, Any] = {"trace_context": trace} if trace else {}
+        ids = [(await submit(client, request, prefix=args.prefix, **extra)).job_id for _ in range(args.jobs)]
+        await client.aclose()
+        return ids
+
+    ids = asyncio.run(queue_jobs())
+    worker = Worker(settings, engine)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    keys, client = QueueKeys(args.prefix), redis.Redis.from_url(args.redis_url)
+
+    def records() -> list[JobRecord]:
+        return [JobRecord.decode(client.hgetall(keys.job(job_id))) for job_id in ids]
+
+    while not all(r.status == "succeeded" for r in records()):
+        if any(r.status in ("failed", "canceled") for r in records()):
+            raise SystemExit(f"a job did not succeed: {[r.error for r in records()]}")
+        time.sleep(0.05)
+    worker.request_stop()
+    thread.join(30)
+    done = records()
+    window = max(r.finished_at or 0.0 for r in done) - min(r.started_at or 0.0 for r in done)
+    print(json.dumps({"seconds_per_job": window / len(done)}))
+
+
+def _configure_tracing() -> Any:
+    try:
+        from shared.service.tracing import configure_tracing
+    except ImportError:  # today's tree: no tracing
+        return None
+    return configure_tracing
+
+
+# --- the isolated cost of tracing off ------------------------------------------------------------------
+
+
+def off_calls_seconds(calls: int, steps: int) -> float:
+    """Seconds the tracing calls of one job take while tracing is off (no SDK), measured ``calls`` times."""
+    from opentelemetry import trace
+    from opentelemetry.trace import INVALID_SPAN
+
+    from shared.jobs import RenderRequest
+    from shared.service.tracing import child_span, context_from, request_attributes, traceparent_of, tracer
+
+    request = RenderRequest.model_validate({"canvas": CANVAS})
+    engine_tracer = trace.get_tracer("omost.engine")
+    started = time.perf_counter()
+    for _ in range(calls):
+        span = tracer.start_span("render job", context=context_from({}), attributes=request_attributes(request))
+        traceparent_of(span)
+        with child_span(span, "claim"):
+            pass
+        span.set_attributes({"omost.render.model": "m"})
+        with child_span(span, "render"):
+            for phase in ("encode", "denoise", "decode"):
+                with engine_tracer.start_as_current_span(phase):
+                    if phase == "denoise":
+                        for _step in range(steps):
+                            trace.get_current_span().is_recording()
+        for name in ("png encode", "settle"):
+            with child_span(span, name), tracer.start_as_current_span("image store"):
+                pass
+        span.end()
+        assert INVALID_SPAN.is_recording() is False
+    return (time.perf_counter() - started) / calls
+
+
+# --- the parent -----------------------------------------------------------------------------------------
+
+
+def baseline_commit(given: str | None) -> str:
+    if given:
+        return given
+    added = subprocess.run(
+        ["git", "log", "--diff-filter=A", "--format=%H", "--", "shared/service/tracing.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    if not added:
+        raise SystemExit("cannot find the commit that added tracing; pass --baseline")
+    return f"{added[-1]}^"
+
+
+def extract(commit: str, into: Path) -> Path:
+    archive = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True).stdout
+    with tempfile.TemporaryFile() as file:
+        file.write(archive)
+        file.seek(0)
+        with tarfile.open(fileobj=file) as tar:
+            tar.extractall(into, filter="data")
+    return into
+
+
+def run_variant(tree: Path, args: argparse.Namespace, redis_url: str, prefix: str, env: dict[str, str]) -> float:
+    command = [sys.executable, str(ROOT / "bench" / "tracing_bench.py"), "--child", "--redis-url", redis_url]
+    command += ["--prefix", prefix, "--model", args.model, "--jobs", str(args.jobs), "--steps", str(args.steps)]
+    command += ["--size", str(args.size), "--threads", str(args.threads)]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    child_env = {**clean, "PYTHONPATH": str(tree), "OMOST_BENCH_TREE": str(tree), **env}
+    done = subprocess.run(command, env=child_env, capture_output=True, text=True, cwd=tree)
+    if done.returncode != 0:
+        raise SystemExit(f"{prefix} failed:\n{done.stderr[-3000:]}")
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["seconds_per_job"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--redis-url", help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", default="bench:", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help="a diffusers folder (default: the tiny random-weight model, built here)")
+    parser.add_argument("--baseline", help="the commit of 'today' (default: the one before tracing landed)")
+    parser.add_argument("--jobs", type=int, default=6, help="jobs per run")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each child")
+    parser.add_argument("--calls", type=int, default=2000, help="repetitions of the isolated tracing-off measure")
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    sys.path.insert(0, str(ROOT))
+    from tests.otlp_receiver import OtlpReceiver
+    from tests.support import RedisServer
+
+    workdir = Path(tempfile.mkdtemp(prefix="tracing-bench-"))
+    if args.model is None:
+        from render_service.engine.tiny import build_tiny_model
+
+        args.model = str(build_tiny_model(workdir / "tiny-model"))
+    commit = baseline_commit(args.baseline)
+    today = extract(commit, workdir / "today")
+    redis_server = RedisServer().start()
+    results: dict[str, list[float]] = {"today": [], "off": [], "on": []}
+    try:
+        with OtlpReceiver() as receiver:
+            trees = {
+                "today": (today, {}),
+                "off": (ROOT, {}),
+                "on": (ROOT, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url}),
+            }
+            loads = []
+            for round_ in range(args.rounds):
+                order = list(trees)
+                random.shuffle(order)
+                for name in order:
+                    tree, env = trees[name]
+                    loads.append(os.getloadavg()[0])
+                    results[name].append(run_variant(tree, args, redis_server.url, f"b{round_}{name}:", env))
+                    print(f"round {round_ + 1} {name:5s} {results[name][-1]:.4f} s/job", file=sys.stderr)
+            spans = len(receiver.spans)
+    finally:
+        redis_server.stop()
+    off_call = off_calls_seconds(args.calls, args.steps)
+    base = statistics.median(results["today"])
+    print(f"render path, {args.jobs} jobs x {args.rounds} rounds, {args.size}x{args.size}, {args.steps} steps, "
+          f"1 region, {args.threads} torch thread(s); today = {commit}")  # fmt: skip
+    print(f"load average during the runs: {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores")
+    print(f"{'variant':8s} {'median s/job':>13s} {'vs today':>9s}   every run")
+    for name, runs in results.items():
+        median = statistics.median(runs)
+        ratio = f"{(median / base - 1) * 100:+.2f} %"
+        print(f"{name:8s} {median:13.4f} {ratio:>9s}   {' '.join(f'{r:.4f}' for r in runs)}")
+    print(f"spans received with tracing on: {spans} ({spans / (args.jobs * args.rounds):.0f} a job)")
+    share = off_call / base * 100
+    print(f"tracing calls of one job with tracing off, in isolation: {off_call * 1e6:.1f} us = {share:.4f} % of a job")
+
+
+if __name__ == "__main__":
+    if "--child" in sys.argv and os.environ.get("OMOST_BENCH_TREE"):
+        sys.path.insert(0, os.environ["OMOST_BENCH_TREE"])
+    main()
