@@ -167,6 +167,9 @@ class Settlement:
             # Images go first and outside the transaction: once the record says "succeeded",
             # every image it counts is already readable.
             outcome = self._save_images(delivery, outcome)
+            if outcome.status == "failed":  # the images could not be stored: the job fails, saying why
+                running.span.set_attribute("omost.job.status", "failed")
+                record_error(running.span, None, "image_store", outcome.error)
 
         def build(pipe: Any, record: dict[str, str]) -> bool:
             if outcome.status is None:

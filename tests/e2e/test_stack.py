@@ -307,3 +307,16 @@ def test_a_generation_is_one_trace(stack: Stack, otlp: OtlpReceiver, client: Omo
     worker_log = (logs / "render-worker-0.log").read_text().splitlines()
     logged = [json.loads(line) for line in worker_log if trace_id in line]
     assert any(line["msg"] == "job started" and line["span_id"] == run.span_id for line in logged), worker_log[-5:]
+
+
+def test_a_refused_request_says_its_problem_on_its_span(stack: Stack, otlp: OtlpReceiver) -> None:
+    trace_id = secrets.token_hex(16)
+    headers = {"traceparent": f"00-{trace_id}-{'2' * 16}-01"}
+    answer = httpx.post(f"{stack.render_url}/v1/renders", json={"canvas": {}}, headers=headers, timeout=30)
+    assert answer.status_code == 422
+    wait_until(lambda: otlp.trace(trace_id), 30, what="the server span exported")
+    (server,) = otlp.trace(trace_id)
+    assert (server.name, server.service) == ("POST /v1/renders", "omost-render-api")
+    assert server.attributes["omost.problem.type"] == answer.json()["type"]
+    assert server.attributes["omost.problem.title"] == answer.json()["title"]
+    assert not server.error  # a 4xx is the caller's problem, not the server's failure
