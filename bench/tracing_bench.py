@@ -2,8 +2,10 @@
 
 The render path is the worker's: claim, render (the tiny random-weight model unless ``--model``),
 PNG encode, settle. Each variant is a child process that loads the engine, runs a real
-:class:`~render_service.worker.core.Worker` against a private redis-server on ``--jobs`` queued jobs
-and reports their rendering window (first ``started_at`` to last ``finished_at``, per job). "today" runs
+:class:`~render_service.worker.core.Worker` against a private redis-server, renders one job (what
+happens once per process), then ``--jobs`` queued jobs, and reports their CPU seconds (every thread
+of the process, the exporter's included) and their rendering window (first ``started_at`` to last
+``finished_at``), per job. On a shared machine CPU time is the steadier figure. "today" runs
 the tree of ``--baseline`` (default: the commit before tracing landed), extracted with ``git archive``;
 "on" exports every span over OTLP/HTTP to a receiver in this process, as to a collector. Variants run
 interleaved, ``--rounds`` times, in a new order each round, and each keeps its median: the machine may
@@ -84,34 +86,38 @@ def child(args: argparse.Namespace) -> None:
     )
     carries_trace = "trace_context" in inspect.signature(submit).parameters
 
-    async def queue_jobs() -> list[str]:
+    async def queue_jobs(count: int) -> list[str]:
         import redis.asyncio
 
         client = redis.asyncio.Redis.from_url(args.redis_url)
         trace = {"traceparent": f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"} if carries_trace else None
         extra: dict[str, Any] = {"trace_context": trace} if trace else {}
-        ids = [(await submit(client, request, prefix=args.prefix, **extra)).job_id for _ in range(args.jobs)]
+        ids = [(await submit(client, request, prefix=args.prefix, **extra)).job_id for _ in range(count)]
         await client.aclose()
         return ids
 
-    ids = asyncio.run(queue_jobs())
     worker = Worker(settings, engine)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     keys, client = QueueKeys(args.prefix), redis.Redis.from_url(args.redis_url)
 
-    def records() -> list[JobRecord]:
-        return [JobRecord.decode(client.hgetall(keys.job(job_id))) for job_id in ids]
+    def rendered(ids: list[str]) -> list[JobRecord]:
+        while True:
+            records = [JobRecord.decode(client.hgetall(keys.job(job_id))) for job_id in ids]
+            if any(r.status in ("failed", "canceled") for r in records):
+                raise SystemExit(f"a job did not succeed: {[r.error for r in records]}")
+            if all(r.status == "succeeded" for r in records):
+                return records
+            time.sleep(0.05)
 
-    while not all(r.status == "succeeded" for r in records()):
-        if any(r.status in ("failed", "canceled") for r in records()):
-            raise SystemExit(f"a job did not succeed: {[r.error for r in records()]}")
-        time.sleep(0.05)
+    rendered(asyncio.run(queue_jobs(1)))  # a first job: what is done once per process is not per job
+    cpu_started = time.process_time()
+    done = rendered(asyncio.run(queue_jobs(args.jobs)))
+    cpu = time.process_time() - cpu_started  # every thread of the worker: render, settle, heartbeat, export
     worker.request_stop()
     thread.join(30)
-    done = records()
     window = max(r.finished_at or 0.0 for r in done) - min(r.started_at or 0.0 for r in done)
-    print(json.dumps({"seconds_per_job": window / len(done)}))
+    print(json.dumps({"seconds_per_job": window / len(done), "cpu_seconds_per_job": cpu / len(done)}))
 
 
 def _configure_tracing() -> Any:
@@ -184,7 +190,9 @@ def extract(commit: str, into: Path) -> Path:
     return into
 
 
-def run_variant(tree: Path, args: argparse.Namespace, redis_url: str, prefix: str, env: dict[str, str]) -> float:
+def run_variant(
+    tree: Path, args: argparse.Namespace, redis_url: str, prefix: str, env: dict[str, str]
+) -> dict[str, float]:
     command = [sys.executable, str(ROOT / "bench" / "tracing_bench.py"), "--child", "--redis-url", redis_url]
     command += ["--prefix", prefix, "--model", args.model, "--jobs", str(args.jobs), "--steps", str(args.steps)]
     command += ["--size", str(args.size), "--threads", str(args.threads)]
@@ -193,7 +201,8 @@ def run_variant(tree: Path, args: argparse.Namespace, redis_url: str, prefix: st
     done = subprocess.run(command, env=child_env, capture_output=True, text=True, cwd=tree)
     if done.returncode != 0:
         raise SystemExit(f"{prefix} failed:\n{done.stderr[-3000:]}")
-    return float(json.loads(done.stdout.strip().splitlines()[-1])["seconds_per_job"])
+    figures: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures
 
 
 def main() -> None:
@@ -225,7 +234,7 @@ def main() -> None:
     commit = baseline_commit(args.baseline)
     today = extract(commit, workdir / "today")
     redis_server = RedisServer().start()
-    results: dict[str, list[float]] = {"today": [], "off": [], "on": []}
+    results: dict[str, list[dict[str, float]]] = {"today": [], "off": [], "on": []}
     try:
         with OtlpReceiver() as receiver:
             trees = {
@@ -241,23 +250,30 @@ def main() -> None:
                     tree, env = trees[name]
                     loads.append(os.getloadavg()[0])
                     results[name].append(run_variant(tree, args, redis_server.url, f"b{round_}{name}:", env))
-                    print(f"round {round_ + 1} {name:5s} {results[name][-1]:.4f} s/job", file=sys.stderr)
+                    last = results[name][-1]
+                    print(f"round {round_ + 1} {name:5s} {last}", file=sys.stderr)
             spans = len(receiver.spans)
     finally:
         redis_server.stop()
     off_call = off_calls_seconds(args.calls, args.steps)
-    base = statistics.median(results["today"])
     print(f"render path, {args.jobs} jobs x {args.rounds} rounds, {args.size}x{args.size}, {args.steps} steps, "
           f"1 region, {args.threads} torch thread(s); today = {commit}")  # fmt: skip
     print(f"load average during the runs: {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores")
-    print(f"{'variant':8s} {'median s/job':>13s} {'vs today':>9s}   every run")
-    for name, runs in results.items():
-        median = statistics.median(runs)
-        ratio = f"{(median / base - 1) * 100:+.2f} %"
-        print(f"{name:8s} {median:13.4f} {ratio:>9s}   {' '.join(f'{r:.4f}' for r in runs)}")
+    for key, what in (("cpu_seconds_per_job", "CPU s/job"), ("seconds_per_job", "wall s/job")):
+        base = statistics.median(run[key] for run in results["today"])
+        print(f"{what:11s} {'median':>8s} {'vs today':>9s} {'min':>8s} {'vs today':>9s}   every run")
+        low = min(run[key] for run in results["today"])
+        for name, runs in results.items():
+            values = [run[key] for run in runs]
+            median, least = statistics.median(values), min(values)
+            every = " ".join(f"{v:.3f}" for v in values)
+            versus, versus_min = (median / base - 1) * 100, (least / low - 1) * 100
+            print(f"{name:11s} {median:8.3f} {versus:+8.2f}% {least:8.3f} {versus_min:+8.2f}%   {every}")
     print(f"spans received with tracing on: {spans} ({spans / (args.jobs * args.rounds):.0f} a job)")
-    share = off_call / base * 100
-    print(f"tracing calls of one job with tracing off, in isolation: {off_call * 1e6:.1f} us = {share:.4f} % of a job")
+    cpu = statistics.median(run["cpu_seconds_per_job"] for run in results["today"])
+    share = off_call / cpu * 100
+    isolated = f"{off_call * 1e6:.1f} us = {share:.4f} % of a job's CPU"
+    print(f"tracing calls of one job with tracing off, in isolation: {isolated}")
 
 
 if __name__ == "__main__":

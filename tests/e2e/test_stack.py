@@ -145,7 +145,7 @@ def test_cancel_a_render(stack: Stack, client: OmostClient) -> None:
     assert info.value.job.status == "canceled"
 
 
-def test_cli_generate_writes_the_file(stack: Stack, tmp_path: Path) -> None:
+def test_cli_generate_writes_the_file(stack: Stack, otlp: OtlpReceiver, tmp_path: Path) -> None:
     """No --url: the command finds the running ``serve``, streams the plan and shows progress lines."""
     out = tmp_path / "cli.png"
     args = [
@@ -173,6 +173,12 @@ def test_cli_generate_writes_the_file(stack: Stack, tmp_path: Path) -> None:
     assert "using the stack of `omost serve` (pid " in result.stderr
     assert " tokens/s" in result.stderr  # the planning progress line (stderr is a pipe: plain lines)
     assert "wrote" in result.stderr
+    # Traced like the services (OTEL_* in its environment): the command is one trace, down to the worker.
+    (command,) = otlp.find("omost generate")
+    assert command.service == "omost-cli" and command.parent_id == ""
+    wait_until(lambda: any(s.name == "render job" for s in otlp.trace(command.trace_id)), 60, what="the worker's span")
+    calls = [s for s in otlp.trace(command.trace_id) if s.parent_id == command.span_id]
+    assert calls and all(s.kind == "CLIENT" and s.service == "omost-cli" for s in calls)
 
 
 def test_cli_edit_continues_on_the_remembered_planner(stack: Stack, tmp_path: Path) -> None:
