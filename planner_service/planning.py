@@ -15,6 +15,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
+from planner_service.conversations import StoreUnavailable
 from planner_service.edits import Patch, plan_patch
 from planner_service.llm.client import (
     ChatStream,
@@ -22,7 +23,6 @@ from planner_service.llm.client import (
     LLMError,
     LLMUnavailable,
     OpenAIClient,
-    PromptPastContext,
     SamplingParams,
 )
 from planner_service.metrics import PlannerMetrics
@@ -274,7 +274,7 @@ class Planner:
                     span.set_attributes(_outcome_attributes(data))
                 yield kind, data
         except Exception as exc:
-            record_error(span, exc, _problem_type(exc))
+            record_error(span, exc, failure_cause(exc))
             raise
         finally:
             span.end()
@@ -332,15 +332,18 @@ def _outcome_attributes(outcome: PlanOutcome) -> dict[str, Any]:
     }
 
 
-def _problem_type(exc: Exception) -> str:
-    """What went wrong, in the words of ``omost_planner_plan_failures_total``'s causes."""
+def failure_cause(exc: Exception) -> str:
+    """The ``cause`` label of ``omost_planner_plan_failures_total`` (one of ``metrics.FAILURE_CAUSES``),
+    and the problem type on a failed ``plan`` span."""
     if isinstance(exc, PlanFailed):
         return "parse_failed"
     if isinstance(exc, LLMUnavailable):
         return "llm_unavailable"
-    if isinstance(exc, PromptPastContext):
-        return "prompt_too_long"
-    return "llm_error" if isinstance(exc, LLMError) else type(exc).__name__
+    if isinstance(exc, LLMError):
+        return "llm_error"
+    if isinstance(exc, StoreUnavailable):
+        return "store_unavailable"
+    return "other"
 
 
 def _spellings(words: Iterable[str]) -> tuple[str, ...]:

@@ -196,7 +196,8 @@ class Renderer:
             return RenderOutcome(None)
         if isinstance(result, Exception):
             # Any engine failure fails this job (it would fail again), not the worker.
-            log.error("render failed", exc_info=result, extra={"fields": {"job": delivery.job_id}})
+            with trace.use_span(running.span):  # the line carries the run's trace ids
+                log.error("render failed", exc_info=result, extra={"fields": {"job": delivery.job_id}})
             record_error(running.span, result, "render_failed")
             return RenderOutcome("failed", error=f"render failed: {type(result).__name__}: {result}"[:2000])
         timings = {**{k: float(v) for k, v in result.timings.items()}, "worker_total": render_seconds}
