@@ -24,6 +24,7 @@ from PIL import Image
 from shared.cli.stack import free_port
 from shared.client import OmostAPIError, OmostClient, RenderFailed
 from shared.jobs import RenderRequest
+from shared.plans import GenerationAccepted
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.prometheus_server import OBSERVABILITY, PrometheusServer, dashboard_expressions, metric_names
 from tests.support import RedisServer, StepGate, wait_for_http, wait_until
@@ -117,15 +118,26 @@ def png_size(data: bytes) -> tuple[int, int]:
     return image.size
 
 
-def test_prompt_to_plan_to_png(client: OmostClient) -> None:
-    accepted = client.generate(
-        "a cat and a dog on a sofa", render={**SMALL, "width": 96, "seed": 7}, max_new_tokens=PLAN_TOKENS, seed=1
+def test_prompt_to_plan_to_png(stack: Stack, otlp: OtlpReceiver, client: OmostClient) -> None:
+    """Prompt to PNG in one call, as the caller's trace: one trace from the planner through the LLM
+    and the queue to the worker (see :func:`check_one_trace`)."""
+    trace_id, caller = secrets.token_hex(16), secrets.token_hex(8)
+    body = {"prompt": "a cat and a dog on a sofa", "max_new_tokens": PLAN_TOKENS, "seed": 1}
+    headers = {"traceparent": f"00-{trace_id}-{caller}-01"}  # the caller's span: the trace is the caller's
+    answer = httpx.post(
+        f"{stack.planner_url}/v1/generations",
+        json={**body, "render": {**SMALL, "width": 96, "seed": 7}},
+        headers=headers,
+        timeout=300,
     )
+    assert answer.status_code == 202, answer.text
+    accepted = GenerationAccepted.model_validate(answer.json())
     assert accepted.canvas.global_description.description
     job = client.wait(accepted.urls.self_, timeout=300)
     assert job.status == "succeeded"
     assert job.seeds == [7]
     assert png_size(client.image(job, 0)) == (96, 64)
+    check_one_trace(stack, otlp, trace_id, caller, job.id)
 
 
 def test_editing_turn_keeps_the_conversation(client: OmostClient) -> None:
@@ -266,16 +278,10 @@ def test_prometheus_scrapes_the_stack_and_a_job_moves_its_counters(
         prometheus.stop()
 
 
-def test_a_generation_is_one_trace(stack: Stack, otlp: OtlpReceiver, client: OmostClient) -> None:
-    """planner -> LLM -> render submit -> worker, parent to child, across four processes; the job's
-    trace context travels in the queue message; log lines carry the trace id."""
-    trace_id, caller = secrets.token_hex(16), secrets.token_hex(8)
-    body = {"prompt": "a boat on a lake", "max_new_tokens": PLAN_TOKENS, "seed": 8, "render": {**SMALL, "seed": 3}}
-    headers = {"traceparent": f"00-{trace_id}-{caller}-01"}  # the caller's span: the trace is the caller's
-    answer = httpx.post(f"{stack.planner_url}/v1/generations", json=body, headers=headers, timeout=300)
-    assert answer.status_code == 202, answer.text
-    job = client.wait(answer.json()["id"], timeout=300)
-    assert job.status == "succeeded"
+def check_one_trace(stack: Stack, otlp: OtlpReceiver, trace_id: str, caller: str, job_id: str) -> None:
+    """planner -> LLM -> render submit -> worker, parent to child, across the planner's and the
+    worker's processes; the job's trace context travels in the queue message; log lines carry the
+    trace id."""
 
     def spans() -> dict[str, ReceivedSpan]:
         return {span.name: span for span in otlp.trace(trace_id)}
@@ -293,10 +299,10 @@ def test_a_generation_is_one_trace(stack: Stack, otlp: OtlpReceiver, client: Omo
     (llm,) = [s for s in otlp.trace(trace_id) if s.kind == "CLIENT" and s.parent_id == plan.span_id]
     assert "chat/completions" in str(llm.attributes.get("url.full", llm.attributes.get("http.url")))
     submit = got["render submit"]
-    assert (submit.parent_id, submit.kind, submit.attributes["omost.job.id"]) == (server.span_id, "PRODUCER", job.id)
+    assert (submit.parent_id, submit.kind, submit.attributes["omost.job.id"]) == (server.span_id, "PRODUCER", job_id)
     run = got["render job"]
     assert (run.parent_id, run.service, run.kind) == (submit.span_id, "omost-render-worker", "CONSUMER")
-    assert run.attributes["omost.job.id"] == job.id and run.attributes["omost.job.status"] == "succeeded"
+    assert run.attributes["omost.job.id"] == job_id and run.attributes["omost.job.status"] == "succeeded"
     assert run.attributes["omost.render.steps"] == SMALL["steps"] and run.attributes["omost.render.attention"]
     assert run.attributes["omost.queue.wait_seconds"] >= 0 and "omost.render.regions" in run.attributes
     for name in ("claim", "render", "png encode", "settle"):
