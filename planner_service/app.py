@@ -131,6 +131,7 @@ def create_app(settings: PlannerSettings | None = None) -> FastAPI:
     settings = settings or PlannerSettings()
     app = service_app(
         settings,
+        service_name="omost-planner",
         domain_errors=DOMAIN_ERRORS,
         title="Omost planner",
         version="0.1.0",

@@ -10,9 +10,21 @@ import random
 import time
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.trace import Span
+
+from planner_service.conversations import StoreUnavailable
 from planner_service.edits import Patch, plan_patch
-from planner_service.llm.client import ChatStream, Completion, OpenAIClient, SamplingParams
+from planner_service.llm.client import (
+    ChatStream,
+    Completion,
+    LLMError,
+    LLMUnavailable,
+    OpenAIClient,
+    SamplingParams,
+)
 from planner_service.metrics import PlannerMetrics
 from planner_service.prompting import build_messages, previous_canvas, with_canvas
 from planner_service.settings import PlannerSettings
@@ -22,6 +34,7 @@ from shared.grammar import ContentLimits, Profile, RegionShape, omost_grammar
 from shared.jobs import MAX_SEED
 from shared.omost_code import CanvasParseError, ParseResult, canvas_to_code, parse_canvas_code
 from shared.plans import ChatTurn, PlanDelta, PlanRetry
+from shared.service.tracing import record_error, tracer
 
 # One seed range for the whole system (shared.jobs). llama.cpp's seed is a uint32 whose top value
 # 0xFFFFFFFF means "pick one at random", so plans draw from [0, MAX_SEED).
@@ -261,8 +274,32 @@ class Planner:
         return self._attempts(request, streamed=True)
 
     async def _attempts(self, request: PlanInput, *, streamed: bool) -> AsyncGenerator[PlannerEvent, None]:
-        """Both :meth:`plan` and :meth:`stream`: ask, parse, retry on a parse failure. Only a streamed
-        completion yields ``delta`` events."""
+        """Both :meth:`plan` and :meth:`stream`, in one ``plan`` span (the LLM calls are its children).
+
+        The span is made current only around each LLM call, never across a ``yield``: the consumer of
+        a stream may resume this generator from another context."""
+        span = tracer.start_span("plan", attributes=self._span_attributes(request, streamed))
+        try:
+            async for event in self._tries(request, streamed=streamed, span=span):
+                if isinstance(event, PlanOutcome):
+                    span.set_attributes(_outcome_attributes(event))
+                yield event
+        except Exception as exc:
+            record_error(span, exc, failure_cause(exc))
+            raise
+        finally:
+            span.end()
+
+    def _span_attributes(self, request: PlanInput, streamed: bool) -> dict[str, Any]:
+        return {
+            "omost.plan.grammar_profile": self.settings.resolved_profile if self.grammar else "none",
+            "omost.plan.max_tokens": self._max_tokens(request),
+            "omost.plan.streamed": streamed,
+            "omost.plan.edit": _is_edit(request),
+        }
+
+    async def _tries(self, request: PlanInput, *, streamed: bool, span: Span) -> AsyncGenerator[PlannerEvent, None]:
+        """Ask, parse, retry on a parse failure. Only a streamed completion yields :class:`PlanDelta` events."""
         messages = self.messages(request)
         constraints = self.constraints(request)
         seed = request.seed if request.seed is not None else random.randrange(MAX_SEED)
@@ -271,12 +308,14 @@ class Planner:
         for attempt in range(self.attempts):
             params = self._params(request, attempt, seed, constraints.banned_words)
             if streamed:
-                stream: ChatStream = await self.client.stream(messages, params, constraints.grammar)
+                with trace.use_span(span, end_on_exit=False):
+                    stream: ChatStream = await self.client.stream(messages, params, constraints.grammar)
                 async for text in stream.deltas():
                     yield PlanDelta(text=text)
                 completion = stream.completion
             else:
-                completion = await self.client.complete(messages, params, constraints.grammar)
+                with trace.use_span(span, end_on_exit=False):
+                    completion = await self.client.complete(messages, params, constraints.grammar)
             tally.add(completion)
             self._count_call(completion)
             try:
@@ -284,6 +323,7 @@ class Planner:
             except CanvasParseError as exc:
                 error = exc
                 self._failed(exc, attempt)
+                span.add_event("parse failed", {"omost.plan.attempt": attempt + 1, "omost.error": str(exc)[:500]})
                 if attempt + 1 < self.attempts:
                     yield PlanRetry(attempt=attempt + 2, error=str(exc))
                 continue
@@ -291,6 +331,30 @@ class Planner:
             return
         assert error is not None and tally.last is not None
         raise PlanFailed(error, tally.last.text, self.attempts)
+
+
+def _outcome_attributes(outcome: PlanOutcome) -> dict[str, Any]:
+    return {
+        "omost.plan.attempts": outcome.attempts,
+        "omost.plan.prompt_tokens": outcome.prompt_tokens,
+        "omost.plan.completion_tokens": outcome.completion_tokens,
+        "omost.plan.truncated": outcome.truncated,
+        "omost.plan.regions": len(outcome.parsed.canvas.local_descriptions),
+    }
+
+
+def failure_cause(exc: Exception) -> str:
+    """The ``cause`` label of ``omost_planner_plan_failures_total`` (one of ``metrics.FAILURE_CAUSES``),
+    and the problem type on a failed ``plan`` span."""
+    if isinstance(exc, PlanFailed):
+        return "parse_failed"
+    if isinstance(exc, LLMUnavailable):
+        return "llm_unavailable"
+    if isinstance(exc, LLMError):
+        return "llm_error"
+    if isinstance(exc, StoreUnavailable):
+        return "store_unavailable"
+    return "other"
 
 
 def _spellings(words: Iterable[str]) -> tuple[str, ...]:

@@ -11,9 +11,9 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from planner_service.conversations import ConversationStore, StoreUnavailable
-from planner_service.llm.client import LLMError, LLMUnavailable
+from planner_service.llm.client import LLMUnavailable
 from planner_service.metrics import PlannerMetrics
-from planner_service.planning import PlanFailed, PlanInput, Planner, PlanOutcome
+from planner_service.planning import PlanFailed, PlanInput, Planner, PlanOutcome, failure_cause
 from planner_service.prompting import previous_canvas, with_canvas
 from planner_service.schemas import PlanRequest, PlanResponse
 from shared.canvas import Canvas
@@ -30,19 +30,6 @@ class _Prepared:
     turns: list[ChatTurn]
     started: float
     previous: Canvas | None
-
-
-def failure_cause(exc: Exception) -> str:
-    """The ``cause`` label of ``omost_planner_plan_failures_total`` (one of ``metrics.FAILURE_CAUSES``)."""
-    if isinstance(exc, PlanFailed):
-        return "parse_failed"
-    if isinstance(exc, LLMUnavailable):
-        return "llm_unavailable"
-    if isinstance(exc, LLMError):
-        return "llm_error"
-    if isinstance(exc, StoreUnavailable):
-        return "store_unavailable"
-    return "other"
 
 
 class PlanService:

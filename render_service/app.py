@@ -59,6 +59,7 @@ def create_app(settings: RenderSettings | None = None) -> FastAPI:
 
     app = service_app(
         settings,
+        service_name="omost-render-api",
         domain_errors=DOMAIN_ERRORS,
         translated=TRANSLATED,
         title="Omost render service",

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
+from opentelemetry import trace
 from PIL import Image
 
 from render_service.engine.attention import (
@@ -82,9 +83,15 @@ class _PassSchedule:
     begin: int
 
 
+_tracer = trace.get_tracer("omost.engine")
+PHASE_SPANS = {"encode": "engine encode", "denoise": "engine denoise", "decode": "engine decode"}
+"""The span of each timed phase (tracing on): text encoding (and the hires pass's VAE encode), the
+sampling steps, the VAE decode."""
+
+
 class _Timer:
-    """Seconds per phase of a render; the device is synchronized at each edge so GPU work lands in
-    the phase that queued it."""
+    """Seconds per phase of a render, each phase a span; the device is synchronized at each edge so
+    GPU work lands in the phase that queued it."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -97,11 +104,12 @@ class _Timer:
 
     @contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
-        start = self._now()
-        try:
-            yield
-        finally:
-            self.seconds[phase] += self._now() - start
+        with _tracer.start_as_current_span(PHASE_SPANS[phase]):
+            start = self._now()
+            try:
+                yield
+            finally:
+                self.seconds[phase] += self._now() - start
 
 
 @dataclass

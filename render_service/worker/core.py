@@ -64,6 +64,7 @@ from render_service.worker.webhook_sender import WebhookSender
 from shared.jobs import DEFAULT_MODEL
 from shared.queue import SyncRenderQueue
 from shared.queue.connect import image_stores, sync_client
+from shared.service.tracing import configure_tracing
 
 log = logging.getLogger("render_service.worker")
 
@@ -230,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m render_service.worker``: load the model, then take jobs until SIGTERM."""
     settings = RenderSettings()
     configure_logging(settings)
+    configure_tracing("omost-render-worker")
     if not settings.model:
         log.error("OMOST_RENDER_MODEL is not set: give a hub id, a diffusers folder or a .safetensors file")
         return 2

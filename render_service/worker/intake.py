@@ -6,9 +6,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind
 from redis.exceptions import ResponseError
 
 from render_service.engine.batching import batch_key
@@ -18,7 +21,9 @@ from render_service.worker.rendering import RunningJob
 from render_service.worker.retry import REDIS_ERRORS, RetryPolicy
 from shared.jobs import RenderRequest
 from shared.queue import (
+    Claim,
     Delivery,
+    QueueMessage,
     SyncRenderQueue,
     claim,
     dead_letter,
@@ -27,6 +32,7 @@ from shared.queue import (
     stream_entries,
     text,
 )
+from shared.service.tracing import child_span, context_from, link_to, request_attributes, traceparent_of, tracer
 
 log = logging.getLogger("render_service.worker")
 
@@ -173,6 +179,40 @@ class Intake:
 
             self.retry(write, "dead-letter")
             return None
+        span = self._run_span(message)
+        try:
+            with child_span(span, "claim"):
+                decision = self._claim(entry_id, message, span)
+        except BaseException:
+            span.end()
+            raise
+        span.set_attribute("omost.job.delivery", decision.deliveries)
+        if (previous := link_to(decision.previous_run)) is not None:
+            span.add_link(previous.context, {"omost.link": "previous run"})
+        if decision.settled is not None:
+            span.set_attribute("omost.job.status", decision.settled)
+            span.end()
+            fields = {"job": message.job_id, "status": decision.settled}
+            log.info("job settled without rendering", extra={"fields": fields})
+            return None
+        with trace.use_span(span):  # the log line carries the run's trace and span ids
+            log.info("job started", extra={"fields": {"job": message.job_id, "deliveries": decision.deliveries}})
+        return RunningJob(Delivery(entry_id, message, decision.token or "", decision.deliveries), span=span)
+
+    def _run_span(self, message: QueueMessage) -> Span:
+        """The span of this run of the job: a child of the submitter's span the message carries; it ends
+        when the job is settled (a second run after a crash is a second span, linked to this one)."""
+        attributes = {
+            **request_attributes(message.request),
+            "omost.job.id": message.job_id,
+            "omost.worker": self.name,
+            "omost.queue.wait_seconds": max(0.0, time.time() - message.enqueued_at),
+        }
+        parent = context_from(message.trace_context())
+        return tracer.start_span("render job", context=parent, kind=SpanKind.CONSUMER, attributes=attributes)
+
+    def _claim(self, entry_id: str, message: QueueMessage, span: Span) -> Claim:
+        keys = self.keys
         token = f"{self.name}/{secrets.token_hex(4)}"
 
         def build(pipe: Any, record: dict[str, str]) -> Any:
@@ -185,12 +225,9 @@ class Intake:
                 worker=self.name,
                 token=token,
                 max_deliveries=self.settings.max_deliveries,
+                run_traceparent=traceparent_of(span),
             )
 
-        decision = self.retry(lambda: self.queue.transact(message.job_id, build), "start job")
-        if decision.settled is not None:
-            fields = {"job": message.job_id, "status": decision.settled}
-            log.info("job settled without rendering", extra={"fields": fields})
-            return None
-        log.info("job started", extra={"fields": {"job": message.job_id, "deliveries": decision.deliveries}})
-        return RunningJob(Delivery(entry_id, message, token, decision.deliveries))
+        decision: Claim = self.retry(lambda: self.queue.transact(message.job_id, build), "start job")
+        return decision
+

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from opentelemetry import trace
+from opentelemetry.trace import INVALID_SPAN, Link, Span
 from PIL import Image
 
 from render_service.engine import RenderCanceled, RenderResult
@@ -21,6 +23,7 @@ from render_service.worker.retry import REDIS_ERRORS
 from render_service.worker.step_gate import StepGate
 from shared.jobs import JobStatus
 from shared.queue import Delivery, SyncRenderQueue, progress, result_fields
+from shared.service.tracing import child_span, record_error
 
 log = logging.getLogger("render_service.worker")
 
@@ -36,6 +39,8 @@ class RunningJob:
 
     delivery: Delivery
     cancel_reason: str | None = None
+    span: Span = INVALID_SPAN
+    """This run's ``render job`` span (ended when the job is settled); a no-op span while tracing is off."""
 
 
 @dataclass
@@ -82,8 +87,18 @@ class Renderer:
         """
         started = time.monotonic()
         tasks = [self._task(running, started) for running in batch]
+        engine: dict[str, str | int] = {
+            "omost.render.model": self.engine.model_name,
+            "omost.render.attention": self.engine.attention,
+            "omost.render.batch_jobs": len(batch),
+        }
+        for running in batch:
+            running.span.set_attributes(engine)
+        # One engine call for the batch: its spans go under the first job's run, linked to the others'.
+        others = [Link(running.span.get_span_context()) for running in batch[1:]]
         try:
-            results: list[RenderResult | Exception] = self.engine.render_batch(tasks)
+            with child_span(batch[0].span, "render", links=others):
+                results: list[RenderResult | Exception] = self.engine.render_batch(tasks)
         except Exception as exc:
             if len(batch) == 1:
                 results = [exc]
@@ -113,6 +128,9 @@ class Renderer:
             stepped = True
             now = time.monotonic()
             seconds, last_step = now - last_step, now
+            span = trace.get_current_span()  # the engine's denoise span
+            if span.is_recording():
+                span.add_event("step", {"omost.job.id": delivery.job_id, "omost.step": done, "omost.steps": total})
             try:
                 with self.step_redis.pipeline(transaction=False) as pipe:
                     ttl = delivery.message.ttl_seconds
@@ -166,6 +184,7 @@ class Renderer:
     ) -> RenderOutcome:
         delivery = running.delivery
         if isinstance(result, RenderCanceled):
+            running.span.set_attribute("omost.job.cancel_reason", running.cancel_reason or "")
             if running.cancel_reason == "user":
                 return RenderOutcome("canceled", message="canceled while running")
             if running.cancel_reason == "time limit":
@@ -173,11 +192,14 @@ class Renderer:
                     f"stopped after {time.monotonic() - started:.1f} s: over the per-job time limit of "
                     f"{self.settings.max_job_seconds} s"
                 )
+                record_error(running.span, None, "time_limit", error)
                 return RenderOutcome("failed", error=error)
             return RenderOutcome(None)
         if isinstance(result, Exception):
             # Any engine failure fails this job (it would fail again), not the worker.
-            log.error("render failed", exc_info=result, extra={"fields": {"job": delivery.job_id}})
+            with trace.use_span(running.span):  # the line carries the run's trace ids
+                log.error("render failed", exc_info=result, extra={"fields": {"job": delivery.job_id}})
+            record_error(running.span, result, "render_failed")
             return RenderOutcome("failed", error=f"render failed: {type(result).__name__}: {result}"[:2000])
         timings = {**{k: float(v) for k, v in result.timings.items()}, "worker_total": render_seconds}
         fields = result_fields(

@@ -20,6 +20,7 @@ from render_service.settings import RenderSettings
 from render_service.worker.rendering import RenderOutcome, RunningJob
 from render_service.worker.retry import RetryPolicy
 from shared.queue import Delivery, ImagesNotSaved, ImageStore, SyncRenderQueue, fail, finish, requeue
+from shared.service.tracing import child_span, record_error, tracer
 
 log = logging.getLogger("render_service.worker")
 
@@ -77,7 +78,8 @@ class Settlement:
         try:
             for running, outcome in zip(batch, outcomes, strict=True):
                 started, images = time.monotonic(), bool(outcome.images)
-                encoded_outcome = self._encoded(outcome)
+                with child_span(running.span, "png encode", {"omost.render.images": len(outcome.images)}):
+                    encoded_outcome = self._encoded(outcome)
                 encoded = time.monotonic()
                 self.settle(running, encoded_outcome)
                 phases = {"png": encoded - started, "settle": time.monotonic() - encoded}
@@ -108,15 +110,18 @@ class Settlement:
         """Save the PNGs in the image store; the outcome then carries the fields naming them, not the bytes
         (or, if the store keeps failing, is a failure with the reason)."""
         try:
-            fields = self.images.save(
-                self.redis,
-                self.retry,
-                job_id=delivery.job_id,
-                token=delivery.token,
-                pngs=outcome.pngs,
-                ttl_seconds=delivery.message.ttl_seconds,
-            )
+            with tracer.start_as_current_span("image store", record_exception=False) as span:
+                span.set_attribute("omost.image_store", type(self.images).__name__)
+                fields = self.images.save(
+                    self.redis,
+                    self.retry,
+                    job_id=delivery.job_id,
+                    token=delivery.token,
+                    pngs=outcome.pngs,
+                    ttl_seconds=delivery.message.ttl_seconds,
+                )
         except ImagesNotSaved as exc:
+            record_error(span, exc, "image_store")
             send_counts(self.step_redis, lambda pipe: count_image_store_error(pipe, self.keys, "upload"))
             return RenderOutcome("failed", error=str(exc))
         return replace(outcome, pngs=[], fields={**outcome.fields, **fields})
@@ -137,7 +142,18 @@ class Settlement:
     # --- settle --------------------------------------------------------------------------------
 
     def settle(self, running: RunningJob, outcome: RenderOutcome) -> None:
-        """Write how the render ended with the matching transition, fenced by the delivery's token."""
+        """Write how the render ended with the matching transition, fenced by the delivery's token; this
+        run's span ends here."""
+        span = running.span
+        ended = "superseded" if running.cancel_reason == "superseded" else "requeued"
+        span.set_attribute("omost.job.status", outcome.status or ended)
+        try:
+            with child_span(span, "settle"):
+                self._settle(running, outcome)
+        finally:
+            span.end()
+
+    def _settle(self, running: RunningJob, outcome: RenderOutcome) -> None:
         keys, delivery = self.keys, running.delivery
         job = {"fields": {"job": delivery.job_id}}
         if running.cancel_reason == "superseded":
@@ -147,6 +163,9 @@ class Settlement:
             # Images go first and outside the transaction: once the record says "succeeded",
             # every image it counts is already readable.
             outcome = self._save_images(delivery, outcome)
+            if outcome.status == "failed":  # the images could not be stored: the job fails, saying why
+                running.span.set_attribute("omost.job.status", "failed")
+                record_error(running.span, None, "image_store", outcome.error)
 
         def build(pipe: Any, record: dict[str, str]) -> bool:
             if outcome.status is None:

@@ -41,6 +41,7 @@ from shared.queue import (
 )
 from shared.queue.keys import WEBHOOK_GROUP
 from shared.queue.wire import decode_hash, read_entries
+from shared.service.tracing import context_from, tracer
 
 log = logging.getLogger("render_service.worker")
 
@@ -150,14 +151,22 @@ class WebhookSender:
             self._ack(entry_id)  # the job expired (or never had a webhook): nothing to deliver
             return
         settings = self.settings
-        body = render_job(record, settings.public_url).model_dump_json(by_alias=True).encode()
-        secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
-        event = fields.get("event") or f"render.{record.status}"
-        headers = headers_for(body, event=event, delivery_id=delivery_id or None, secret=secret)
-        result = post_once(self._http, record.webhook_url, body, headers, allow_private=settings.allow_private_webhooks)
-        over = result.kind != "retry" or attempts >= settings.webhook_max_attempts
-        outcome = self._describe(result, attempts)
-        self._record(job_id, entry_id, outcome, attempts, over)
+        # A child of the job's last run span (its traceparent is on the record): the delivery joins the
+        # request's trace, whichever worker sends it and however late.
+        parent = context_from({"traceparent": record.run_traceparent})
+        attributes: dict[str, str | int] = {"omost.job.id": job_id, "omost.webhook.attempt": attempts}
+        with tracer.start_as_current_span("webhook", context=parent, attributes=attributes) as span:
+            body = render_job(record, settings.public_url).model_dump_json(by_alias=True).encode()
+            secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+            event = fields.get("event") or f"render.{record.status}"
+            headers = headers_for(body, event=event, delivery_id=delivery_id or None, secret=secret)
+            result = post_once(
+                self._http, record.webhook_url, body, headers, allow_private=settings.allow_private_webhooks
+            )
+            over = result.kind != "retry" or attempts >= settings.webhook_max_attempts
+            outcome = self._describe(result, attempts)
+            span.set_attribute("omost.webhook.outcome", outcome)
+            self._record(job_id, entry_id, outcome, attempts, over)
         log.info(
             "webhook attempt",
             extra={"fields": {"job": job_id, "delivery": delivery_id, "attempt": attempts, "outcome": outcome}},

@@ -15,12 +15,16 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def main() -> None:
+    import sys
+
     from shared.cli.commands import app
+    from shared.service.tracing import command_span
 
     for name in ("SIGTERM", "SIGHUP"):  # no SIGHUP on Windows
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), _interrupt)
-    app()
+    with command_span(sys.argv[1:]):  # traced when OTEL_* asks for it
+        app()
 
 
 __all__ = ["main"]

@@ -49,6 +49,9 @@ class Rec:
     DEVICE = "device"
     IMAGE_KEYS = "image_keys"
     """JSON list of the images' object keys when they live in S3; absent when they are in Redis."""
+    RUN_TRACEPARENT = "run_traceparent"
+    """W3C ``traceparent`` of the running delivery's span (tracing on), written by ``claim``: the next
+    run of a reclaimed job links its span to it."""
     SUBMITTER = "submitter"
     """Digest of the credential that submitted the job (:func:`shared.service.auth.token_owner`), written by
     ``submit``; not to be confused with ``owner``, the lease token of the worker running the job."""
@@ -112,6 +115,7 @@ class JobRecord:
     image_keys: list[str] | None = None
     """Object keys of the images in the S3 store; None: the PNGs are in Redis beside the record."""
     submitter: str | None = None
+    run_traceparent: str | None = None
 
     @classmethod
     def decode(cls, raw: Mapping[Any, Any]) -> JobRecord:
@@ -156,6 +160,7 @@ class JobRecord:
             device=optional(Rec.DEVICE),
             image_keys=list(json.loads(keys)) if keys else None,
             submitter=optional(Rec.SUBMITTER),
+            run_traceparent=optional(Rec.RUN_TRACEPARENT),
         )
 
     @property

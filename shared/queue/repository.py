@@ -88,6 +88,7 @@ class RenderQueue:
         submitter: str,
         idempotency_key: str | None = None,
         webhook_url: str | None = None,
+        trace_context: Mapping[str, str] | None = None,
     ) -> Submitted:
         """Admit and queue a job in ``submitter``'s name, atomically (budget, depth, idempotency, owner):
         raises :class:`OverBudget`, :class:`QueueFull` or :class:`IdempotencyConflict`."""
@@ -104,6 +105,7 @@ class RenderQueue:
             max_megapixel_steps=settings.max_job_megapixel_steps,
             submitter=submitter,
             durability=settings.durability,
+            trace_context=trace_context,
         )
 
     # --- read ----------------------------------------------------------------------------------

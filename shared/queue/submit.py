@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import redis.asyncio
@@ -97,6 +98,7 @@ async def submit(
     max_megapixel_steps: float | None = None,
     submitter: str | None = None,
     durability: Durability = Durability(),
+    trace_context: Mapping[str, str] | None = None,
 ) -> Submitted:
     """Queue a render job: record (status ``queued``), first event and stream entry, all at once.
 
@@ -105,12 +107,21 @@ async def submit(
     request differs. Raises :class:`QueueFull` when ``max_queue_depth`` is given and the stream
     already holds that many jobs, :class:`OverBudget` when the job costs more than
     ``max_megapixel_steps``. With ``submitter``, the record names it and the job enters the
-    submitter's index. Every check runs inside the same Lua script as the enqueue. With
-    ``durability.replicas``, a new job counts only once that many replicas hold it (``WAIT`` on the
-    script's connection); raises :class:`NotReplicated` otherwise.
+    submitter's index. ``trace_context`` (``traceparent``, ``tracestate``) travels in the message, so
+    the worker's spans join the submitter's trace. Every check runs inside the same Lua script as the
+    enqueue. With ``durability.replicas``, a new job counts only once that many replicas hold it
+    (``WAIT`` on the script's connection); raises :class:`NotReplicated` otherwise.
     """
     keys = QueueKeys(prefix, model=request.model)  # the job goes on its model's stream
-    message = QueueMessage(job_id=new_job_id(), request=request, webhook_url=webhook_url, ttl_seconds=ttl_seconds)
+    trace = trace_context or {}
+    message = QueueMessage(
+        job_id=new_job_id(),
+        request=request,
+        webhook_url=webhook_url,
+        ttl_seconds=ttl_seconds,
+        traceparent=trace.get("traceparent"),
+        tracestate=trace.get("tracestate"),
+    )
     fingerprint = _request_fingerprint(request, webhook_url) if idempotency_key is not None else ""
     idem_key = keys.idempotency(idempotency_key) if idempotency_key is not None else keys.stream
     record = [part for pair in initial_record(message, submitter).items() for part in pair]

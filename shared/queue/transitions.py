@@ -142,6 +142,8 @@ class Claim:
     """The fencing token of this delivery when the job is now ``running`` on the claimer."""
     settled: JobStatus | None = None
     """Set when the job ended without rendering (canceled, or too many deliveries)."""
+    previous_run: str | None = None
+    """The ``traceparent`` of the job's previous run (a reclaimed job), for a trace link to it."""
 
 
 def claim(
@@ -154,13 +156,15 @@ def claim(
     worker: str,
     token: str,
     max_deliveries: int,
+    run_traceparent: str | None = None,
 ) -> Claim:
     """A worker took stream entry ``entry_id``: mark the job ``running`` under ``token``, or settle it.
 
     ``record`` is the job record as read under WATCH (empty for a job enqueued with XADD alone,
     whose record the claimer then writes). A record already terminal (canceled while queued, or
     finished by a worker that died before its XACK) or with ``cancel_requested`` is settled and
-    acked; past ``max_deliveries`` the job fails and is dead-lettered.
+    acked; past ``max_deliveries`` the job fails and is dead-lettered. ``run_traceparent`` names this
+    run's span in the record, so a later run of the job (after a crash) can link to it.
     """
     job_id, ttl = message.job_id, message.ttl_seconds
     if record.get(Rec.OWNER) == token and record.get(Rec.STATUS) == "running":
@@ -173,6 +177,7 @@ def claim(
         queue_event(pipe, keys, job_id, make_event("queued"), ttl)
     status = current.get(Rec.STATUS, "queued")
     deliveries = int(current.get(Rec.DELIVERIES) or 0) + 1
+    previous_run = current.get(Rec.RUN_TRACEPARENT) or None
     settled: JobStatus | None = None
     if status in TERMINAL_STATUSES:
         settled = status  # type: ignore[assignment]
@@ -192,26 +197,26 @@ def claim(
         settled = "failed"
     if settled is not None:
         _queue_ack(pipe, keys, entry_id)
-        return Claim(deliveries=deliveries - 1, settled=settled)
-    pipe.hset(
-        keys.job(job_id),
-        mapping={
-            Rec.STATUS: "running",
-            Rec.STARTED_AT: encode_time(time.time()),
-            Rec.WORKER: worker,
-            Rec.OWNER: token,
-            Rec.DELIVERIES: str(deliveries),
-            Rec.ENTRY_ID: entry_id,
-            Rec.PROGRESS_STEP: "0",
-            Rec.PROGRESS_TOTAL: str(message.request.steps),
-        },
-    )
+        return Claim(deliveries=deliveries - 1, settled=settled, previous_run=previous_run)
+    running = {
+        Rec.STATUS: "running",
+        Rec.STARTED_AT: encode_time(time.time()),
+        Rec.WORKER: worker,
+        Rec.OWNER: token,
+        Rec.DELIVERIES: str(deliveries),
+        Rec.ENTRY_ID: entry_id,
+        Rec.PROGRESS_STEP: "0",
+        Rec.PROGRESS_TOTAL: str(message.request.steps),
+    }
+    if run_traceparent:
+        running[Rec.RUN_TRACEPARENT] = run_traceparent
+    pipe.hset(keys.job(job_id), mapping=running)
     pipe.expire(keys.job(job_id), ttl)
     queue_event(pipe, keys, job_id, make_event("running", worker=worker, message=f"delivery {deliveries}"), ttl)
     created_at = decode_time(current.get(Rec.CREATED_AT))
     if created_at is not None:  # queue wait: submission to the start of this run
         queue_observe(pipe, keys, "queue_wait_seconds", max(0.0, time.time() - created_at), QUEUE_WAIT_SECONDS_BUCKETS)
-    return Claim(deliveries=deliveries, token=token)
+    return Claim(deliveries=deliveries, token=token, previous_run=previous_run)
 
 
 # --- progress ------------------------------------------------------------------------------------

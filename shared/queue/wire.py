@@ -33,6 +33,17 @@ class QueueMessage(BaseModel):
     webhook_url: str | None = None
     ttl_seconds: int = Field(default=DEFAULT_TTL_SECONDS, ge=1)
     enqueued_at: float = Field(default_factory=time.time)
+    traceparent: str | None = Field(
+        default=None,
+        max_length=128,
+        description="W3C trace context of the submitting request: the worker's spans join its trace. "
+        "Optional; a malformed value is ignored, never a reason to refuse the job.",
+    )
+    tracestate: str | None = Field(default=None, max_length=512, description="W3C tracestate beside traceparent.")
+
+    def trace_context(self) -> dict[str, str]:
+        """``traceparent`` / ``tracestate`` as a W3C carrier (empty when the submitter sent none)."""
+        return {k: v for k, v in (("traceparent", self.traceparent), ("tracestate", self.tracestate)) if v}
 
 
 def new_job_id() -> str:

@@ -12,17 +12,21 @@ from shared.service.limits import BodySizeLimit
 from shared.service.logging import RequestIdMiddleware
 from shared.service.problems import install_problem_handlers, install_problem_openapi
 from shared.service.settings import ServiceSettings
+from shared.service.tracing import configure_tracing, instrument_app
 
 
 def service_app(
     settings: ServiceSettings,
     *,
+    service_name: str,
     domain_errors: Iterable[type[Exception]] = (),
     translated: Mapping[type[Exception], Any] | None = None,
     **fastapi_options: Any,
 ) -> FastAPI:
     """A FastAPI app with the settings on ``app.state``, problem-details errors (documented in
-    OpenAPI), the body limit, request ids in the logs and offline docs. Routers are added after."""
+    OpenAPI), the body limit, request ids in the logs, offline docs, and server spans when the ``OTEL_*``
+    environment asks for traces (``service_name``: the default ``service.name``). Routers are added after."""
+    configure_tracing(service_name)
     app = FastAPI(docs_url=None, redoc_url=None, **fastapi_options)
     app.state.settings = settings
     install_problem_handlers(
@@ -32,4 +36,5 @@ def service_app(
     install_offline_docs(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)  # outermost: every line logged while serving carries the id
+    instrument_app(app)  # outside even that, when tracing is on: the server span covers the whole request
     return app

@@ -1,5 +1,6 @@
 """One log format for both services: JSON lines with fields (or plain text), and the request id
-of the HTTP request being served on every line logged while serving it."""
+of the HTTP request being served on every line logged while serving it (with tracing on, the
+``trace_id`` and ``span_id`` of the span current when the line was logged, too)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.service.tracing import log_ids
+
 REQUEST_ID_HEADER = "X-Request-ID"
 request_id: ContextVar[str | None] = ContextVar("omost_request_id", default=None)
 
@@ -25,6 +28,7 @@ class LoggingSettings(Protocol):
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id.get()
+        record.trace_ids = log_ids()  # the span being served, when tracing is on
         return True
 
 
@@ -41,6 +45,7 @@ class JsonFormatter(logging.Formatter):
         }
         if rid := getattr(record, "request_id", None):
             entry["request_id"] = rid
+        entry.update(getattr(record, "trace_ids", None) or {})
         extra = getattr(record, "fields", None)
         if isinstance(extra, dict):
             entry.update(extra)
@@ -60,6 +65,8 @@ class TextFormatter(logging.Formatter):
             line += " " + " ".join(f"{k}={v}" for k, v in extra.items())
         if rid := getattr(record, "request_id", None):
             line += f" request_id={rid}"
+        for name, value in (getattr(record, "trace_ids", None) or {}).items():
+            line += f" {name}={value}"
         return line
 
 

@@ -22,6 +22,8 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from shared.service.tracing import note_problem
+
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 RETRY_STATUSES = frozenset({429, 503})
 
@@ -71,6 +73,7 @@ def problem(
     body = problem_body(status, detail, instance=request.url.path if request else None, errors=errors)
     if extensions:
         body.update(extensions)
+    note_problem(body)
     return JSONResponse(body, status_code=status, headers=dict(headers or {}), media_type=PROBLEM_MEDIA_TYPE)
 
 

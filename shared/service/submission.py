@@ -7,10 +7,12 @@ the model it names (:func:`fit_model`): a model no worker serves, or an option i
 from __future__ import annotations
 
 from fastapi.exceptions import RequestValidationError
+from opentelemetry.trace import SpanKind
 
 from shared.jobs import DEFAULT_MODEL, RenderRequest, SamplingParams
 from shared.models import ModelMismatch, RequestT, fit_request
 from shared.queue import OverBudget, RenderQueue, Submitted
+from shared.service.tracing import current_trace_context, record_error, request_attributes, tracer
 
 
 def _refusal(queue: RenderQueue, exc: OverBudget, loc: tuple[str, ...]) -> RequestValidationError:
@@ -58,11 +60,27 @@ async def submit_render(
     loc: tuple[str, ...] = ("body",),
 ) -> Submitted:
     """Queue ``request`` in ``submitter``'s name, fitted to its model (:func:`fit_model`); 422 over budget
-    or for a model that cannot take it, and the queue's 429 / 409 as they are."""
+    or for a model that cannot take it, and the queue's 429 / 409 as they are.
+
+    The ``render submit`` span's context travels in the queue message: the worker's spans are its children."""
     request = await fit_model(queue, request, loc=loc)
-    try:
-        return await queue.submit(
-            request, submitter=submitter, idempotency_key=idempotency_key, webhook_url=webhook_url
-        )
-    except OverBudget as exc:
-        raise _refusal(queue, exc, loc) from None
+    with tracer.start_as_current_span(
+        "render submit", kind=SpanKind.PRODUCER, attributes=request_attributes(request), record_exception=False
+    ) as span:
+        try:
+            submitted = await queue.submit(
+                request,
+                submitter=submitter,
+                idempotency_key=idempotency_key,
+                webhook_url=webhook_url,
+                trace_context=current_trace_context(),
+            )
+        except OverBudget as exc:
+            record_error(span, exc, "work_budget")
+            raise _refusal(queue, exc, loc) from None
+        except Exception as exc:
+            record_error(span, exc, type(exc).__name__)
+            raise
+        span.set_attribute("omost.job.id", submitted.job_id)
+        span.set_attribute("omost.job.replayed", not submitted.created)
+        return submitted

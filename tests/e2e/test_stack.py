@@ -1,6 +1,6 @@
 """The whole stack over HTTP, everything real: redis-server, the planner with SmolLM2 through the
 embedded llama.cpp server, the render API and one worker with the tiny model, each its own process,
-started by ``omost serve``."""
+started by ``omost serve``, with OpenTelemetry traces on (exported to a receiver in the test)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import contextlib
 import io
 import json
 import os
+import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -22,6 +24,8 @@ from PIL import Image
 from shared.cli.stack import free_port
 from shared.client import OmostAPIError, OmostClient, RenderFailed
 from shared.jobs import RenderRequest
+from shared.plans import GenerationAccepted
+from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.prometheus_server import OBSERVABILITY, PrometheusServer, dashboard_expressions, metric_names
 from tests.support import RedisServer, StepGate, wait_for_http, wait_until
 
@@ -43,8 +47,15 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Stack]:
-    """``omost serve`` as a user runs it, stopped with Ctrl-C (SIGINT) at the end."""
+def otlp() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, otlp: OtlpReceiver) -> Iterator[Stack]:
+    """``omost serve`` as a user runs it, stopped with Ctrl-C (SIGINT) at the end; traced, as the
+    standard OTEL_* variables ask."""
     redis = RedisServer().start()
     planner_port, render_port = free_port(), free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
@@ -56,7 +67,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterato
         "OMOST_PLANNER_KEY_PREFIX": "e2e:",
         "XDG_CACHE_HOME": str(cache),
         "OMOST_RENDER_TEST_STEP_GATE": str(gate.folder),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url,
+        "OTEL_BSP_SCHEDULE_DELAY": "200",  # export within a fraction of a second, not 5 s
     }
+    env.pop("OTEL_SERVICE_NAME", None)  # each process names itself
     args = [
         sys.executable,
         "-m",
@@ -104,15 +118,26 @@ def png_size(data: bytes) -> tuple[int, int]:
     return image.size
 
 
-def test_prompt_to_plan_to_png(client: OmostClient) -> None:
-    accepted = client.generate(
-        "a cat and a dog on a sofa", render={**SMALL, "width": 96, "seed": 7}, max_new_tokens=PLAN_TOKENS, seed=1
+def test_prompt_to_plan_to_png(stack: Stack, otlp: OtlpReceiver, client: OmostClient) -> None:
+    """Prompt to PNG in one call, as the caller's trace: one trace from the planner through the LLM
+    and the queue to the worker (see :func:`check_one_trace`)."""
+    trace_id, caller = secrets.token_hex(16), secrets.token_hex(8)
+    body = {"prompt": "a cat and a dog on a sofa", "max_new_tokens": PLAN_TOKENS, "seed": 1}
+    headers = {"traceparent": f"00-{trace_id}-{caller}-01"}  # the caller's span: the trace is the caller's
+    answer = httpx.post(
+        f"{stack.planner_url}/v1/generations",
+        json={**body, "render": {**SMALL, "width": 96, "seed": 7}},
+        headers=headers,
+        timeout=300,
     )
+    assert answer.status_code == 202, answer.text
+    accepted = GenerationAccepted.model_validate(answer.json())
     assert accepted.canvas.global_description.description
     job = client.wait(accepted.urls.self_, timeout=300)
     assert job.status == "succeeded"
     assert job.seeds == [7]
     assert png_size(client.image(job, 0)) == (96, 64)
+    check_one_trace(stack, otlp, trace_id, caller, job.id)
 
 
 def test_editing_turn_keeps_the_conversation(client: OmostClient) -> None:
@@ -132,7 +157,7 @@ def test_cancel_a_render(stack: Stack, client: OmostClient) -> None:
     assert info.value.job.status == "canceled"
 
 
-def test_cli_generate_writes_the_file(stack: Stack, tmp_path: Path) -> None:
+def test_cli_generate_writes_the_file(stack: Stack, otlp: OtlpReceiver, tmp_path: Path) -> None:
     """No --url: the command finds the running ``serve``, streams the plan and shows progress lines."""
     out = tmp_path / "cli.png"
     args = [
@@ -160,6 +185,12 @@ def test_cli_generate_writes_the_file(stack: Stack, tmp_path: Path) -> None:
     assert "using the stack of `omost serve` (pid " in result.stderr
     assert " tokens/s" in result.stderr  # the planning progress line (stderr is a pipe: plain lines)
     assert "wrote" in result.stderr
+    # Traced like the services (OTEL_* in its environment): the command is one trace, down to the worker.
+    (command,) = otlp.find("omost generate")
+    assert command.service == "omost-cli" and command.parent_id == ""
+    wait_until(lambda: any(s.name == "render job" for s in otlp.trace(command.trace_id)), 60, what="the worker's span")
+    calls = [s for s in otlp.trace(command.trace_id) if s.parent_id == command.span_id]
+    assert calls and all(s.kind == "CLIENT" and s.service == "omost-cli" for s in calls)
 
 
 def test_cli_edit_continues_on_the_remembered_planner(stack: Stack, tmp_path: Path) -> None:
@@ -245,3 +276,59 @@ def test_prometheus_scrapes_the_stack_and_a_job_moves_its_counters(
         assert not [rule["name"] for rule in rules if rule["state"] == "firing"]
     finally:
         prometheus.stop()
+
+
+def check_one_trace(stack: Stack, otlp: OtlpReceiver, trace_id: str, caller: str, job_id: str) -> None:
+    """planner -> LLM -> render submit -> worker, parent to child, across the planner's and the
+    worker's processes; the job's trace context travels in the queue message; log lines carry the
+    trace id."""
+
+    def spans() -> dict[str, ReceivedSpan]:
+        return {span.name: span for span in otlp.trace(trace_id)}
+
+    wait_until(lambda: "render job" in spans(), 60, what="the worker's spans exported")
+    wait_until(lambda: {"settle", "image store", "engine decode"} <= set(spans()), 60, what="the settle spans")
+    got = spans()
+    server = got["POST /v1/generations"]
+    assert (server.parent_id, server.service, server.kind) == (caller, "omost-planner", "SERVER")
+    plan = got["plan"]
+    assert plan.parent_id == server.span_id
+    assert plan.attributes["omost.plan.max_tokens"] == PLAN_TOKENS
+    assert plan.attributes["omost.plan.completion_tokens"] > 0
+    assert plan.attributes["omost.plan.grammar_profile"]
+    (llm,) = [s for s in otlp.trace(trace_id) if s.kind == "CLIENT" and s.parent_id == plan.span_id]
+    assert "chat/completions" in str(llm.attributes.get("url.full", llm.attributes.get("http.url")))
+    submit = got["render submit"]
+    assert (submit.parent_id, submit.kind, submit.attributes["omost.job.id"]) == (server.span_id, "PRODUCER", job_id)
+    run = got["render job"]
+    assert (run.parent_id, run.service, run.kind) == (submit.span_id, "omost-render-worker", "CONSUMER")
+    assert run.attributes["omost.job.id"] == job_id and run.attributes["omost.job.status"] == "succeeded"
+    assert run.attributes["omost.render.steps"] == SMALL["steps"] and run.attributes["omost.render.attention"]
+    assert run.attributes["omost.queue.wait_seconds"] >= 0 and "omost.render.regions" in run.attributes
+    for name in ("claim", "render", "png encode", "settle"):
+        assert got[name].parent_id == run.span_id, name
+    for name in ("engine encode", "engine denoise", "engine decode"):
+        assert got[name].parent_id == got["render"].span_id, name
+    steps = [event for event in got["engine denoise"].events if event[0] == "step"]
+    assert [attributes["omost.step"] for _, attributes in steps] == list(range(1, SMALL["steps"] + 1))
+    assert got["image store"].parent_id == got["settle"].span_id
+    assert all(not span.error for span in otlp.trace(trace_id))
+    where = re.search(r"logs in (\S+);", stack.log.read_text())  # serve names its children's log folder
+    assert where is not None
+    logs = Path(where[1])
+    worker_log = (logs / "render-worker-0.log").read_text().splitlines()
+    logged = [json.loads(line) for line in worker_log if trace_id in line]
+    assert any(line["msg"] == "job started" and line["span_id"] == run.span_id for line in logged), worker_log[-5:]
+
+
+def test_a_refused_request_says_its_problem_on_its_span(stack: Stack, otlp: OtlpReceiver) -> None:
+    trace_id = secrets.token_hex(16)
+    headers = {"traceparent": f"00-{trace_id}-{'2' * 16}-01"}
+    answer = httpx.post(f"{stack.render_url}/v1/renders", json={"canvas": {}}, headers=headers, timeout=30)
+    assert answer.status_code == 422
+    wait_until(lambda: otlp.trace(trace_id), 30, what="the server span exported")
+    (server,) = otlp.trace(trace_id)
+    assert (server.name, server.service) == ("POST /v1/renders", "omost-render-api")
+    assert server.attributes["omost.problem.type"] == answer.json()["type"]
+    assert server.attributes["omost.problem.title"] == answer.json()["title"]
+    assert not server.error  # a 4xx is the caller's problem, not the server's failure

@@ -53,6 +53,11 @@ NOT_RUN = {
     ("observability.md", "prometheus --config.file"): "serves until stopped: tests/e2e/test_stack.py runs a "
                                                        "Prometheus on these files",
     ("observability.md", "# /etc/grafana/provisioning"): "a Grafana provisioning file",
+    ("observability.md", "OTEL_EXPORTER_OTLP_ENDPOINT=http"): "serves until stopped: tests/e2e/test_stack.py runs "
+                                                               "`omost serve` traced, with a receiver",
+    ("observability.md", "POST /v1/generations"): "a trace shown (tests/e2e/test_stack.py checks this tree)",
+    ("observability.md", "render path, "): "output of bench/tracing_bench.py",
+    ("observability.md", "services:"): "a compose override: needs Docker and a collector image",
     ("planner.md", "client ──HTTP──> planner_service"): "a diagram",
     ("planner.md", "vllm serve lllyasviel/omost-llama-3-8b"): "needs a GPU host and the 8B model",
     ("planner.md", "planner ready: LLM"): "a log line shown",

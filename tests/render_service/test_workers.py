@@ -2,12 +2,16 @@
 
 The tests run in order and share the workers: the race uses all three, the SIGTERM test stops one
 and the SIGKILL test kills another, whose job the last one must finish. Claim deadlines are short
-(2 s, heartbeat every 0.25 s) so that reclaiming takes seconds and heartbeats are put to work.
+(2 s, heartbeat every 0.25 s) so that reclaiming takes seconds and heartbeats are put to work. The
+processes export OpenTelemetry traces to a receiver in the test: a reclaimed run is a second span,
+linked to the first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import secrets
 import signal
 import time
 from collections.abc import Iterator
@@ -18,7 +22,16 @@ import pytest
 import redis
 
 from shared.queue import GROUP, QueueKeys
-from tests.render_service.helpers import StepGate, render_stack, submit, unique_prefix, wait_for, wait_terminal
+from tests.otlp_receiver import OtlpReceiver
+from tests.render_service.helpers import (
+    StepGate,
+    body,
+    render_stack,
+    submit,
+    unique_prefix,
+    wait_for,
+    wait_terminal,
+)
 from tests.support import ChildProcess, RedisServer, wait_until
 
 CLAIM_IDLE_SECONDS = 2.0
@@ -37,13 +50,20 @@ pytestmark = pytest.mark.slow
 def env(redis_server: RedisServer, tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     logs = tmp_path_factory.mktemp("workers-logs")
     workers = {name: SETTINGS for name in ("w1", "w2", "w3")}
-    with render_stack(redis_server.url, unique_prefix("workers"), tiny_model, logs, workers, SETTINGS) as stack:
+    with OtlpReceiver() as otlp, contextlib.ExitStack() as running:
+        with pytest.MonkeyPatch.context() as patch:  # only the children started now see it
+            patch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.url)
+            patch.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")
+            stack = running.enter_context(
+                render_stack(redis_server.url, unique_prefix("workers"), tiny_model, logs, workers, SETTINGS)
+            )
         yield {
             "http": stack.http,
             "workers": stack.workers,
             "keys": stack.keys,
             "redis": stack.redis,
             "gate": stack.gate,
+            "otlp": otlp,
         }
 
 
@@ -106,11 +126,17 @@ def test_sigterm_requeues_the_running_job(env: dict[str, Any]) -> None:
 def test_sigkill_mid_render_is_finished_by_another(env: dict[str, Any]) -> None:
     http: httpx.Client = env["http"]
     workers: dict[str, ChildProcess] = env["workers"]
+    otlp: OtlpReceiver = env["otlp"]
     alive = [n for n, w in workers.items() if w.process is not None and w.process.poll() is None]
     assert len(alive) == 2
+    trace_id = secrets.token_hex(16)
     with env["gate"].holding_all():
-        job_id = submit(http, steps=4)
+        answer = http.post("/v1/renders", json=body(steps=4), headers={"traceparent": f"00-{trace_id}-{'1' * 16}-01"})
+        assert answer.status_code == 202, answer.text
+        job_id = answer.json()["id"]
         name = running_on(http, job_id)
+        # The first run's claim span is exported (its own span never will be: the run dies).
+        wait_until(lambda: any(s.name == "claim" for s in otlp.trace(trace_id)), 60, 0.1, "the first claim exported")
         workers[name].kill()
     # The dead worker's entry idles past the deadline; the survivor reclaims and renders it.
     record = wait_terminal(http, job_id, 240)
@@ -119,6 +145,16 @@ def test_sigkill_mid_render_is_finished_by_another(env: dict[str, Any]) -> None:
     assert statuses(env["redis"], env["keys"], job_id) == ["queued", "running", "running", "succeeded"]
     r: redis.Redis = env["redis"]
     assert r.xpending(env["keys"].stream, GROUP)["pending"] == 0
+    # Both runs are children of the submit span; the second is linked to the first.
+    wait_until(lambda: any(s.name == "render job" for s in otlp.trace(trace_id)), 60, 0.1, "the second run exported")
+    spans = otlp.trace(trace_id)
+    (submitted,) = [s for s in spans if s.name == "render submit"]
+    (second,) = [s for s in spans if s.name == "render job"]
+    assert second.attributes["omost.job.delivery"] == 2 and second.parent_id == submitted.span_id
+    runs = {s.parent_id for s in spans if s.name == "claim"}  # each claim is a child of its run's span
+    assert second.span_id in runs and len(runs) == 2
+    (first_run,) = runs - {second.span_id}
+    assert second.links == [first_run]
 
 
 def test_superseded_worker_stops_and_the_job_is_redelivered(env: dict[str, Any]) -> None:
