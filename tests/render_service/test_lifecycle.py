@@ -362,7 +362,7 @@ def test_a_webhook_outlives_the_worker_that_was_sending_it(env: Stack) -> None:
     assert not webhook_over(wait_for(http, job_id, lambda r: True)), "no worker is left to have sent it"
 
     env.add_worker("life-worker-2")
-    record = wait_for(http, job_id, webhook_over, 180, "the webhook delivered by the next worker")
+    record = wait_for(http, job_id, webhook_over, 300, "the webhook delivered by the next worker")
     assert record["webhook"].startswith("delivered: HTTP 204 after 2 attempt"), record["webhook"]
     assert record["webhook_attempts"] == 2
     ids = [h["Webhook-Id"] for h in receiver.attempts if h["Webhook-Id"].startswith(job_id)]
