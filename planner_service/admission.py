@@ -12,6 +12,7 @@ from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 
+from shared.service.leases import Counter, Full, Lease, LeasedPlaces
 from shared.service.problems import ServiceError
 
 T = TypeVar("T")
@@ -24,8 +25,8 @@ class PlannerBusy(ServiceError):
 
     def __init__(self, limit: int) -> None:
         super().__init__(
-            f"the planner is already working on {limit} plans (its limit, OMOST_PLANNER_MAX_CONCURRENT_PLANS); "
-            "try again after Retry-After seconds"
+            f"the planner is already working on {limit} plans (its limit for all replicas together, "
+            "OMOST_PLANNER_MAX_CONCURRENT_PLANS); try again after Retry-After seconds"
         )
 
 
@@ -36,31 +37,25 @@ class ClientGone(ServiceError):
         super().__init__("the client closed the connection; the plan was stopped")
 
 
-class Slot:
-    """One admitted plan; :meth:`release` (idempotent) frees its place."""
-
-    def __init__(self, admission: Admission) -> None:
-        self._admission = admission
-        self._held = True
-
-    def release(self) -> None:
-        if self._held:
-            self._held = False
-            self._admission.in_flight -= 1
-
-
 class Admission:
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.in_flight = 0
+    """Plans in flight, counted in Redis (:mod:`shared.service.leases`) so the limit holds for every
+    planner replica together."""
 
-    def admit(self) -> Slot:
+    def __init__(self, places: LeasedPlaces, key: str, limit: int) -> None:
+        self.places = places
+        self.counter = Counter(key, limit, "{held} plans in flight (limit {limit})")
+        self.limit = limit
+
+    async def admit(self) -> Lease:
         """A place for one plan, or :class:`PlannerBusy` (429) when all ``limit`` are taken. No
         waiting line: the client's retry (after Retry-After) is the queue, and it costs us nothing."""
-        if self.in_flight >= self.limit:
-            raise PlannerBusy(self.limit)
-        self.in_flight += 1
-        return Slot(self)
+        try:
+            return await self.places.acquire([self.counter])
+        except Full:
+            raise PlannerBusy(self.limit) from None
+
+    async def in_flight(self) -> int:
+        return await self.places.held(self.counter.key)
 
 
 def get_admission(request: Request) -> Admission:

@@ -24,9 +24,7 @@ from shared.service.problems import field_errors
 from shared.service.routing import StrictRoute
 from shared.service.submission import check_budget, submit_render
 
-router = APIRouter(
-    prefix="/v1", tags=["generations"], dependencies=[Depends(require_token)], route_class=StrictRoute
-)
+router = APIRouter(prefix="/v1", tags=["generations"], dependencies=[Depends(require_token)], route_class=StrictRoute)
 
 _RENDER = ("body", "render")
 _PLACEHOLDER = Canvas(global_description=GlobalDescription(description="placeholder", HTML_web_color_name="white"))
@@ -62,14 +60,24 @@ async def create_generation(
     admission: AdmissionDep,
     request: Request,
 ) -> GenerationAccepted:
-    # Check the render parameters first: a bad width or a job over budget should not cost a plan.
+    # Check the render parameters first: a bad width, a job over budget or a full queue should not
+    # cost a plan.
     check_budget(queue, _render_request(body.render, _PLACEHOLDER), loc=_RENDER)
-    slot = admission.admit()
+    await check_queue_depth(queue)
+    slot = await admission.admit()
     try:
         # A client that hangs up stops the plan and never gets a render queued in its name.
         return await unless_disconnected(request, _plan_and_queue(body, service, settings, queue, request))
     finally:
-        slot.release()
+        await slot.release()
+
+
+async def check_queue_depth(queue: RenderQueue) -> None:
+    """429 now (with Retry-After) when the render queue is full: no plan is spent on a job it would refuse."""
+    try:
+        await queue.check_depth()
+    except RedisError as exc:
+        raise StoreUnavailable(f"the render queue (Redis) is unavailable: {exc}") from exc
 
 
 async def _plan_and_queue(

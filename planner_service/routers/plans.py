@@ -9,11 +9,12 @@ from fastapi import APIRouter, Depends, Request
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
-from planner_service.admission import AdmissionDep, Slot, unless_disconnected
+from planner_service.admission import AdmissionDep, unless_disconnected
 from planner_service.dependencies import PlanServiceDep
 from planner_service.errors import error_body
 from planner_service.schemas import PlanRequest, PlanResponse
 from shared.service.auth import require_token
+from shared.service.leases import Lease
 from shared.service.routing import StrictRoute
 
 router = APIRouter(prefix="/v1", tags=["plans"], dependencies=[Depends(require_token)], route_class=StrictRoute)
@@ -47,19 +48,19 @@ _EVENT = {
     },
 )
 async def create_plan(body: PlanRequest, service: PlanServiceDep, admission: AdmissionDep, request: Request):
-    slot = admission.admit()  # 429 beyond the limit, before any work
+    slot = await admission.admit()  # 429 beyond the limit, before any work
     if not body.stream:
         try:
             return await unless_disconnected(request, service.plan(body))
         finally:
-            slot.release()
+            await slot.release()
     events = service.stream(body)
     try:
         # Wait for the first event before answering, so that a missing conversation, an oversized
         # request or an unreachable LLM is still an HTTP status rather than an event in a 200 stream.
         first = await unless_disconnected(request, events.__anext__())
     except BaseException:
-        slot.release()
+        await slot.release()
         await events.aclose()  # type: ignore[attr-defined]
         raise
     # Once streaming, the SSE response stops the generator when the client hangs up.
@@ -67,7 +68,7 @@ async def create_plan(body: PlanRequest, service: PlanServiceDep, admission: Adm
 
 
 async def _sse(
-    first: tuple[str, object], events: AsyncIterator[tuple[str, object]], slot: Slot
+    first: tuple[str, object], events: AsyncIterator[tuple[str, object]], slot: Lease
 ) -> AsyncIterator[dict]:
     try:
         kind, data = first
@@ -87,5 +88,5 @@ async def _sse(
         _status, body = error_body(exc)  # re-raises anything that is not a known planner failure
         yield {"event": "error", "data": json.dumps(body)}
     finally:
-        slot.release()
+        await slot.release()
         await events.aclose()  # type: ignore[attr-defined]

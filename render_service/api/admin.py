@@ -11,9 +11,7 @@ from render_service.api.deps import HubDep, SettingsDep, StoreDep
 from shared.service.auth import require_admin
 from shared.service.routing import StrictRoute
 
-router = APIRouter(
-    prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)], route_class=StrictRoute
-)
+router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)], route_class=StrictRoute)
 
 
 class WorkerView(BaseModel):
@@ -26,7 +24,7 @@ class WorkerView(BaseModel):
 
 class WorkersView(BaseModel):
     workers: list[WorkerView]
-    open_event_streams: int = Field(description="SSE streams open on this API process.")
+    open_event_streams: int = Field(description="SSE streams open on all API replicas together.")
 
 
 @router.get(
@@ -38,4 +36,4 @@ async def workers(settings: SettingsDep, store: StoreDep, hub: HubDep) -> Worker
     """Workers with a recent heartbeat and what they report about themselves."""
     live = await store.live_workers(3 * settings.heartbeat_interval)
     views = [WorkerView(name=w.pop("name"), details=w) for w in live]
-    return WorkersView(workers=views, open_event_streams=hub.open_streams)
+    return WorkersView(workers=views, open_event_streams=await hub.open_streams())

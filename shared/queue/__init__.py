@@ -39,6 +39,7 @@ the only code that names a field), :mod:`~shared.queue.transitions`, :mod:`~shar
 from shared.queue.errors import IdempotencyConflict, JobFinished, JobNotFound, OverBudget, QueueFull
 from shared.queue.images import ImageRedirect, ImagesNotSaved, ImageStore, ImageStoreUnavailable, RedisImages
 from shared.queue.keys import (
+    ALL_SUBMITTERS,
     DEAD_LETTER_MAXLEN,
     DEFAULT_PREFIX,
     DEFAULT_TTL_SECONDS,
@@ -87,6 +88,7 @@ from shared.queue.wire import (
 )
 
 __all__ = [
+    "ALL_SUBMITTERS",
     "DEAD_LETTER_MAXLEN",
     "DEFAULT_PREFIX",
     "DEFAULT_TTL_SECONDS",

@@ -16,6 +16,9 @@ MESSAGE_FIELD = "message"
 EVENT_FIELD = "event"
 """Event-stream entries carry one field, ``event``, holding a JSON :class:`shared.jobs.JobEvent`."""
 
+ALL_SUBMITTERS = "*"
+"""The pseudo-submitter whose index holds every job (:attr:`QueueKeys.all_jobs_index`)."""
+
 DEAD_LETTER_MAXLEN = 10_000
 """The dead-letter stream is capped (approximately, which is cheap) so a flood of bad jobs can't grow it."""
 
@@ -83,6 +86,13 @@ class QueueKeys:
         """List of job ids whose webhook is due but whose stream entry is gone (canceled while queued);
         any worker pops it and delivers."""
         return f"{self.prefix}webhooks:outbox"
+
     def owner_index(self, submitter: str) -> str:
         """Sorted set: the submitter's job ids -> submit time in ms (``GET /v1/renders`` pages it)."""
         return f"{self.prefix}render-index:{submitter}"
+
+    @property
+    def all_jobs_index(self) -> str:
+        """Sorted set: every job id, whoever submitted it (or none) -> submit time in ms: the admin's
+        listing. ``*`` is never a submitter (those are ``public``, ``admin`` or a hex digest)."""
+        return self.owner_index(ALL_SUBMITTERS)

@@ -19,7 +19,7 @@ import redis.asyncio
 from redis.exceptions import ResponseError
 
 from shared.jobs import TERMINAL_STATUSES, JobEvent, JobStatus, RenderRequest, over_budget
-from shared.queue.errors import JobNotFound, OverBudget
+from shared.queue.errors import JobNotFound, OverBudget, QueueFull
 from shared.queue.images import ImageRedirect, ImageStore, ImageStoreUnavailable, RedisImages
 from shared.queue.keys import EVENT_FIELD, JOB_ID_PATTERN, MESSAGE_FIELD, QueueKeys
 from shared.queue.record import JobRecord, Rec
@@ -68,6 +68,13 @@ class RenderQueue:
         """Raise :class:`OverBudget` now for a job the submit script would refuse (e.g. before planning it)."""
         if reason := over_budget(request, self.settings.max_job_megapixel_steps):
             raise OverBudget(reason)
+
+    async def check_depth(self) -> None:
+        """Raise :class:`QueueFull` now if the queue is at its depth limit (e.g. before planning a job the
+        submit script would refuse). Only a hint: the submit script checks again, atomically."""
+        limit = self.settings.max_queue_depth
+        if limit is not None and (depth := int(await self.redis.xlen(self.keys.stream))) >= limit:
+            raise QueueFull(depth, limit)
 
     async def submit(
         self,

@@ -16,7 +16,8 @@ from shared.queue.keys import DEFAULT_PREFIX, DEFAULT_TTL_SECONDS, EVENT_FIELD, 
 from shared.queue.record import Rec, initial_record
 from shared.queue.wire import QueueMessage, make_event, new_job_id, text
 
-SUBMIT_SCRIPT = """
+SUBMIT_SCRIPT = (
+    """
 local budget = tonumber(ARGV[9])
 if budget > 0 and tonumber(ARGV[8]) > budget then return {'over_budget', ARGV[8]} end
 local has_key = ARGV[5] ~= ''
@@ -46,21 +47,28 @@ redis.call('XADD', KEYS[3], '*', '$EVENT_FIELD', ARGV[4])
 redis.call('EXPIRE', KEYS[3], ttl)
 redis.call('HINCRBY', KEYS[4], 'jobs_submitted_total', 1)
 if has_key then redis.call('SET', KEYS[5], ARGV[5], 'EX', ttl) end
-if ARGV[10] ~= '' then
-  local now_ms = tonumber(ARGV[12])
-  redis.call('ZADD', KEYS[6], now_ms, ARGV[11])
-  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now_ms - ttl * 1000)
-  redis.call('EXPIRE', KEYS[6], ttl)
+local now_ms = tonumber(ARGV[12])
+local indexes = {KEYS[7]}
+if ARGV[10] ~= '' then indexes[2] = KEYS[6] end
+for _, index in ipairs(indexes) do
+  redis.call('ZADD', index, now_ms, ARGV[11])
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', now_ms - ttl * 1000)
+  redis.call('EXPIRE', index, ttl)
 end
 return {'created', entry}
-""".replace("$MESSAGE_FIELD", MESSAGE_FIELD).replace("$EVENT_FIELD", EVENT_FIELD).replace("$ENTRY_ID", Rec.ENTRY_ID)
+""".replace("$MESSAGE_FIELD", MESSAGE_FIELD)
+    .replace("$EVENT_FIELD", EVENT_FIELD)
+    .replace("$ENTRY_ID", Rec.ENTRY_ID)
+)
 """The Lua script of :func:`submit`, for enqueuers in any language (``EVAL SUBMIT_SCRIPT 6 ...``).
 
 One script, so "is the job within budget / is the key already used / is the queue full" and the
 enqueue are one atomic step: concurrent submits can neither overshoot the depth limit nor both
-create a job for one key, and a job is in its submitter's index from its first moment.
+create a job for one key, and a job is in its submitter's index (and the index of all jobs, which the
+admin lists) from its first moment.
 KEYS: stream, job record, job events, metrics, idempotency key (any key, e.g. the stream, if none),
-the submitter's index ``{p}render-index:{submitter}`` (any key if none).
+the submitter's index ``{p}render-index:{submitter}`` (any key if none), the index of all jobs
+``{p}render-index:*``.
 ARGV: max depth (0: no limit), ttl, message JSON, ``queued`` event JSON, idempotency value
 ``{id}:{fingerprint}`` ("" if none), job key prefix ``{p}render:``, fingerprint, the job's
 megapixel-steps, the budget (0: no limit), submitter ("" if none), job id, now in ms, then the
@@ -109,13 +117,14 @@ async def submit(
     event = make_event("queued").model_dump_json(exclude_none=True)
     answer = await client.eval(
         SUBMIT_SCRIPT,
-        6,
+        7,
         keys.stream,
         keys.job(message.job_id),
         keys.events(message.job_id),
         keys.metrics,
         idem_key,
         keys.owner_index(submitter) if submitter else keys.stream,
+        keys.all_jobs_index,
         max_queue_depth or 0,
         ttl_seconds,
         message.model_dump_json(),

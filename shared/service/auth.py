@@ -106,6 +106,14 @@ def token_owner(request: Request) -> str:
     return owner_digest(_given(request) or b"")
 
 
+def rate_owner(request: Request) -> str:
+    """Whose request rate this request counts against: its token's owner, or without auth its address."""
+    owner = token_owner(request)
+    if owner != PUBLIC_OWNER:
+        return owner
+    return f"address:{request.client.host if request.client else 'unknown'}"
+
+
 def may_see(request: Request, owner: str | None) -> bool:
     """Whether this request may see a job owned by ``owner`` (None: a job that names no owner,
     e.g. queued straight into Redis, which only the admin sees once auth is on)."""

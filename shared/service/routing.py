@@ -18,8 +18,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 
-from shared.service.auth import check_token, require_token
+from shared.service.auth import check_token, rate_owner, require_token
 from shared.service.problems import field_errors
+from shared.service.rates import check_rate
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -46,15 +47,26 @@ def check_finite_json(body: bytes) -> None:
         json.loads(body, parse_constant=_no_constant, parse_float=_finite)
     except _NonFinite as exc:
         raise RequestValidationError(
-            [{"type": "finite_number", "loc": ("body",),
-              "msg": f"{exc} is not a JSON number: numbers must be finite (no NaN or Infinity)"}]
+            [
+                {
+                    "type": "finite_number",
+                    "loc": ("body",),
+                    "msg": f"{exc} is not a JSON number: numbers must be finite (no NaN or Infinity)",
+                }
+            ]
         ) from None
     except ValueError:  # JSONDecodeError, or bytes that are not text at all
         return
     except RecursionError:  # e.g. 50,000 nested brackets: refuse before anything else recurses into it
         raise RequestValidationError(
-            [{"type": "json_invalid", "loc": ("body", 0), "msg": "JSON nested too deeply",
-              "ctx": {"error": "arrays or objects nested too deeply"}}]
+            [
+                {
+                    "type": "json_invalid",
+                    "loc": ("body", 0),
+                    "msg": "JSON nested too deeply",
+                    "ctx": {"error": "arrays or objects nested too deeply"},
+                }
+            ]
         ) from None
 
 
@@ -78,6 +90,7 @@ class StrictRoute(APIRoute):
         async def strict_handler(request: Request) -> Response:
             if needs_token:
                 check_token(request)
+                await check_rate(request, rate_owner(request))
             if adapter is not None and request.method in _BODY_METHODS:
                 body = await request.body()  # cached: FastAPI reads the same bytes afterwards
                 if body:

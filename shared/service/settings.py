@@ -33,3 +33,25 @@ class ServiceSettings(QueueSettings):
     log_json: bool = Field(default=True, description="One JSON object per log line; false: plain text.")
     retry_after_seconds: int = Field(default=10, ge=1, description="Retry-After sent with 429 and 503.")
     max_body_bytes: int = Field(default=256 * 1024, ge=1024, description="Bigger request bodies get 413.")
+    limit_lease_seconds: float = Field(
+        default=30.0,
+        ge=2,
+        le=3600,
+        description="Places counted in Redis for all replicas together (plans in flight, event streams) are "
+        "leased this long and renewed every third of it: a crashed replica's places come back after it.",
+    )
+    rate_limit_per_second: float | None = Field(
+        default=None,
+        gt=0,
+        description="Requests per second per credential (its token; its address without auth) to /v1, for all "
+        "replicas together (a token bucket in Redis); 429 + Retry-After beyond. None: no limit here.",
+    )
+    rate_limit_burst: int = Field(
+        default=60, ge=1, description="Requests a credential may send at once before the rate applies."
+    )
+
+    @property
+    def limits_scope(self) -> str:
+        """This service's part of the limit keys in Redis (``planner``, ``render``): its replicas share them."""
+        prefix = str(self.model_config.get("env_prefix", ""))
+        return prefix.removeprefix("OMOST_").strip("_").lower() or "service"

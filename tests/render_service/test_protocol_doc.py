@@ -25,6 +25,7 @@ def test_key_names_match() -> None:
         keys.image("{id}", "{n}"),  # type: ignore[arg-type]
         keys.worker("{name}"),
         keys.owner_index("{submitter}"),
+        keys.all_jobs_index,
         f"{keys.prefix}idempotency:{{sha256(key)}}",
         keys.webhook_outbox,
     ]
@@ -69,5 +70,6 @@ def test_every_setting_is_documented() -> None:
 
     service_doc = (Path(__file__).resolve().parents[2] / "docs" / "render-service.md").read_text()
     for name in RenderSettings.model_fields:
-        env = "OMOST_REDIS_URL" if name == "redis_url" else f"OMOST_RENDER_{name.upper()}"
+        shared_names = {"redis_url": "OMOST_REDIS_URL", "max_queue_depth": "OMOST_QUEUE_MAX_DEPTH"}
+        env = shared_names.get(name, f"OMOST_RENDER_{name.upper()}")
         assert f"`{env}`" in service_doc, env
