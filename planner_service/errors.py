@@ -11,7 +11,7 @@ from planner_service.conversations import ConversationNotFound, StoreUnavailable
 from planner_service.llm.client import LLMError, LLMUnavailable, PromptPastContext
 from planner_service.planning import PlanFailed
 from planner_service.prompting import PromptTooLong
-from shared.queue import QueueFull
+from shared.queue import QueueFull, QuotaExceeded
 from shared.service.problems import problem_body
 
 DOMAIN_ERRORS: tuple[type[Exception], ...] = (
@@ -23,6 +23,7 @@ DOMAIN_ERRORS: tuple[type[Exception], ...] = (
     PromptTooLong,
     StoreUnavailable,
     QueueFull,
+    QuotaExceeded,
     PlannerBusy,
     ClientGone,
 )

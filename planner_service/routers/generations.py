@@ -19,7 +19,7 @@ from shared.canvas import Canvas, GlobalDescription
 from shared.jobs import RenderRequest
 from shared.plans import GenerationAccepted
 from shared.queue import RenderQueue, job_urls
-from shared.service.auth import require_token, token_owner
+from shared.service.auth import caller, identity, require_token
 from shared.service.problems import field_errors
 from shared.service.routing import StrictRoute
 from shared.service.submission import check_budget, submit_render
@@ -87,11 +87,12 @@ async def _plan_and_queue(
     queue: RenderQueue,
     request: Request,
 ) -> GenerationAccepted:
-    plan = await service.plan(body.model_copy(update={"stream": False}))
+    plan = await service.plan(body.model_copy(update={"stream": False}), caller(request))
     render_request = _render_request(body.render, plan.canvas)
     try:
         # The job is the token's, as if submitted to the render API with it.
-        job_id, _ = await submit_render(queue, render_request, submitter=token_owner(request), loc=_RENDER)
+        who = identity(request)
+        job_id, _ = await submit_render(queue, render_request, submitter=who.owner, quota=who.quota, loc=_RENDER)
     except RedisError as exc:
         raise StoreUnavailable(f"the render queue (Redis) is unavailable: {exc}") from exc
     return GenerationAccepted(

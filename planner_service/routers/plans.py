@@ -13,7 +13,7 @@ from planner_service.admission import AdmissionDep, unless_disconnected
 from planner_service.dependencies import PlanServiceDep
 from planner_service.errors import error_body
 from planner_service.schemas import PlanRequest, PlanResponse
-from shared.service.auth import require_token
+from shared.service.auth import caller, require_token
 from shared.service.leases import Lease
 from shared.service.routing import StrictRoute
 
@@ -51,10 +51,10 @@ async def create_plan(body: PlanRequest, service: PlanServiceDep, admission: Adm
     slot = await admission.admit()  # 429 beyond the limit, before any work
     if not body.stream:
         try:
-            return await unless_disconnected(request, service.plan(body))
+            return await unless_disconnected(request, service.plan(body, caller(request)))
         finally:
             await slot.release()
-    events = service.stream(body)
+    events = service.stream(body, caller(request))
     try:
         # Wait for the first event before answering, so that a missing conversation, an oversized
         # request or an unreachable LLM is still an HTTP status rather than an event in a 200 stream.

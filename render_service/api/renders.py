@@ -30,7 +30,7 @@ from shared.queue import (
     job_urls,
     render_job,
 )
-from shared.service.auth import PUBLIC_OWNER, is_admin, may_see, require_token, token_owner
+from shared.service.auth import PUBLIC_OWNER, identity, is_admin, may_see, require_token, token_owner
 from shared.service.problems import ServiceError
 from shared.service.routing import StrictRoute
 from shared.service.submission import check_budget, submit_render
@@ -77,7 +77,7 @@ class ImageUnavailable(ServiceError):
         409: {"description": "Idempotency-Key reused (by this token) with a different body."},
         413: {"description": "Body over the size limit."},
         422: {"description": "A field is invalid, or the job is over the work budget; `detail` says which and why."},
-        429: {"description": "Queue full; retry after `Retry-After` seconds."},
+        429: {"description": "Queue full, or this token's quota used up; retry after `Retry-After` seconds."},
     },
 )
 async def create_render(
@@ -111,10 +111,12 @@ async def create_render(
         except UnicodeError:  # the resolver's IDNA encoding of a host such as "a..b" or "\x80"
             error = {"type": "value_error", "loc": ("body", "webhook_url"), "msg": "the host is not a valid host name"}
             raise RequestValidationError([error]) from None
+    who = identity(request)
     job_id, created = await submit_render(
         queue,
         request_body,
-        submitter=token_owner(request),
+        submitter=who.owner,
+        quota=who.quota,
         idempotency_key=idempotency_key,
         webhook_url=submission.webhook_url,
     )

@@ -36,7 +36,7 @@ the only code that names a field), :mod:`~shared.queue.transitions`, :mod:`~shar
 :mod:`~shared.queue.connect` (the one Redis client factory) and :mod:`~shared.queue.views`.
 """
 
-from shared.queue.errors import IdempotencyConflict, JobFinished, JobNotFound, OverBudget, QueueFull
+from shared.queue.errors import IdempotencyConflict, JobFinished, JobNotFound, OverBudget, QueueFull, QuotaExceeded
 from shared.queue.images import ImageRedirect, ImagesNotSaved, ImageStore, ImageStoreUnavailable, RedisImages
 from shared.queue.keys import (
     ALL_SUBMITTERS,
@@ -56,7 +56,7 @@ from shared.queue.keys import (
 from shared.queue.record import JobRecord, Rec, decode_time, encode_time, initial_record, result_fields
 from shared.queue.repository import RenderQueue, SyncRenderQueue, idempotency_scope
 from shared.queue.settings import ImageStoreSettings, QueueSettings
-from shared.queue.submit import SUBMIT_SCRIPT, Submitted, submit
+from shared.queue.submit import SUBMIT_SCRIPT, SubmitQuota, Submitted, submit
 from shared.queue.transitions import (
     Claim,
     Delivery,
@@ -117,10 +117,12 @@ __all__ = [
     "QueueKeys",
     "QueueMessage",
     "QueueSettings",
+    "QuotaExceeded",
     "Rec",
     "RedisImages",
     "RenderQueue",
     "StreamEntry",
+    "SubmitQuota",
     "Submitted",
     "SyncRenderQueue",
     "atransact",

@@ -27,6 +27,17 @@ class IdempotencyConflict(Exception):
         self.job_id = job_id
 
 
+class QuotaExceeded(Exception):
+    """The submitter's own quota (a named token's: megapixel-steps per hour, jobs at once) is used up."""
+
+    http_status = 429
+
+    def __init__(self, detail: str, retry_after: int | None = None) -> None:
+        super().__init__(detail)
+        # The services' problem handler sends these headers (else the default Retry-After).
+        self.headers = {"Retry-After": str(retry_after)} if retry_after else None
+
+
 class OverBudget(Exception):
     """The job asks for more megapixel-steps than the deployment's budget allows (a 422 at the edge)."""
 

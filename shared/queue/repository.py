@@ -24,7 +24,7 @@ from shared.queue.images import ImageRedirect, ImageStore, ImageStoreUnavailable
 from shared.queue.keys import EVENT_FIELD, JOB_ID_PATTERN, MESSAGE_FIELD, QueueKeys
 from shared.queue.record import JobRecord, Rec
 from shared.queue.settings import QueueSettings
-from shared.queue.submit import Submitted, submit
+from shared.queue.submit import SubmitQuota, Submitted, submit
 from shared.queue.transitions import atransact, request_cancel, transact
 from shared.queue.wire import decode_hash, read_entries, stream_entries, text
 
@@ -83,9 +83,11 @@ class RenderQueue:
         submitter: str,
         idempotency_key: str | None = None,
         webhook_url: str | None = None,
+        quota: SubmitQuota | None = None,
     ) -> Submitted:
-        """Admit and queue a job in ``submitter``'s name, atomically (budget, depth, idempotency, owner):
-        raises :class:`OverBudget`, :class:`QueueFull` or :class:`IdempotencyConflict`."""
+        """Admit and queue a job in ``submitter``'s name, atomically (budget, depth, idempotency, owner,
+        the submitter's ``quota``): raises :class:`OverBudget`, :class:`QueueFull`, :class:`QuotaExceeded`
+        or :class:`IdempotencyConflict`."""
         settings = self.settings
         return await submit(
             self.redis,
@@ -98,7 +100,20 @@ class RenderQueue:
             max_queue_depth=settings.max_queue_depth,
             max_megapixel_steps=settings.max_job_megapixel_steps,
             submitter=submitter,
+            quota=quota,
         )
+
+    async def usage(self, submitter: str) -> tuple[float, int]:
+        """``submitter``'s megapixel-steps queued in the last hour and its jobs queued or running, as
+        its quotas count them (only what a quota keeps: 0 for a submitter without that quota)."""
+        now_ms = int(time.time() * 1000)
+        members = await self.redis.zrangebyscore(self.keys.quota_work(submitter), now_ms - 3_600_000, "+inf")
+        work = sum(float(text(m).partition(":")[0]) for m in members)
+        active = 0
+        for job_id in await self.redis.smembers(self.keys.quota_active(submitter)):
+            status = await self.redis.hget(self.keys.job(text(job_id)), Rec.STATUS)
+            active += status is not None and text(status) not in TERMINAL_STATUSES
+        return work, active
 
     # --- read ----------------------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
@@ -25,6 +27,11 @@ class ServiceSettings(QueueSettings):
         default=None,
         description="If set, /v1/* needs 'Bearer <token>'. Several tokens (one per client) separated by commas: "
         "each sees only the jobs it submitted. Unset: open to anyone who can connect (trusted networks only).",
+    )
+    api_tokens_file: Path | None = Field(
+        default=None,
+        description="A TOML file of named tokens, each with its own quotas (megapixel-steps per hour, concurrent "
+        "jobs); re-read when it changes, so tokens are added, rotated and revoked without a restart.",
     )
     admin_token: SecretStr | None = Field(
         default=None, description="Opens the admin views (/v1/admin/*) and sees every job; unset: admin views off."

@@ -8,7 +8,8 @@ from __future__ import annotations
 from fastapi.exceptions import RequestValidationError
 
 from shared.jobs import RenderRequest
-from shared.queue import OverBudget, RenderQueue, Submitted
+from shared.queue import OverBudget, RenderQueue, SubmitQuota, Submitted
+from shared.service.tokens import Quota
 
 
 def _refusal(queue: RenderQueue, exc: OverBudget, loc: tuple[str, ...]) -> RequestValidationError:
@@ -31,12 +32,15 @@ async def submit_render(
     submitter: str,
     idempotency_key: str | None = None,
     webhook_url: str | None = None,
+    quota: Quota | None = None,
     loc: tuple[str, ...] = ("body",),
 ) -> Submitted:
-    """Queue ``request`` in ``submitter``'s name; 422 over budget, and the queue's 429 / 409 as they are."""
+    """Queue ``request`` in ``submitter``'s name (within its ``quota``, a named token's); 422 over budget,
+    and the queue's 429 / 409 as they are."""
+    limits = SubmitQuota(quota.megapixel_steps_per_hour, quota.max_concurrent_jobs) if quota else None
     try:
         return await queue.submit(
-            request, submitter=submitter, idempotency_key=idempotency_key, webhook_url=webhook_url
+            request, submitter=submitter, idempotency_key=idempotency_key, webhook_url=webhook_url, quota=limits
         )
     except OverBudget as exc:
         raise _refusal(queue, exc, loc) from None

@@ -61,6 +61,8 @@ NOT_RUN = {
     ("queue-protocol.md", "{"): "a record shown",
     ("queue-protocol.md", '{"type": "status"'): "an event shown",
     ("queue-protocol.md", "MULTI"): "Redis commands a worker issues, shown",
+    ("security.md", '{"tokens": {'): "a token file's content: tests/render_service/test_named_tokens.py reads it "
+                                      "with the services' own reader",
     ("render-engine.md", "from render_service.engine import"): "the engine's API outline (tests/render_engine)",
     ("render-engine.md", "pytest tests/render_engine"): "the test command itself",
     ("render-engine.md", "python bench/render_bench.py"): "benchmarks (bench/)",

@@ -221,3 +221,20 @@ def test_a_killed_planners_places_come_back_after_its_lease(
         assert answer.status_code == 200, answer.text
     finally:
         doomed.child.stop()
+
+
+def test_a_conversation_belongs_to_the_token_that_started_it(planners: list[RunningPlanner], slow_llm: SlowLLM) -> None:
+    """Issue 26 §4: another token's conversation is a 404 (reading it, or continuing it, which then
+    costs no plan), exactly like an unknown id; its owner reads and continues it on any replica."""
+    plan = httpx.post(f"{planners[0].url}/v1/plans", json={"prompt": "a dragon"}, headers=auth("c"), timeout=60)
+    assert plan.status_code == 200, plan.text
+    conversation = plan.json()["conversation_id"]
+    path = f"/v1/conversations/{conversation}"
+    theirs = httpx.get(f"{planners[1].url}{path}", headers=auth("d"), timeout=30)
+    assert theirs.status_code == 404 and "does not exist" in theirs.json()["detail"]
+    before = slow_llm.stats()
+    edit = {"prompt": "make it blue", "conversation_id": conversation}
+    continued = httpx.post(f"{planners[1].url}/v1/plans", json=edit, headers=auth("d"), timeout=60)
+    assert continued.status_code == 404 and slow_llm.stats()["started"] == before["started"]
+    mine = httpx.get(f"{planners[1].url}{path}", headers=auth("c"), timeout=30)
+    assert mine.status_code == 200 and len(mine.json()["turns"]) == 2
