@@ -24,7 +24,9 @@ from shared.service.problems import field_errors
 from shared.service.routing import StrictRoute
 from shared.service.submission import check_budget, submit_render
 
-router = APIRouter(prefix="/v1", tags=["generations"], dependencies=[Depends(require_token)], route_class=StrictRoute)
+router = APIRouter(
+    prefix="/v1", tags=["generations"], dependencies=[Depends(require_token)], route_class=StrictRoute
+)
 
 _RENDER = ("body", "render")
 _PLACEHOLDER = Canvas(global_description=GlobalDescription(description="placeholder", HTML_web_color_name="white"))

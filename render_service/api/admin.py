@@ -11,7 +11,9 @@ from render_service.api.deps import HubDep, QueueDep, SettingsDep, StoreDep
 from shared.service.auth import registry, require_admin
 from shared.service.routing import StrictRoute
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)], route_class=StrictRoute)
+router = APIRouter(
+    prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)], route_class=StrictRoute
+)
 
 
 class WorkerView(BaseModel):

@@ -241,7 +241,9 @@ async def stream_events(
             await ticket.release()
 
     # The background task frees the place too if the stream ends before its first event is read.
-    return EventSourceResponse(events(), ping=int(settings.sse_ping_seconds), background=BackgroundTask(ticket.release))
+    return EventSourceResponse(
+        events(), ping=int(settings.sse_ping_seconds), background=BackgroundTask(ticket.release)
+    )
 
 
 @router.delete(

@@ -16,8 +16,7 @@ from shared.queue.keys import DEFAULT_PREFIX, DEFAULT_TTL_SECONDS, EVENT_FIELD, 
 from shared.queue.record import Rec, initial_record
 from shared.queue.wire import QueueMessage, make_event, new_job_id, text
 
-SUBMIT_SCRIPT = (
-    """
+SUBMIT_SCRIPT = """
 local budget = tonumber(ARGV[9])
 if budget > 0 and tonumber(ARGV[8]) > budget then return {'over_budget', ARGV[8]} end
 local has_key = ARGV[5] ~= ''
@@ -86,12 +85,9 @@ if at_once > 0 then
   redis.call('EXPIRE', KEYS[9], ttl)
 end
 return {'created', entry}
-""".replace("$MESSAGE_FIELD", MESSAGE_FIELD)
-    .replace("$EVENT_FIELD", EVENT_FIELD)
-    .replace("$ENTRY_ID", Rec.ENTRY_ID)
-    .replace("$STATUS", Rec.STATUS)
-)
-"""The Lua script of :func:`submit`, for enqueuers in any language (``EVAL SUBMIT_SCRIPT 6 ...``).
+""".replace("$MESSAGE_FIELD", MESSAGE_FIELD).replace("$EVENT_FIELD", EVENT_FIELD).replace("$ENTRY_ID", Rec.ENTRY_ID)
+SUBMIT_SCRIPT = SUBMIT_SCRIPT.replace("$STATUS", Rec.STATUS)
+"""The Lua script of :func:`submit`, for enqueuers in any language (``EVAL SUBMIT_SCRIPT 9 ...``).
 
 One script, so "is the job within budget / is the key already used / is the queue full" and the
 enqueue are one atomic step: concurrent submits can neither overshoot the depth limit nor both

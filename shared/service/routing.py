@@ -47,26 +47,15 @@ def check_finite_json(body: bytes) -> None:
         json.loads(body, parse_constant=_no_constant, parse_float=_finite)
     except _NonFinite as exc:
         raise RequestValidationError(
-            [
-                {
-                    "type": "finite_number",
-                    "loc": ("body",),
-                    "msg": f"{exc} is not a JSON number: numbers must be finite (no NaN or Infinity)",
-                }
-            ]
+            [{"type": "finite_number", "loc": ("body",),
+              "msg": f"{exc} is not a JSON number: numbers must be finite (no NaN or Infinity)"}]
         ) from None
     except ValueError:  # JSONDecodeError, or bytes that are not text at all
         return
     except RecursionError:  # e.g. 50,000 nested brackets: refuse before anything else recurses into it
         raise RequestValidationError(
-            [
-                {
-                    "type": "json_invalid",
-                    "loc": ("body", 0),
-                    "msg": "JSON nested too deeply",
-                    "ctx": {"error": "arrays or objects nested too deeply"},
-                }
-            ]
+            [{"type": "json_invalid", "loc": ("body", 0), "msg": "JSON nested too deeply",
+              "ctx": {"error": "arrays or objects nested too deeply"}}]
         ) from None
 
 
