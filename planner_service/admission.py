@@ -58,6 +58,32 @@ class Admission:
         return await self.places.held(self.counter.key)
 
 
+class TooManyWaiting(ServiceError):
+    http_status = 429
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"{limit} image requests are already waiting for their renders (the limit for all replicas together, "
+            "OMOST_PLANNER_IMAGES_MAX_WAITING); try again after Retry-After seconds"
+        )
+
+
+class WaitingRoom:
+    """Handlers that hold a client's connection open while its render runs (the Images API), counted in
+    Redis for all replicas together: each holds a connection, a poll loop and, for a while, a plan."""
+
+    def __init__(self, places: LeasedPlaces, key: str, limit: int) -> None:
+        self.places = places
+        self.counter = Counter(key, limit, "{held} waiting (limit {limit})")
+        self.limit = limit
+
+    async def admit(self) -> Lease:
+        try:
+            return await self.places.acquire([self.counter])
+        except Full:
+            raise TooManyWaiting(self.limit) from None
+
+
 def get_admission(request: Request) -> Admission:
     admission: Admission = request.app.state.admission
     return admission

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from planner_service.admission import ClientGone, PlannerBusy
+from planner_service.admission import ClientGone, PlannerBusy, TooManyWaiting
 from planner_service.conversations import ConversationNotFound, StoreUnavailable
 from planner_service.llm.client import LLMError, LLMUnavailable, PromptPastContext
 from planner_service.planning import PlanFailed
@@ -25,6 +25,7 @@ DOMAIN_ERRORS: tuple[type[Exception], ...] = (
     QueueFull,
     QuotaExceeded,
     PlannerBusy,
+    TooManyWaiting,
     ClientGone,
 )
 

@@ -28,10 +28,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
-from planner_service.admission import AdmissionDep
+from planner_service.admission import Admission, AdmissionDep
 from planner_service.dependencies import PlanServiceDep, QueueDep, SettingsDep
+from planner_service.image_waits import unless_gone, waiting_room
 from planner_service.routers.generations import create_generation
 from planner_service.schemas import GenerationRequest
+from planner_service.service import PlanService
+from planner_service.settings import PlannerSettings
 from shared.contract import RENDER_DEFAULTS
 from shared.jobs import MAX_IMAGES, RenderJob, RenderRequest
 from shared.plans import MAX_PROMPT_CHARS
@@ -61,6 +64,10 @@ class ImagesSettings(BaseSettings):
         default="1024x1024", pattern=SIZE_PATTERN.pattern, description="What size 'auto' (or no size) means."
     )
     steps: int = Field(default=RENDER_DEFAULTS["steps"], ge=1, le=150, description="Sampling steps per image.")
+    max_waiting: int = Field(
+        default=64, ge=1, le=100_000, description="Calls waiting for their renders at once, all replicas together; "
+        "429 beyond (before planning)."
+    )
     default_response_format: Literal["b64_json", "url"] = Field(
         default="b64_json", description="When the request names none: b64_json needs no second (authorised) fetch."
     )
@@ -256,7 +263,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": OpenAIErrorResponse, "description": "A bad parameter (named in error.param)."},
     401: {"model": OpenAIErrorResponse, "description": "Missing or wrong bearer token."},
     404: {"model": OpenAIErrorResponse, "description": "Not found."},
-    429: {"model": OpenAIErrorResponse, "description": "The render queue is full; retry later."},
+    429: {"model": OpenAIErrorResponse, "description": "The render queue is full, too many calls wait for their "
+          "renders, or the token's quota is used up; retry after `Retry-After` seconds."},
     502: {"model": OpenAIErrorResponse, "description": "The plan did not parse, or the render failed."},
     503: {"model": OpenAIErrorResponse, "description": "The LLM or Redis is unreachable."},
     504: {"model": OpenAIErrorResponse, "description": "The render outlasted the timeout; error.job has its URL."},
@@ -326,9 +334,29 @@ async def create_image(
     if not body.prompt.strip():  # "\x1d" passes min_length, but a plan needs words (found by schemathesis)
         raise ImagesAPIError(400, "the prompt is empty (only whitespace)", param="prompt")
     generation = GenerationRequest(prompt=body.prompt, render=render)
+    # A place to wait in first: a call that could not wait must not spend a plan.
+    waiting = await waiting_room(request, images.max_waiting).admit()
+    try:
+        return await _generate(body, generation, service, settings, queue, images, admission, request, n)
+    finally:
+        await waiting.release()
+
+
+async def _generate(
+    body: ImageGenerationRequest,
+    generation: GenerationRequest,
+    service: PlanService,
+    settings: PlannerSettings,
+    queue: RenderQueue,
+    images: ImagesSettings,
+    admission: Admission,
+    request: Request,
+    n: int,
+) -> ImagesResponse:
     accepted = await create_generation(generation, service, settings, queue, admission, request)
     try:
-        ended = await wait_for_job(queue, accepted.id, images.timeout_seconds)
+        # A client that hangs up (an SDK's timeout) cancels its job rather than leaving it to render.
+        ended = await unless_gone(request, queue, accepted.id, wait_for_job(queue, accepted.id, images.timeout_seconds))
         if ended is None:
             url = accepted.urls.self_
             raise ImagesAPIError(

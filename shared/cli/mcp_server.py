@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from shared.canvas import Canvas
 from shared.cli.errors import field_error
+from shared.cli.mcp_http import HTTPExposure, serve_http
 from shared.client import AsyncOmostClient, OmostAPIError, RenderFailed
 from shared.contract import RENDER_DEFAULTS
 from shared.jobs import MAX_IMAGES, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE, RenderJob, RenderRequest
@@ -245,9 +246,10 @@ def build_server(config: MCPConfig) -> MCPServer:
     return server
 
 
-def run(config: MCPConfig, *, http: bool = False, host: str = "127.0.0.1", port: int = 8765) -> None:
+def run(config: MCPConfig, *, exposure: HTTPExposure | None = None) -> None:
+    """Serve over stdio, or over streamable HTTP as ``exposure`` allows (its token, its allowed hosts)."""
     server = build_server(config)
-    if http:
-        server.run("streamable-http", host=host, port=port)
+    if exposure is not None:
+        serve_http(server, exposure)
     else:
         server.run("stdio")

@@ -1,7 +1,9 @@
-"""Issue 26 §3 (and §2's one queue setting): the documented limits hold for two planner and two render
-API processes on one Redis together, not per process: plans in flight, open event streams (per token
-and in all), request rates per token, and the render queue's depth, which `/v1/generations` checks
-before it spends a plan. A replica killed while it holds places gives them back after its lease.
+"""Issue 26 §3 (and §2's one queue setting, §2's OpenAI route, §4's conversations): the documented limits
+hold for two planner and two render API processes on one Redis together, not per process: plans in
+flight, open event streams (per token and in all), request rates per token, Images API calls waiting for
+their renders, and the render queue's depth, which `/v1/generations` and the Images API check before they
+spend a plan. A replica killed while it holds places gives them back after its lease. An Images API
+client that hangs up cancels its job. A conversation is its token's.
 
 Everything is a real process over HTTP on one private redis-server. The LLM is
 ``tests/planner/slow_llm.py`` (a real OpenAI-compatible server on loopback that answers after a fixed
@@ -21,6 +23,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import redis
+import redis.asyncio
 
 from tests.planner.conftest import RunningPlanner, start_planner
 from tests.planner.slow_llm import SlowLLM, start_slow_llm
@@ -62,6 +65,7 @@ def _planner_env(slow_llm: SlowLLM, prefix: str) -> dict[str, str]:
         "OMOST_PLANNER_LIMIT_LEASE_SECONDS": str(LEASE),
         "OMOST_PLANNER_API_TOKEN": ",".join(TOKENS),
         "OMOST_QUEUE_MAX_DEPTH": str(DEPTH),
+        "OMOST_PLANNER_IMAGES_MAX_WAITING": "1",
     }
 
 
@@ -126,6 +130,12 @@ def test_generations_see_the_render_queue_depth_before_planning(
             assert refused.status_code == 429, refused.text
             assert int(refused.headers["Retry-After"]) > 0 and f"(limit {DEPTH})" in refused.json()["detail"]
             assert slow_llm.stats()["started"] == before["started"]  # no plan spent
+            # The OpenAI-compatible route too (it used to spend a plan, with retries, before finding out).
+            image = {"prompt": "a dragon", "size": "64x64"}
+            refused = client.post(f"{planners[0].url}/v1/images/generations", json=image)
+            assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0, refused.text
+            assert "render queue holds" in refused.json()["error"]["message"]
+            assert slow_llm.stats()["started"] == before["started"]
         finally:
             redis.Redis.from_url(redis_server.url).xtrim(f"{prefix}renders", maxlen=0)
 
@@ -238,3 +248,67 @@ def test_a_conversation_belongs_to_the_token_that_started_it(planners: list[Runn
     assert continued.status_code == 404 and slow_llm.stats()["started"] == before["started"]
     mine = httpx.get(f"{planners[1].url}{path}", headers=auth("c"), timeout=30)
     assert mine.status_code == 200 and len(mine.json()["turns"]) == 2
+
+
+IMAGE = {"prompt": "a dragon", "size": "64x64"}
+
+
+async def _job_of_a_waiting_call(client: httpx.AsyncClient, url: str, r: redis.asyncio.Redis, index: str):
+    """Start an Images API call; once its job is queued (the plan done), return the call and the job id."""
+    before = set(await r.zrange(index, 0, -1))
+    call = asyncio.ensure_future(client.post(f"{url}/v1/images/generations", json=IMAGE, headers=auth("c")))
+    deadline = time.monotonic() + 60
+    while not (new := set(await r.zrange(index, 0, -1)) - before):
+        assert time.monotonic() < deadline, "the Images API call never queued its job"
+        if call.done():  # a 429 while the last waiting place is being given back: call again
+            assert call.result().status_code == 429, call.result().text
+            call = asyncio.ensure_future(client.post(f"{url}/v1/images/generations", json=IMAGE, headers=auth("c")))
+        await asyncio.sleep(0.1)
+    (job,) = new
+    return call, job.decode()
+
+
+async def _hang_up(call: asyncio.Future) -> None:
+    call.cancel()  # what an SDK's timeout does: the connection closes, nobody reads the answer
+    with contextlib.suppress(asyncio.CancelledError):
+        await call
+
+
+async def _status_becomes(r: redis.asyncio.Redis, key: str, status: str) -> None:
+    deadline = time.monotonic() + 30
+    while (await r.hget(key, "status")) != status.encode():
+        assert time.monotonic() < deadline, f"{key} never became {status}"
+        await asyncio.sleep(0.1)
+
+
+async def _images_scenario(planners: list[RunningPlanner], slow_llm: SlowLLM, redis_url: str, prefix: str) -> None:
+    r = redis.asyncio.Redis.from_url(redis_url)
+    index = f"{prefix}render-index:*"
+    try:
+        # Separate clients: a hang-up closes its own connection only.
+        async with httpx.AsyncClient(timeout=60) as first, httpx.AsyncClient(timeout=60) as second:
+            call, job = await _job_of_a_waiting_call(first, planners[0].url, r, index)
+            # One handler waits (the limit, for both planners): another call is refused before planning.
+            started = slow_llm.stats()["started"]
+            refused = await second.post(f"{planners[1].url}/v1/images/generations", json=IMAGE, headers=auth("c"))
+            assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0, refused.text
+            assert "OMOST_PLANNER_IMAGES_MAX_WAITING" in refused.json()["error"]["message"]
+            assert slow_llm.stats()["started"] == started
+            # The client hangs up while its render waits in the queue: the job is canceled, nobody renders
+            # images nobody will receive, and the waiting place is free again.
+            await _hang_up(call)
+            await _status_becomes(r, f"{prefix}render:{job}", "canceled")
+            call, job = await _job_of_a_waiting_call(second, planners[1].url, r, index)
+            await _hang_up(call)
+            await _status_becomes(r, f"{prefix}render:{job}", "canceled")
+    finally:
+        await r.xtrim(f"{prefix}renders", maxlen=0)
+        await r.aclose()
+
+
+def test_images_api_calls_waiting_are_bounded_and_a_hang_up_cancels_the_job(
+    planners: list[RunningPlanner], slow_llm: SlowLLM, redis_server: RedisServer, prefix: str
+) -> None:
+    """Issue 26 §2: an SDK call that timed out left its job rendering (and the handler polling for
+    300 s, counted nowhere). No worker runs here, so the job waits in the queue until canceled."""
+    asyncio.run(_images_scenario(planners, slow_llm, redis_server.url, prefix))
