@@ -28,9 +28,9 @@ def waiting_room(request: Request, limit: int) -> WaitingRoom:
     """The app's waiting room of Images API calls (made on first use, beside the plans' admission)."""
     room: WaitingRoom | None = getattr(request.app.state, "images_waiting", None)
     if room is None:
-        admission = request.app.state.admission
-        key = admission.counter.key.rsplit(":", 1)[0] + ":images-waiting"
-        room = request.app.state.images_waiting = WaitingRoom(admission.places, key, limit)
+        settings = request.app.state.settings
+        key = f"{settings.key_prefix}limits:{settings.limits_scope}:images-waiting"
+        room = request.app.state.images_waiting = WaitingRoom(request.app.state.admission.places, key, limit)
     return room
 
 
