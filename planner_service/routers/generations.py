@@ -22,7 +22,7 @@ from shared.queue import RenderQueue, job_urls
 from shared.service.auth import caller, identity, require_token
 from shared.service.problems import field_errors
 from shared.service.routing import StrictRoute
-from shared.service.submission import check_budget, submit_render
+from shared.service.submission import check_budget, check_quota, submit_render
 
 router = APIRouter(
     prefix="/v1", tags=["generations"], dependencies=[Depends(require_token)], route_class=StrictRoute
@@ -62,10 +62,11 @@ async def create_generation(
     admission: AdmissionDep,
     request: Request,
 ) -> GenerationAccepted:
-    # Check the render parameters first: a bad width, a job over budget or a full queue should not
-    # cost a plan.
-    check_budget(queue, _render_request(body.render, _PLACEHOLDER), loc=_RENDER)
-    await check_queue_depth(queue)
+    # Check the render parameters first: a bad width, a job over budget, a full queue or a used-up
+    # quota should not cost a plan.
+    unplanned = _render_request(body.render, _PLACEHOLDER)
+    check_budget(queue, unplanned, loc=_RENDER)
+    await check_queue_room(queue, unplanned, request)
     slot = await admission.admit()
     try:
         # A client that hangs up stops the plan and never gets a render queued in its name.
@@ -74,10 +75,13 @@ async def create_generation(
         await slot.release()
 
 
-async def check_queue_depth(queue: RenderQueue) -> None:
-    """429 now (with Retry-After) when the render queue is full: no plan is spent on a job it would refuse."""
+async def check_queue_room(queue: RenderQueue, render: RenderRequest, request: Request) -> None:
+    """429 now (with Retry-After) when the render queue is full or the token's quota used up: no plan is
+    spent on a job the queue would refuse."""
+    who = identity(request)
     try:
         await queue.check_depth()
+        await check_quota(queue, render, submitter=who.owner, quota=who.quota)
     except RedisError as exc:
         raise StoreUnavailable(f"the render queue (Redis) is unavailable: {exc}") from exc
 

@@ -190,13 +190,10 @@ async def submit(
     if outcome[0] == "over_budget":
         raise OverBudget(over_budget(request, max_megapixel_steps) or f"over budget ({outcome[1]})")
     if outcome[0] == "quota_work":
-        raise QuotaExceeded(
-            f"this token's quota of {hourly:g} megapixel-steps per hour is used up ({float(outcome[1]):g} in the "
-            f"last hour, this job {megapixel_steps(request):g})",
-            retry_after=max(1, -(-int(outcome[2]) // 1000)),
-        )
+        retry_after = max(1, -(-int(outcome[2]) // 1000))  # the oldest job of the hour leaves it then
+        raise QuotaExceeded.work(hourly or 0, float(outcome[1]), retry_after)
     if outcome[0] == "quota_jobs":
-        raise QuotaExceeded(f"this token already has {outcome[1]} jobs queued or running (its quota: {at_once})")
+        raise QuotaExceeded.jobs(int(outcome[1]), at_once or 0)
     if outcome[0] == "full":
         raise QueueFull(int(outcome[1]), max_queue_depth or 0)
     if outcome[0] == "replay":

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from fastapi.exceptions import RequestValidationError
 
-from shared.jobs import RenderRequest
-from shared.queue import OverBudget, RenderQueue, SubmitQuota, Submitted
+from shared.jobs import RenderRequest, megapixel_steps
+from shared.queue import OverBudget, QuotaExceeded, RenderQueue, SubmitQuota, Submitted
 from shared.service.tokens import Quota
 
 
@@ -23,6 +23,19 @@ def check_budget(queue: RenderQueue, request: RenderRequest, *, loc: tuple[str, 
         queue.check_budget(request)
     except OverBudget as exc:
         raise _refusal(queue, exc, loc) from None
+
+
+async def check_quota(queue: RenderQueue, request: RenderRequest, *, submitter: str, quota: Quota | None) -> None:
+    """429 now when ``submitter``'s own quota would refuse the job (before work that would be wasted on it,
+    e.g. a plan). Only a hint, as :meth:`RenderQueue.check_depth`: the submit script checks again, atomically."""
+    if quota is None or (quota.megapixel_steps_per_hour is None and quota.max_concurrent_jobs is None):
+        return
+    work, active = await queue.usage(submitter)
+    hourly, at_once = quota.megapixel_steps_per_hour, quota.max_concurrent_jobs
+    if hourly is not None and work + megapixel_steps(request) > hourly:
+        raise QuotaExceeded.work(hourly, work)
+    if at_once is not None and active >= at_once:
+        raise QuotaExceeded.jobs(active, at_once)
 
 
 async def submit_render(

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -54,8 +56,19 @@ def prefix() -> str:
     return unique_prefix("replicas")
 
 
-def _planner_env(slow_llm: SlowLLM, prefix: str) -> dict[str, str]:
+SOLO = "solo-token-with-a-quota"  # a named token: one job at once
+
+
+@pytest.fixture(scope="module")
+def token_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("planner-tokens") / "tokens.json"
+    path.write_text(json.dumps({"tokens": {"solo": {"tokens": [SOLO], "max_concurrent_jobs": 1}}}))
+    return path
+
+
+def _planner_env(slow_llm: SlowLLM, prefix: str, token_file: Path) -> dict[str, str]:
     return {
+        "OMOST_PLANNER_API_TOKENS_FILE": str(token_file),
         "OMOST_PLANNER_KEY_PREFIX": prefix,
         "OMOST_PLANNER_LLM_URL": f"{slow_llm.url}/v1",
         "OMOST_PLANNER_LLM_KIND": "none",
@@ -70,8 +83,10 @@ def _planner_env(slow_llm: SlowLLM, prefix: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def planners(slow_llm: SlowLLM, redis_server: RedisServer, prefix: str) -> Iterator[list[RunningPlanner]]:
-    running = [start_planner(redis_server.url, **_planner_env(slow_llm, prefix)) for _ in range(2)]
+def planners(
+    slow_llm: SlowLLM, redis_server: RedisServer, prefix: str, token_file: Path
+) -> Iterator[list[RunningPlanner]]:
+    running = [start_planner(redis_server.url, **_planner_env(slow_llm, prefix, token_file)) for _ in range(2)]
     yield running
     for planner in running:
         planner.child.stop()
@@ -200,12 +215,12 @@ def test_request_rate_per_token_holds_for_both_apis_together(apis: list[Api]) ->
 
 
 def test_a_killed_planners_places_come_back_after_its_lease(
-    planners: list[RunningPlanner], slow_llm: SlowLLM, redis_server: RedisServer, prefix: str
+    planners: list[RunningPlanner], slow_llm: SlowLLM, redis_server: RedisServer, prefix: str, token_file: Path
 ) -> None:
     # Its places are leased for 6 s (a lease is the holder's), so the check that they are still held
     # after the kill has time on a loaded machine; then they must come back without anyone's help.
     doomed = start_planner(
-        redis_server.url, **{**_planner_env(slow_llm, prefix), "OMOST_PLANNER_LIMIT_LEASE_SECONDS": "6"}
+        redis_server.url, **{**_planner_env(slow_llm, prefix, token_file), "OMOST_PLANNER_LIMIT_LEASE_SECONDS": "6"}
     )
     try:
         before = slow_llm.stats()
@@ -312,3 +327,22 @@ def test_images_api_calls_waiting_are_bounded_and_a_hang_up_cancels_the_job(
     """Issue 26 §2: an SDK call that timed out left its job rendering (and the handler polling for
     300 s, counted nowhere). No worker runs here, so the job waits in the queue until canceled."""
     asyncio.run(_images_scenario(planners, slow_llm, redis_server.url, prefix))
+
+
+def test_a_used_up_quota_costs_no_plan(
+    planners: list[RunningPlanner], slow_llm: SlowLLM, redis_server: RedisServer, prefix: str
+) -> None:
+    """Issue 26 §4: a named token's quota holds on /v1/generations too (one job at once here), and a
+    call over it is refused before planning."""
+    headers = {"Authorization": f"Bearer {SOLO}"}
+    call = {"prompt": "a dragon", "render": {"steps": 2}}
+    try:
+        first = httpx.post(f"{planners[0].url}/v1/generations", json=call, headers=headers, timeout=60)
+        assert first.status_code == 202, first.text  # no worker: it stays queued, so it stays active
+        before = slow_llm.stats()
+        refused = httpx.post(f"{planners[1].url}/v1/generations", json=call, headers=headers, timeout=60)
+        assert refused.status_code == 429 and "1 jobs queued or running (its quota: 1)" in refused.json()["detail"]
+        assert int(refused.headers["Retry-After"]) > 0
+        assert slow_llm.stats()["started"] == before["started"]
+    finally:
+        redis.Redis.from_url(redis_server.url).xtrim(f"{prefix}renders", maxlen=0)
