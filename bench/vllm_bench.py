@@ -47,9 +47,9 @@ async def direct_body(vllm: RunningVllm, prompt: str, seed: int, max_tokens: int
     client = OpenAIClient(vllm.base_url, model=SERVED_NAME, kind="vllm")
     planner = Planner(client, settings, PlannerMetrics())
     request = PlanInput(prompt=prompt, seed=seed, max_new_tokens=max_tokens)
-    shaping = planner.shaping(request)
-    params = planner._params(request, 0, seed, shaping.banned_words)
-    body = client.body(planner.messages(request), params, shaping.grammar, stream=False)
+    constraints = planner.constraints(request)
+    params = planner._params(request, 0, seed, constraints.banned_words)
+    body = client.body(planner.messages(request), params, constraints.grammar, stream=False)
     body |= await client.ban_fields(params.banned_words)
     await client.aclose()
     return body

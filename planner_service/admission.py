@@ -14,6 +14,7 @@ from fastapi import Depends, Request
 
 from shared.service.leases import Counter, Full, Lease, LeasedPlaces
 from shared.service.problems import ServiceError
+from shared.service.state import app_state
 
 T = TypeVar("T")
 
@@ -85,8 +86,7 @@ class WaitingRoom:
 
 
 def get_admission(request: Request) -> Admission:
-    admission: Admission = request.app.state.admission
-    return admission
+    return app_state(request, "admission", Admission)
 
 
 AdmissionDep = Annotated[Admission, Depends(get_admission)]

@@ -10,7 +10,6 @@ import random
 import time
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from planner_service.edits import Patch, plan_patch
 from planner_service.llm.client import ChatStream, Completion, OpenAIClient, SamplingParams
@@ -22,7 +21,7 @@ from shared.canvas import Canvas
 from shared.grammar import ContentLimits, Profile, RegionShape, omost_grammar
 from shared.jobs import MAX_SEED
 from shared.omost_code import CanvasParseError, ParseResult, canvas_to_code, parse_canvas_code
-from shared.plans import ChatTurn
+from shared.plans import ChatTurn, PlanDelta, PlanRetry
 
 # One seed range for the whole system (shared.jobs). llama.cpp's seed is a uint32 whose top value
 # 0xFFFFFFFF means "pick one at random", so plans draw from [0, MAX_SEED).
@@ -65,7 +64,7 @@ PROMPT_TAGS = 12
 
 
 @dataclass(frozen=True)
-class Shaping:
+class AnswerConstraints:
     """What constrains one request: its grammar, and for an edit made as a patch, the patch and the
     canvas it applies to."""
 
@@ -110,6 +109,11 @@ class PlanOutcome:
     """For an edit made as a patch: new region index -> previous index (see ``shared.canvas_diff``)."""
 
 
+PlannerEvent = PlanDelta | PlanRetry | PlanOutcome
+"""What :meth:`Planner.stream` yields: the contract's stream events, then the outcome (the service
+turns it into the contract's ``PlanResult``)."""
+
+
 @dataclass
 class _Tally:
     started: float = field(default_factory=time.perf_counter)
@@ -145,33 +149,34 @@ class Planner:
         )
         return messages
 
-    def shaping(self, request: PlanInput) -> Shaping:
+    def constraints(self, request: PlanInput) -> AnswerConstraints:
         """The request's grammar: the profile's own, or (subject constraints on) a per-request one."""
         if self.grammar is None or not self.settings.use_subject_constraints:
-            return Shaping(self.grammar)
+            return AnswerConstraints(self.grammar)
         try:
-            return self._shaping(request)
+            return self._subject_constraints(request)
         except ValueError:  # an opening the grammar cannot hold: no worse off than without constraints
-            return Shaping(self.grammar)
+            return AnswerConstraints(self.grammar)
 
-    def _shaping(self, request: PlanInput) -> Shaping:
+    def _subject_constraints(self, request: PlanInput) -> AnswerConstraints:
         profile = self.settings.resolved_profile
         previous = previous_canvas(with_canvas(request.history, request.canvas))
         if previous is not None:
             patch = plan_patch(request.prompt, previous, MAX_SUBJECT_REGIONS)
             if patch is None:
-                return Shaping(self.grammar)
-            return Shaping(self._shaped(profile, patch.shapes), patch, previous, _spellings(patch.gone))
+                return AnswerConstraints(self.grammar)
+            grammar = self._subject_grammar(profile, patch.shapes)
+            return AnswerConstraints(grammar, patch, previous, _spellings(patch.gone))
         phrases, negated = noun_phrases(request.prompt)
         subjects = distinct_subjects(phrases, MAX_SUBJECT_REGIONS)
         if not subjects:
-            return Shaping(self.grammar, banned_words=_spellings(negated))
+            return AnswerConstraints(self.grammar, banned_words=_spellings(negated))
         shapes = tuple(RegionShape(_capitalised(s.phrase)) for s in subjects)
         tags = tuple(prompt_tags(request.prompt, limit=PROMPT_TAGS))
-        return Shaping(self._shaped(profile, shapes, tags), banned_words=_spellings(negated))
+        return AnswerConstraints(self._subject_grammar(profile, shapes, tags), banned_words=_spellings(negated))
 
     @staticmethod
-    def _shaped(profile: Profile, shapes: tuple[RegionShape, ...], global_tags: tuple[str, ...] = ()) -> str:
+    def _subject_grammar(profile: Profile, shapes: tuple[RegionShape, ...], global_tags: tuple[str, ...] = ()) -> str:
         return omost_grammar(
             profile, limits=SHAPED_LIMITS, max_regions=MAX_SUBJECT_REGIONS, regions=shapes, global_tags=global_tags
         )
@@ -196,19 +201,25 @@ class Planner:
     def attempts(self) -> int:
         return 1 + self.settings.max_retries
 
-    def _parse(self, completion: Completion, shaping: Shaping) -> tuple[ParseResult, str, bool]:
+    def _parse(self, completion: Completion, constraints: AnswerConstraints) -> tuple[ParseResult, str, bool]:
         parsed = parse_canvas_code(completion.text, allow_partial=self.settings.accept_truncated)
         truncated = parsed.truncated or completion.finish_reason == "length"
-        if shaping.patch is not None and shaping.previous is not None:
+        if constraints.patch is not None and constraints.previous is not None:
             # The model wrote the global description and the changed regions only: merge them.
-            merged = shaping.patch.merge(shaping.previous, parsed.canvas)
+            merged = constraints.patch.merge(constraints.previous, parsed.canvas)
             return ParseResult(merged, parsed.corrections, parsed.truncated), canvas_to_code(merged), truncated
         # A cut-off answer is not code the model would write; hand back the canvas's clean form.
         code = canvas_to_code(parsed.canvas) if parsed.truncated else completion.text
         return parsed, code, truncated
 
     def _outcome(
-        self, parsed: ParseResult, code: str, truncated: bool, attempt: int, tally: _Tally, shaping: Shaping
+        self,
+        parsed: ParseResult,
+        code: str,
+        truncated: bool,
+        attempt: int,
+        tally: _Tally,
+        constraints: AnswerConstraints,
     ) -> PlanOutcome:
         total = time.perf_counter() - tally.started
         last = tally.last
@@ -221,7 +232,7 @@ class Planner:
         }
         if last is not None and last.first_token_seconds is not None:
             timings["first_token_ms"] = round(last.first_token_seconds * 1000, 1)
-        pairs = shaping.patch.pairs(shaping.previous) if shaping.patch and shaping.previous else None
+        pairs = constraints.patch.pairs(constraints.previous) if constraints.patch and constraints.previous else None
         tokens = tally.prompt_tokens, tally.completion_tokens
         return PlanOutcome(parsed, code, truncated, attempt + 1, *tokens, timings, pairs)
 
@@ -239,45 +250,44 @@ class Planner:
 
     async def plan(self, request: PlanInput) -> PlanOutcome:
         async with contextlib.aclosing(self._attempts(request, streamed=False)) as events:
-            async for kind, data in events:
-                if kind == "plan":
-                    outcome: PlanOutcome = data
-                    return outcome
+            async for event in events:
+                if isinstance(event, PlanOutcome):
+                    return event
         raise AssertionError("unreachable: the attempts end with a plan or raise")
 
-    def stream(self, request: PlanInput) -> AsyncGenerator[tuple[str, Any], None]:
-        """Events ``("delta", text)``, ``("retry", info)`` and finally ``("plan", PlanOutcome)``;
-        raises :class:`PlanFailed` and the client's errors like :meth:`plan`."""
+    def stream(self, request: PlanInput) -> AsyncGenerator[PlannerEvent, None]:
+        """:class:`PlanDelta` and :class:`PlanRetry` events, then the :class:`PlanOutcome`; raises
+        :class:`PlanFailed` and the client's errors like :meth:`plan`."""
         return self._attempts(request, streamed=True)
 
-    async def _attempts(self, request: PlanInput, *, streamed: bool) -> AsyncGenerator[tuple[str, Any], None]:
+    async def _attempts(self, request: PlanInput, *, streamed: bool) -> AsyncGenerator[PlannerEvent, None]:
         """Both :meth:`plan` and :meth:`stream`: ask, parse, retry on a parse failure. Only a streamed
         completion yields ``delta`` events."""
         messages = self.messages(request)
-        shaping = self.shaping(request)
+        constraints = self.constraints(request)
         seed = request.seed if request.seed is not None else random.randrange(MAX_SEED)
         tally = _Tally()
         error: CanvasParseError | None = None
         for attempt in range(self.attempts):
-            params = self._params(request, attempt, seed, shaping.banned_words)
+            params = self._params(request, attempt, seed, constraints.banned_words)
             if streamed:
-                stream: ChatStream = await self.client.stream(messages, params, shaping.grammar)
+                stream: ChatStream = await self.client.stream(messages, params, constraints.grammar)
                 async for text in stream.deltas():
-                    yield "delta", text
+                    yield PlanDelta(text=text)
                 completion = stream.completion
             else:
-                completion = await self.client.complete(messages, params, shaping.grammar)
+                completion = await self.client.complete(messages, params, constraints.grammar)
             tally.add(completion)
             self._count_call(completion)
             try:
-                parsed, code, truncated = self._parse(completion, shaping)
+                parsed, code, truncated = self._parse(completion, constraints)
             except CanvasParseError as exc:
                 error = exc
                 self._failed(exc, attempt)
                 if attempt + 1 < self.attempts:
-                    yield "retry", {"attempt": attempt + 2, "error": str(exc)}
+                    yield PlanRetry(attempt=attempt + 2, error=str(exc))
                 continue
-            yield "plan", self._outcome(parsed, code, truncated, attempt, tally, shaping)
+            yield self._outcome(parsed, code, truncated, attempt, tally, constraints)
             return
         assert error is not None and tally.last is not None
         raise PlanFailed(error, tally.last.text, self.attempts)

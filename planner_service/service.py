@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any
 
 from planner_service.conversations import ConversationStore, StoreUnavailable
 from planner_service.llm.client import LLMError, LLMUnavailable
@@ -19,7 +18,7 @@ from planner_service.prompting import previous_canvas, with_canvas
 from planner_service.schemas import PlanRequest, PlanResponse
 from shared.canvas import Canvas
 from shared.canvas_diff import diff_canvases
-from shared.plans import CanvasChanges, ChatTurn, CorrectionOut, Usage
+from shared.plans import CanvasChanges, ChatTurn, CorrectionOut, PlanDelta, PlanRetry, Usage
 from shared.service.auth import Caller
 
 log = logging.getLogger(__name__)
@@ -124,16 +123,16 @@ class PlanService:
             raise
         return await self._finish(prepared, outcome)
 
-    async def stream(self, request: PlanRequest, caller: Caller) -> AsyncIterator[tuple[str, Any]]:
-        """``("delta", str)``, ``("retry", dict)``, then ``("plan", PlanResponse)``; errors raise."""
+    async def stream(
+        self, request: PlanRequest, caller: Caller
+    ) -> AsyncGenerator[PlanDelta | PlanRetry | PlanResponse, None]:
+        """The stream's events (``shared.plans``): deltas and retries, then the ``PlanResponse``;
+        failures raise (the router turns them into the ``error`` event)."""
         prepared = await self._prepare(request, caller)
         events = self.planner.stream(prepared.plan_input)
         try:
-            async for kind, data in events:
-                if kind == "plan":
-                    yield "plan", await self._finish(prepared, data)
-                else:
-                    yield kind, data
+            async for event in events:
+                yield await self._finish(prepared, event) if isinstance(event, PlanOutcome) else event
         except Exception as exc:
             self._count_failure(exc)
             raise

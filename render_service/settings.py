@@ -63,8 +63,17 @@ class RenderSettings(ServiceSettings, ImageStoreSettings):
         default=False, description="Allow webhook targets on loopback, private or link-local addresses."
     )
     webhook_secret: SecretStr | None = Field(default=None, description="Signs webhook bodies (HMAC-SHA256).")
-    webhook_max_attempts: int = Field(default=5, ge=1, le=20)
-    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_max_attempts: int = Field(
+        default=5, ge=1, le=20, description="POSTs of one delivery, across workers, before it is given up on."
+    )
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="Per phase of one POST (connect, read).")
+    webhook_retry_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Wait before the second attempt of a delivery; it doubles with each attempt after. A delivery "
+        "whose worker died is retried by another worker once this (and 3 x the timeout) has passed.",
+    )
+    webhook_retry_max_seconds: float = Field(default=600.0, gt=0, description="The longest wait between attempts.")
 
     # --- worker
     model: str | None = Field(default=None, description="Hub id, diffusers folder or .safetensors file.")

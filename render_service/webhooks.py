@@ -17,14 +17,17 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import urlsplit
 
 import httpx
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 log = logging.getLogger("render_service.webhooks")
 
 SIGNATURE_HEADER = "X-Omost-Signature"
+DELIVERY_ID_HEADER = "Webhook-Id"
+"""The same on every attempt of one delivery (the Standard Webhooks header name): receivers dedupe on it."""
 
 Resolver = Callable[[str, int], list[str]]
 """``(host, port) -> addresses``; the default asks the system resolver (``getaddrinfo``)."""
@@ -129,14 +132,7 @@ def sign(body: bytes, secret: str) -> str:
 
 
 class _RetryableStatus(Exception):
-    def __init__(self, status_code: int) -> None:
-        super().__init__(f"HTTP {status_code}")
-        self.status_code = status_code
-
-
-def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, (httpx.TransportError, _RetryableStatus))
-
+    """An attempt that may succeed later (no answer, 429, 5xx), inside :func:`deliver`'s retry loop."""
 
 def _post(client: httpx.Client, target: Target, body: bytes, headers: dict[str, str]) -> httpx.Response:
     """POST to the vetted address itself: the URL's host becomes the IP, the name stays in Host and SNI."""
@@ -148,6 +144,50 @@ def _post(client: httpx.Client, target: Target, body: bytes, headers: dict[str, 
     )
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """How one POST ended: ``delivered`` (2xx), ``rejected`` (another answer below 500, not 429: the
+    receiver refuses this body for good), ``refused`` (the settings forbid the address), ``retry``
+    (no answer, 429 or 5xx: try again later)."""
+
+    kind: Literal["delivered", "rejected", "refused", "retry"]
+    detail: str
+
+
+def headers_for(body: bytes, *, event: str, delivery_id: str | None, secret: str | None) -> dict[str, str]:
+    """The headers of every attempt: the same ``Webhook-Id`` on each, so a receiver can drop repeats."""
+    headers = {"Content-Type": "application/json", "X-Omost-Event": event}
+    if delivery_id:
+        headers[DELIVERY_ID_HEADER] = delivery_id
+    if secret:
+        headers[SIGNATURE_HEADER] = sign(body, secret)
+    return headers
+
+
+def post_once(
+    client: httpx.Client,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    allow_private: bool,
+    resolver: Resolver = system_resolver,
+) -> Attempt:
+    """Vet ``url`` again and POST ``body`` once to the address vetted."""
+    try:
+        target = vet_webhook_url(url, allow_private=allow_private, resolver=resolver)
+        response = _post(client, target, body, headers)
+    except WebhookRefused as exc:
+        return Attempt("refused", f"refused: {exc}")
+    except httpx.TransportError as exc:
+        return Attempt("retry", f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+    if response.status_code == 429 or response.status_code >= 500:
+        return Attempt("retry", f"HTTP {response.status_code}")
+    if response.is_success:
+        return Attempt("delivered", f"HTTP {response.status_code}")
+    return Attempt("rejected", f"HTTP {response.status_code}")
+
+
 def deliver(
     url: str,
     body: bytes,
@@ -157,19 +197,20 @@ def deliver(
     secret: str | None,
     max_attempts: int,
     timeout: float,
+    delivery_id: str | None = None,
     resolver: Resolver = system_resolver,
 ) -> str:
-    """POST ``body`` to ``url``; retry transport errors, 429 and 5xx with backoff. Returns an outcome.
+    """POST ``body`` to ``url`` in this process; retry transport errors, 429 and 5xx with backoff.
+    Returns an outcome. (The worker sends each attempt through the durable queue of deliveries
+    instead, :mod:`render_service.worker.webhook_sender`, so that a retry survives its death.)
 
     Every attempt vets the URL again and connects to the address it vetted.
     """
-    headers = {"Content-Type": "application/json", "X-Omost-Event": event}
-    if secret:
-        headers[SIGNATURE_HEADER] = sign(body, secret)
+    headers = headers_for(body, event=event, delivery_id=delivery_id, secret=secret)
     # Redirects are not followed: they could lead to an address the check would refuse.
     with httpx.Client(timeout=timeout, follow_redirects=False) as client:
         retrying = Retrying(
-            retry=retry_if_exception(_retryable),
+            retry=retry_if_exception_type(_RetryableStatus),
             stop=stop_after_attempt(max_attempts),
             wait=wait_exponential_jitter(multiplier=0.5, max=30.0),
             reraise=True,
@@ -177,17 +218,14 @@ def deliver(
         try:
             for attempt in retrying:
                 with attempt:
-                    target = vet_webhook_url(url, allow_private=allow_private, resolver=resolver)
-                    response = _post(client, target, body, headers)
-                    if response.status_code == 429 or response.status_code >= 500:
-                        raise _RetryableStatus(response.status_code)
-                    number = attempt.retry_state.attempt_number
-                    if response.is_success:
-                        return f"delivered: HTTP {response.status_code} after {number} attempt(s)"
-                    return f"rejected: HTTP {response.status_code}"
-        except WebhookRefused as exc:
-            return f"refused: {exc}"
-        except (httpx.TransportError, _RetryableStatus) as exc:
+                    result = post_once(client, url, body, headers, allow_private=allow_private, resolver=resolver)
+                    if result.kind == "retry":
+                        raise _RetryableStatus(result.detail)
+                    if result.kind == "delivered":
+                        number = attempt.retry_state.attempt_number
+                        return f"delivered: {result.detail} after {number} attempt(s)"
+                    return result.detail if result.kind == "refused" else f"rejected: {result.detail}"
+        except _RetryableStatus as exc:
             log.warning("webhook to %s failed: %s", url, exc)
             return f"failed after {max_attempts} attempts: {exc}"
     return "failed"  # unreachable: Retrying either returns, raises or reraises

@@ -17,8 +17,16 @@ import httpx
 from httpx_sse import EventSource, ServerSentEvent
 
 from shared.canvas import Canvas
-from shared.jobs import TERMINAL_STATUSES, JobEvent, RenderAccepted, RenderJob, RenderRequest, RenderSubmission
-from shared.plans import ChatTurn, GenerationAccepted, PlanResult
+from shared.jobs import (
+    TERMINAL_STATUSES,
+    JobEvent,
+    RenderAccepted,
+    RenderJob,
+    RenderRequest,
+    RenderSubmission,
+    SamplingParams,
+)
+from shared.plans import ChatTurn, GenerationAccepted, PlanEvent, PlanResult, read_plan_event
 
 ProgressCallback = Callable[[RenderJob], None]
 
@@ -116,6 +124,16 @@ class _Requests:
             body["canvas"] = canvas.model_dump(mode="json")
         return body
 
+    @staticmethod
+    def generation_body(prompt: str, render: SamplingParams | dict[str, Any] | None, **options: Any) -> dict[str, Any]:
+        """The body of ``POST /v1/generations``: the plan's fields plus how to sample its canvas."""
+        body = _Requests.plan_body(prompt, **options)
+        if isinstance(render, SamplingParams):
+            body["render"] = render.model_dump(mode="json")
+        elif render:
+            body["render"] = render
+        return body
+
     def job(self, job_id_or_url: str) -> str:
         return self.render(job_id_or_url if "/" in job_id_or_url else f"v1/renders/{job_id_or_url}")
 
@@ -182,18 +200,23 @@ class OmostClient:
         body = _Requests.plan_body(prompt, **options)
         return PlanResult.model_validate(self._json("POST", self._urls.planner("v1/plans"), json=body))
 
-    def stream_plan(self, prompt: str, **options: Any) -> Iterator[ServerSentEvent]:
-        """Server-Sent Events of the plan as it is written; the last carries the canvas or the error."""
+    def stream_plan(self, prompt: str, **options: Any) -> Iterator[PlanEvent]:
+        """The plan as it is written (``shared.plans``: ``PlanDelta``, ``PlanRetry``), then its
+        ``PlanResult`` or the ``PlanError`` that ended it."""
         body = {**_Requests.plan_body(prompt, **options), "stream": True}
         with self._http.stream("POST", self._urls.planner("v1/plans"), json=body) as response:
             if not response.is_success:
                 response.read()
                 _raise_for_error(response)
-            yield from EventSource(response).iter_sse()
+            for sse in EventSource(response).iter_sse():
+                if (event := read_plan_event(sse.event, sse.data)) is not None:
+                    yield event
 
-    def generate(self, prompt: str, *, render: dict[str, Any] | None = None, **options: Any) -> GenerationAccepted:
-        """Plan and queue the render in one call; ``render`` holds render parameters (width, steps, ...)."""
-        body = {**_Requests.plan_body(prompt, **options), **({"render": render} if render else {})}
+    def generate(
+        self, prompt: str, *, render: SamplingParams | dict[str, Any] | None = None, **options: Any
+    ) -> GenerationAccepted:
+        """Plan and queue the render in one call; ``render`` says how to sample (width, steps, ...)."""
+        body = _Requests.generation_body(prompt, render, **options)
         return GenerationAccepted.model_validate(self._json("POST", self._urls.planner("v1/generations"), json=body))
 
     # --- renders
@@ -272,19 +295,20 @@ class AsyncOmostClient:
         body = _Requests.plan_body(prompt, **options)
         return PlanResult.model_validate(await self._json("POST", self._urls.planner("v1/plans"), json=body))
 
-    async def stream_plan(self, prompt: str, **options: Any) -> AsyncIterator[ServerSentEvent]:
+    async def stream_plan(self, prompt: str, **options: Any) -> AsyncIterator[PlanEvent]:
         body = {**_Requests.plan_body(prompt, **options), "stream": True}
         async with self._http.stream("POST", self._urls.planner("v1/plans"), json=body) as response:
             if not response.is_success:
                 await response.aread()
                 _raise_for_error(response)
             async for sse in EventSource(response).aiter_sse():
-                yield sse
+                if (event := read_plan_event(sse.event, sse.data)) is not None:
+                    yield event
 
     async def generate(
-        self, prompt: str, *, render: dict[str, Any] | None = None, **options: Any
+        self, prompt: str, *, render: SamplingParams | dict[str, Any] | None = None, **options: Any
     ) -> GenerationAccepted:
-        body = {**_Requests.plan_body(prompt, **options), **({"render": render} if render else {})}
+        body = _Requests.generation_body(prompt, render, **options)
         data = await self._json("POST", self._urls.planner("v1/generations"), json=body)
         return GenerationAccepted.model_validate(data)
 

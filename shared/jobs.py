@@ -6,7 +6,8 @@ engine's input, so a request that passes here can always be rendered.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import re
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -18,6 +19,9 @@ MAX_SIDE = 2048
 MAX_STEPS = 150
 MAX_IMAGES = 8
 MAX_SEED = 2**32 - 1
+JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+"""A render job's id: the ids the queue mints are 32 hex characters; other enqueuers may pick any id
+matching this (it is also a Redis key part and a URL path segment)."""
 
 Sampler = Literal["dpmpp_2m_karras", "dpmpp_2m", "euler", "euler_ancestral", "ddim", "unipc"]
 DEFAULT_SAMPLER: Sampler = "dpmpp_2m_karras"
@@ -43,12 +47,17 @@ class HiresFix(BaseModel):
     denoise: float = Field(default=RENDER_DEFAULTS["hires_fix"]["denoise"], gt=0.0, le=1.0)
 
 
-class RenderRequest(BaseModel):
-    """A canvas and how to sample it. Defaults are Omost's (``render_defaults`` in the contract)."""
+class SamplingParams(BaseModel):
+    """How to sample a canvas: everything a render asks for but the canvas. Defaults are Omost's
+    (``render_defaults`` in the contract).
+
+    Separate from the canvas so that what needs only these (the work budget, a size check, the
+    ``render`` part of ``POST /v1/generations`` before its canvas is planned) never needs a canvas.
+    A new sampling choice (e.g. the model family) is one field here; every route and the queue carry it.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    canvas: Canvas
     width: Side = RENDER_DEFAULTS["width"]
     height: Side = RENDER_DEFAULTS["height"]
     steps: int = Field(default=RENDER_DEFAULTS["steps"], ge=1, le=MAX_STEPS)
@@ -66,6 +75,20 @@ class RenderRequest(BaseModel):
     )
 
 
+class RenderRequest(SamplingParams):
+    """A canvas and how to sample it: on the wire one flat object, the canvas beside the sampling fields."""
+
+    canvas: Canvas
+
+    @classmethod
+    def of(cls, canvas: Canvas, sampling: SamplingParams) -> RenderRequest:
+        """``canvas`` sampled as ``sampling`` says."""
+        return cls(canvas=canvas, **{name: getattr(sampling, name) for name in SamplingParams.model_fields})
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(**{name: getattr(self, name) for name in SamplingParams.model_fields})
+
 
 DEFAULT_MAX_MEGAPIXEL_STEPS = 400.0
 """Default work budget of one job: e.g. 1024x1024 x 50 steps x 4 images plus a 1.5x hires pass of
@@ -77,7 +100,7 @@ def _hires_side(side: int, scale: float) -> int:
     return max(MIN_SIDE, round(side * scale / 8) * 8)
 
 
-def megapixel_steps(request: RenderRequest) -> float:
+def megapixel_steps(request: SamplingParams) -> float:
     """The work a job asks for: pixels x steps x images, the hires pass included, in megapixel-steps.
     Linear in each factor, so the budget is easy to state; attention grows faster with size."""
     per_image = request.width * request.height * request.steps
@@ -87,7 +110,7 @@ def megapixel_steps(request: RenderRequest) -> float:
     return per_image * request.num_images / 1e6
 
 
-def over_budget(request: RenderRequest, limit: float | None) -> str | None:
+def over_budget(request: SamplingParams, limit: float | None) -> str | None:
     """Why the job exceeds ``limit`` megapixel-steps (None: it fits, or there is no limit)."""
     cost = megapixel_steps(request)
     if limit is None or cost <= limit:
@@ -100,7 +123,6 @@ def over_budget(request: RenderRequest, limit: float | None) -> str | None:
 # --- Job lifecycle: statuses, events, records and API views -------------------------------------
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
-JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running", "succeeded", "failed", "canceled")
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
 """A job in one of these states never changes again (until its record expires)."""
 
@@ -186,13 +208,12 @@ class RenderJob(BaseModel):
     worker: str | None = None
     deliveries: int = 0
     cancel_requested: bool = False
-    webhook: str | None = Field(default=None, description="Outcome of the webhook call, once made.")
+    webhook: str | None = Field(
+        default=None,
+        description="How the webhook delivery stands: pending, retrying: ..., delivered: ..., rejected: ..., "
+        "refused: ... or failed after N attempts: ...",
+    )
+    webhook_attempts: int = Field(default=0, description="POSTs made so far for the webhook delivery.")
     urls: RenderJobUrls
     request: RenderRequest
 
-
-class ApiError(BaseModel):
-    """Every 4xx/5xx body: ``detail`` says what was wrong (for 422, also per-field ``errors``)."""
-
-    detail: str
-    errors: list[dict[str, Any]] | None = None

@@ -6,12 +6,12 @@ They live in ``shared`` so that the typed client (and any app) can use them with
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.canvas import Canvas
-from shared.jobs import MAX_SEED, JobStatus, RenderJobUrls
+from shared.jobs import MAX_SEED, JobStatus, RenderJobUrls, SamplingParams
 
 MAX_PROMPT_CHARS = 4000
 MAX_HISTORY_TURNS = 50
@@ -64,8 +64,9 @@ class PlanRequest(BaseModel):
 class GenerationRequest(PlanRequest):
     """``POST /v1/generations``: a plan, then its render queued."""
 
-    render: dict[str, Any] = Field(
-        default_factory=dict, description="Render parameters (width, height, steps, seed, ...; see POST /v1/renders)."
+    render: SamplingParams = Field(
+        default_factory=SamplingParams,
+        description="How to sample the planned canvas (width, height, steps, seed, ...; as in POST /v1/renders).",
     )
 
 
@@ -102,7 +103,9 @@ class CanvasChanges(BaseModel):
 
 
 class PlanResult(BaseModel):
-    """The answer to ``POST /v1/plans``."""
+    """The answer to ``POST /v1/plans``; with ``stream=true``, the data of the stream's last event, ``plan``."""
+
+    event: ClassVar[Literal["plan"]] = "plan"
 
     canvas: Canvas
     code: str
@@ -130,3 +133,61 @@ class GenerationAccepted(BaseModel):
     code: str
     conversation_id: str | None = None
     urls: RenderJobUrls
+
+
+# --- The plan stream: ``POST /v1/plans`` with ``stream=true`` -------------------------------------
+# Each Server-Sent Event is one of these models: the SSE ``event`` field is the model's ``event``
+# name and ``data`` its JSON. The stream is deltas and retries, then exactly one ``plan`` or ``error``.
+
+
+class PlanDelta(BaseModel):
+    """A piece of the plan's code as the model writes it (one token, with llama.cpp and vLLM)."""
+
+    event: ClassVar[Literal["delta"]] = "delta"
+    text: str
+
+
+class PlanRetry(BaseModel):
+    """The answer did not parse: attempt ``attempt`` (2 for the first retry) starts, with a new seed;
+    the text streamed so far is dropped."""
+
+    event: ClassVar[Literal["retry"]] = "retry"
+    attempt: int = Field(ge=2)
+    error: str = Field(description="Why the previous answer did not parse.")
+
+
+class PlanError(BaseModel):
+    """The planner's failure once the stream has begun, as its HTTP error body (an RFC 9457 problem:
+    a failed parse adds ``parse_error``, ``raw`` and ``attempts``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    event: ClassVar[Literal["error"]] = "error"
+    type: str = "about:blank"
+    title: str = "Error"
+    status: int = Field(default=502, ge=400, le=599)
+    detail: str
+
+
+PlanEvent = PlanDelta | PlanRetry | PlanResult | PlanError
+PLAN_EVENTS: dict[str, type[PlanEvent]] = {
+    model.event: model for model in (PlanDelta, PlanRetry, PlanResult, PlanError)
+}
+"""Every event of the stream by its SSE name; the playground's reader handles each (a test checks)."""
+
+
+def plan_event_sse(event: PlanEvent) -> dict[str, str]:
+    """``event`` as one Server-Sent Event (the fields ``sse_starlette`` sends)."""
+    return {"event": event.event, "data": event.model_dump_json()}
+
+
+def read_plan_event(name: str, data: str) -> PlanEvent | None:
+    """The event a Server-Sent Event carries; None for an event this client does not know (a newer
+    server's). A known event whose data does not fit its model raises ``ValueError``."""
+    model = PLAN_EVENTS.get(name)
+    if model is None:
+        return None
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as exc:
+        raise ValueError(f"the planner sent a malformed {name!r} event: {exc}") from exc

@@ -12,14 +12,25 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
+import redis
 from pydantic_settings import BaseSettings
 
 from shared.cli.guard import child_setup
 from shared.cli.stack import free_port, redis_answers
 
-__all__ = ["ChildProcess", "RedisServer", "env_names", "free_port", "python_module", "wait_for_http", "wait_until"]
+__all__ = [
+    "ChildProcess",
+    "RedisServer",
+    "SentinelCluster",
+    "env_names",
+    "free_port",
+    "python_module",
+    "wait_for_http",
+    "wait_until",
+]
 
 
 def env_names(settings: type[BaseSettings]) -> set[str]:
@@ -118,8 +129,9 @@ def python_module(module: str, *args: str) -> list[str]:
 class RedisServer:
     """A private redis-server on a free port, so tests never touch the machine's own instance."""
 
-    def __init__(self, persistent: bool = False) -> None:
+    def __init__(self, persistent: bool = False, extra_args: Sequence[str] = ()) -> None:
         self.persistent = persistent
+        self.extra_args = list(extra_args)
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
@@ -135,7 +147,7 @@ class RedisServer:
     def start(self) -> RedisServer:
         appendonly = "yes" if self.persistent else "no"
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", appendonly]
-        self.child = ChildProcess([*args, "--dir", self.dir], log_dir=Path(self.dir)).start()
+        self.child = ChildProcess([*args, "--dir", self.dir, *self.extra_args], log_dir=Path(self.dir)).start()
         wait_until(self.ping, 10.0, 0.05, "redis-server answering")
         return self
 
@@ -151,6 +163,137 @@ class RedisServer:
         self.stop()
         time.sleep(down_seconds)
         self.start()
+
+
+class SentinelCluster:
+    """A primary, a replica and three Sentinels (``redis-server --sentinel``) on free ports: a real
+    failover in a few seconds (``down_after_ms``), for tests and the chaos soak.
+
+    The nodes keep no data on disk: a node killed and started again (:meth:`restart_node`, once the
+    failover is done) comes back empty, as a replica of the new primary.
+    """
+
+    SERVICE = "omost"
+
+    def __init__(self, down_after_ms: int = 1000, failover_timeout_ms: int = 4000) -> None:
+        self.primary = RedisServer()
+        self.replica = RedisServer()
+        self.nodes = [self.primary, self.replica]
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinels: list[ChildProcess] = []
+        self.dir = Path(tempfile.mkdtemp(prefix="omost-sentinel-"))
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{self.SERVICE}/0"
+
+    def start(self) -> SentinelCluster:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # a start that failed half-way leaves no process behind
+            raise
+
+    def _start(self) -> SentinelCluster:
+        self.primary.start()
+        self.replica.extra_args = ["--replicaof", "127.0.0.1", str(self.primary.port)]
+        self.replica.start()
+        for port in self.sentinel_ports:
+            conf = self.dir / f"sentinel-{port}.conf"  # Sentinel rewrites its file: one each, writable
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary.port} 2\n"
+                f"sentinel down-after-milliseconds {self.SERVICE} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.SERVICE} {self.failover_timeout_ms}\n"
+                f"sentinel parallel-syncs {self.SERVICE} 1\n"
+            )
+            child = ChildProcess([self.primary.binary, str(conf), "--sentinel"], log_dir=self.dir).start()
+            self.sentinels.append(child)
+        wait_until(self.replica_online, 30.0, 0.1, "the replica in sync")
+        wait_until(lambda: self._sentinels_agree(self.primary.port, replicas=1), 30.0, 0.1, "sentinels ready")
+        return self
+
+    def _ask(self, port: int, *command: str) -> object:
+        with redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1, decode_responses=True) as client:
+            return client.execute_command(*command)
+
+    def primary_port(self) -> int | None:
+        """The primary's port as the Sentinels answer it (the first that answers)."""
+        for port in self.sentinel_ports:
+            try:
+                answer = self._ask(port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.SERVICE)
+            except Exception:
+                continue
+            if answer:
+                return int(answer[1])  # type: ignore[index]
+        return None
+
+    def _sentinels_agree(self, primary_port: int, replicas: int) -> bool:
+        """Every Sentinel names ``primary_port``, knows the two others, and sees ``replicas`` replicas up."""
+        try:
+            for port in self.sentinel_ports:
+                host_port = self._ask(port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.SERVICE)
+                if not host_port or int(host_port[1]) != primary_port:  # type: ignore[index]
+                    return False
+                primary: Any = self._ask(port, "SENTINEL", "MASTER", self.SERVICE)
+                if int(primary["num-other-sentinels"]) < len(self.sentinel_ports) - 1:
+                    return False
+                known: Any = self._ask(port, "SENTINEL", "REPLICAS", self.SERVICE)
+                if sum("s_down" not in r["flags"] and r["master-link-status"] == "ok" for r in known) < replicas:
+                    return False
+        except (redis.RedisError, KeyError, TypeError, ValueError):
+            return False
+        return True
+
+    def node(self, port: int) -> RedisServer:
+        return next(node for node in self.nodes if node.port == port)
+
+    def replica_online(self) -> bool:
+        """Whether the current primary has a replica in sync."""
+        port = self.primary_port() or self.primary.port
+        try:
+            info = self._ask(port, "INFO", "replication")
+        except Exception:
+            return False
+        replicas = [value for name, value in dict(info).items() if name.startswith("slave")]  # type: ignore[call-overload]
+        return any(isinstance(r, dict) and r.get("state") == "online" for r in replicas)
+
+    def kill_primary(self) -> int:
+        """SIGKILL the current primary; its port."""
+        port = self.primary_port()
+        assert port is not None, "no primary known to the Sentinels"
+        node = self.node(port)
+        assert node.child is not None
+        node.child.kill()
+        return port
+
+    def wait_failover(self, old_port: int, timeout: float = 60.0) -> int:
+        """Wait until every Sentinel names a new primary; its port."""
+        wait_until(lambda: (self.primary_port() or old_port) != old_port, timeout, 0.1, "a failover")
+        new = self.primary_port()
+        assert new is not None
+        wait_until(lambda: self._sentinels_agree(new, replicas=0), timeout, 0.1, "sentinels agreeing")
+        return new
+
+    def restart_node(self, port: int, timeout: float = 60.0) -> None:
+        """Start a killed node again, empty, as a replica of the current primary (as a deployment's
+        init step does: an empty node never starts as a primary); wait until it is in sync and every
+        Sentinel counts it."""
+        primary = self.primary_port()
+        assert primary is not None and primary != port
+        node = self.node(port)
+        node.extra_args = ["--replicaof", "127.0.0.1", str(primary)]
+        node.start()
+        wait_until(lambda: self._sentinels_agree(primary, replicas=1), timeout, 0.2, "the restarted node in sync")
+
+    def stop(self) -> None:
+        for child in self.sentinels:
+            child.stop()
+        for node in self.nodes:
+            node.stop()
 
 
 class StepGate:

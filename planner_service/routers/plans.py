@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
 from sse_starlette import EventSourceResponse
@@ -13,6 +12,7 @@ from planner_service.admission import AdmissionDep, unless_disconnected
 from planner_service.dependencies import PlanServiceDep
 from planner_service.errors import error_body
 from planner_service.schemas import PlanRequest, PlanResponse
+from shared.plans import PLAN_EVENTS, PlanDelta, PlanError, PlanRetry, plan_event_sse
 from shared.service.auth import caller, require_token
 from shared.service.leases import Lease
 from shared.service.routing import StrictRoute
@@ -20,16 +20,17 @@ from shared.service.routing import StrictRoute
 router = APIRouter(prefix="/v1", tags=["plans"], dependencies=[Depends(require_token)], route_class=StrictRoute)
 
 
-# One Server-Sent Event: ``data`` is JSON ({"text"} for delta, the PlanResponse for plan, a problem
-# for error, {"attempt", "error"} for retry).
+# One Server-Sent Event: ``data`` is the JSON of the contract's model of that event (shared.plans:
+# PlanDelta, PlanRetry, PlanResult, PlanError).
 _EVENT = {
     "type": "object",
     "required": ["event", "data"],
     "properties": {
-        "event": {"type": "string", "enum": ["delta", "retry", "plan", "error"]},
+        "event": {"type": "string", "enum": list(PLAN_EVENTS)},
         "data": {"type": "string"},
     },
 }
+_Streamed = AsyncGenerator[PlanDelta | PlanRetry | PlanResponse, None]
 
 
 @router.post(
@@ -47,7 +48,9 @@ _EVENT = {
         503: {"description": "The LLM server (or Redis) is unreachable."},
     },
 )
-async def create_plan(body: PlanRequest, service: PlanServiceDep, admission: AdmissionDep, request: Request):
+async def create_plan(
+    body: PlanRequest, service: PlanServiceDep, admission: AdmissionDep, request: Request
+) -> PlanResponse | EventSourceResponse:
     slot = await admission.admit()  # 429 beyond the limit, before any work
     if not body.stream:
         try:
@@ -61,32 +64,27 @@ async def create_plan(body: PlanRequest, service: PlanServiceDep, admission: Adm
         first = await unless_disconnected(request, events.__anext__())
     except BaseException:
         await slot.release()
-        await events.aclose()  # type: ignore[attr-defined]
+        await events.aclose()
         raise
     # Once streaming, the SSE response stops the generator when the client hangs up.
     return EventSourceResponse(_sse(first, events, slot), background=BackgroundTask(slot.release))
 
 
 async def _sse(
-    first: tuple[str, object], events: AsyncIterator[tuple[str, object]], slot: Lease
-) -> AsyncIterator[dict]:
+    first: PlanDelta | PlanRetry | PlanResponse, events: _Streamed, slot: Lease
+) -> AsyncIterator[dict[str, str]]:
     try:
-        kind, data = first
+        event = first
         while True:
-            if kind == "delta":
-                yield {"event": "delta", "data": json.dumps({"text": data})}
-            elif kind == "retry":
-                yield {"event": "retry", "data": json.dumps(data)}
-            elif kind == "plan":
-                assert isinstance(data, PlanResponse)
-                yield {"event": "plan", "data": data.model_dump_json()}
+            yield plan_event_sse(event)
+            if isinstance(event, PlanResponse):
                 return
-            kind, data = await events.__anext__()
+            event = await events.__anext__()
     except StopAsyncIteration:
         return
     except Exception as exc:
         _status, body = error_body(exc)  # re-raises anything that is not a known planner failure
-        yield {"event": "error", "data": json.dumps(body)}
+        yield plan_event_sse(PlanError.model_validate(body))
     finally:
         await slot.release()
-        await events.aclose()  # type: ignore[attr-defined]
+        await events.aclose()

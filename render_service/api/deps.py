@@ -12,26 +12,27 @@ from render_service.api.event_hub import EventHub
 from render_service.settings import RenderSettings
 from render_service.store import JobStore
 from shared.queue import RenderQueue
+from shared.service.state import app_state
 
 
 def get_settings(request: Request) -> RenderSettings:
-    return request.app.state.settings
+    return app_state(request, "settings", RenderSettings)
 
 
 def get_redis(request: Request) -> redis.asyncio.Redis:
-    return request.app.state.redis
+    return app_state(request, "redis", redis.asyncio.Redis)
 
 
 def get_store(request: Request) -> JobStore:
-    return request.app.state.store
+    return app_state(request, "store", JobStore)
 
 
 def get_queue(request: Request) -> RenderQueue:
-    return request.app.state.queue
+    return app_state(request, "queue", RenderQueue)
 
 
 def get_event_hub(request: Request) -> EventHub:
-    return request.app.state.event_hub
+    return app_state(request, "event_hub", EventHub)
 
 
 SettingsDep = Annotated[RenderSettings, Depends(get_settings)]

@@ -3,7 +3,8 @@
 The loop is *take -> render -> settle*, one module each: :mod:`~render_service.worker.intake`
 (reading, reclaiming, batch filling, the claim), :mod:`~render_service.worker.rendering` (one engine
 call per batch, with each job's progress and cancel checks) and :mod:`~render_service.worker.settlement`
-(PNGs, the image store, the record, the webhook, on a thread of their own). Every state change is a
+(PNGs, the image store, the record, on a thread of their own); :mod:`~render_service.worker.webhook_sender`
+delivers webhooks, at least once, on another. Every state change is a
 transition of :mod:`shared.queue`. With ``batch_max_images`` above 1, *take* goes on reading while the next
 queued jobs can share the first one's UNet batch (:func:`~render_service.engine.batching.batch_key`,
 sides within ``batch_max_pixels``); each job of a batch is still claimed, beaten for, canceled and
@@ -58,6 +59,7 @@ from render_service.worker.intake import Intake
 from render_service.worker.rendering import Renderer, RenderOutcome, RunningJob
 from render_service.worker.retry import REDIS_ERRORS, RetryPolicy, Stopping
 from render_service.worker.settlement import Settlement
+from render_service.worker.webhook_sender import WebhookSender
 from shared.queue import SyncRenderQueue
 from shared.queue.connect import image_stores, sync_client
 
@@ -73,7 +75,10 @@ class Worker:
         url = settings.redis_url
         # The main client blocks in XREADGROUP, so its socket timeout must outlast the block time.
         self.redis = sync_client(url, socket_timeout=settings.block_seconds + 10)
-        self.queue = SyncRenderQueue(self.redis, self.keys)
+        durability = settings.durability
+        # WAIT must follow a transition on the connection that wrote it: a client of one connection.
+        writer = sync_client(url, socket_timeout=30, max_connections=1) if durability.replicas else None
+        self.queue = SyncRenderQueue(self.redis, self.keys, durability=durability, writer=writer)
         # Per-step progress/cancel checks and heartbeats use short timeouts and no client-side
         # retries: during an outage they fail fast instead of stalling the render.
         fast = {"socket_timeout": 2, "socket_connect_timeout": 2, "retry": Retry(NoBackoff(), 0)}
@@ -95,9 +100,10 @@ class Worker:
             self.retry,
             stopping=lambda: self.stopping,
             on_claimed=self._publish_claim,
-            notify=self.settlement.schedule_webhook,
         )
         self.renderer = Renderer(settings, engine, self.queue, self.step_redis, grace_expired=self._grace_expired)
+        sender_redis = sync_client(url, socket_timeout=10, socket_connect_timeout=2)  # outlasts its 1 s reads
+        self.webhooks = WebhookSender(settings, self.name, sender_redis)
         self.heartbeat = Heartbeat(
             sync_client(url, **fast),
             self.keys,
@@ -106,7 +112,6 @@ class Worker:
             claim_idle_seconds=settings.claim_idle_seconds,
             info={"model": engine.model_name, "device": engine.device},
             holding=self._holding,
-            on_webhook=self.settlement.schedule_webhook,
             on_beat=self.settlement.sweep_soon if settings.image_store != "redis" else None,
         )
 
@@ -145,6 +150,7 @@ class Worker:
         try:
             self.retry(intake.ensure_group, "create consumer group", forever=True)
             self.heartbeat.start()
+            self.webhooks.start()
             while not self.stopping:
                 entry, intake.held = intake.held, None
                 if entry is None:
@@ -176,6 +182,7 @@ class Worker:
                 log.exception("settling the last batch failed", extra={"fields": {"worker": self.name}})
             settlement.stop_settling()
             self.heartbeat.stop()
+            self.webhooks.stop()
             settlement.close()
             log.info("worker stopped", extra={"fields": {"worker": self.name}})
 

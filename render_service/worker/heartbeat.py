@@ -1,4 +1,4 @@
-"""The worker's heartbeat: proof of life for its current job, and the pick-up point for due webhooks."""
+"""The worker's heartbeat: proof of life for its current job."""
 
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ class Heartbeat:
       renders a batch) and its claim deadline, so another worker (whatever *its* settings) can tell
       that an entry's owner is alive and must not reclaim it;
     * ``XCLAIM ... JUSTID`` of those entries, which resets their idle time without counting a delivery;
-    * pops due webhooks from the outbox (jobs canceled while queued) and hands them to ``on_webhook``;
     * calls ``on_beat`` (the worker hands it expired images to delete, on another thread).
     """
 
@@ -42,7 +41,6 @@ class Heartbeat:
         claim_idle_seconds: float,
         info: dict[str, str],
         holding: Callable[[], list[tuple[str, str]]],
-        on_webhook: Callable[[str], None],
         on_beat: Callable[[], None] | None = None,
     ) -> None:
         self.redis = client
@@ -52,7 +50,6 @@ class Heartbeat:
         self.claim_idle_seconds = claim_idle_seconds
         self.info = info
         self.holding = holding
-        self.on_webhook = on_webhook
         self.on_beat = on_beat
         self._exit = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
@@ -64,7 +61,7 @@ class Heartbeat:
         """Stop beating and unregister, so the worker leaves the live list at once."""
         self._exit.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=10)  # let a beat in flight hand over its webhooks first
+            self._thread.join(timeout=10)
         try:
             self.redis.zrem(self.keys.workers, self.name)
             self.redis.delete(self.keys.worker(self.name))
@@ -100,8 +97,6 @@ class Heartbeat:
         while not self._exit.is_set():
             try:
                 self.publish()
-                for job_id in self.redis.lpop(self.keys.webhook_outbox, 10) or []:
-                    self.on_webhook(text(job_id))
                 if self.on_beat is not None:
                     self.on_beat()
             except REDIS_ERRORS as exc:

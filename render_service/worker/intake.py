@@ -46,7 +46,6 @@ class Intake:
         *,
         stopping: Callable[[], bool],
         on_claimed: Callable[[], None],
-        notify: Callable[[str], None],
     ) -> None:
         self.settings = settings
         self.name = name
@@ -57,8 +56,6 @@ class Intake:
         self.stopping = stopping
         self.on_claimed = on_claimed
         """Called when a job joins a batch being filled (the heartbeat publishes it at once)."""
-        self.notify = notify
-        """Called with the id of a job settled at its claim whose webhook is due."""
         self.held: Entry | None = None
         """An entry read while filling a batch that could not join it: this worker's next job."""
 
@@ -194,8 +191,6 @@ class Intake:
         if decision.settled is not None:
             fields = {"job": message.job_id, "status": decision.settled}
             log.info("job settled without rendering", extra={"fields": fields})
-            if decision.notify:
-                self.notify(message.job_id)
             return None
         log.info("job started", extra={"fields": {"job": message.job_id, "deliveries": decision.deliveries}})
         return RunningJob(Delivery(entry_id, message, token, decision.deliveries))

@@ -1,6 +1,7 @@
 """Settling rendered jobs, on a thread of their own while the next batch renders: PNG encoding, the
-image store, the record's terminal (or requeue) transition fenced by the delivery's token, the webhook;
-and the image store's sweep of expired objects."""
+image store, the record's terminal (or requeue) transition fenced by the delivery's token (which also
+queues the job's webhook delivery, :mod:`~render_service.worker.webhook_sender`); and the image store's
+sweep of expired objects."""
 
 from __future__ import annotations
 
@@ -14,12 +15,11 @@ from typing import Any
 
 import redis
 
-from render_service.metrics import count_image_store_error, count_webhook, observe_phases, send_counts
+from render_service.metrics import count_image_store_error, observe_phases, send_counts
 from render_service.settings import RenderSettings
-from render_service.webhooks import deliver
 from render_service.worker.rendering import RenderOutcome, RunningJob
 from render_service.worker.retry import RetryPolicy
-from shared.queue import Delivery, ImagesNotSaved, ImageStore, SyncRenderQueue, fail, finish, render_job, requeue
+from shared.queue import Delivery, ImagesNotSaved, ImageStore, SyncRenderQueue, fail, finish, requeue
 
 log = logging.getLogger("render_service.worker")
 
@@ -48,7 +48,6 @@ class Settlement:
         """The batch being encoded, stored and settled while the worker renders the next one."""
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="settle")
         self._pending: Future[None] | None = None
-        self._webhooks = ThreadPoolExecutor(max_workers=2, thread_name_prefix="webhook")
         # Sweeps talk to the image store, which may be slow or down: never on the heartbeat's thread.
         self._sweeper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-sweep")
         self._sweeping: Future[None] | None = None
@@ -58,9 +57,8 @@ class Settlement:
         self._thread.shutdown(wait=True)
 
     def close(self) -> None:
-        """Once the heartbeat (which hands over outbox webhooks and sweeps) has stopped: finish the webhooks."""
+        """Once the heartbeat (which starts sweeps) has stopped."""
         self._sweeper.shutdown(wait=False, cancel_futures=True)
-        self._webhooks.shutdown(wait=True)
 
     # --- the settle thread ----------------------------------------------------------------------
 
@@ -180,34 +178,3 @@ class Settlement:
             return
         fields = {"job": delivery.job_id, "status": outcome.status, "error": outcome.error}
         log.info("job finished", extra={"fields": fields})
-        self.schedule_webhook(delivery.job_id)
-
-    # --- webhooks ------------------------------------------------------------------------------
-
-    def schedule_webhook(self, job_id: str) -> None:
-        # Off the render thread: a slow receiver must not hold up the next job.
-        self._webhooks.submit(self._send_webhook, job_id)
-
-    def _send_webhook(self, job_id: str) -> None:
-        settings = self.settings
-        try:
-            record = self.retry(lambda: self.queue.find(job_id, self.step_redis), "read job")
-            url = record.webhook_url if record is not None else None
-            if record is None or not url:
-                return
-            job = render_job(record, settings.public_url)
-            body = job.model_dump_json(by_alias=True).encode()
-            outcome = deliver(
-                url,
-                body,
-                event=f"render.{job.status}",
-                allow_private=settings.allow_private_webhooks,
-                secret=settings.webhook_secret.get_secret_value() if settings.webhook_secret else None,
-                max_attempts=settings.webhook_max_attempts,
-                timeout=settings.webhook_timeout_seconds,
-            )
-            self.retry(lambda: self.queue.record_webhook(job_id, outcome, self.step_redis), "record webhook")
-            send_counts(self.step_redis, lambda pipe: count_webhook(pipe, self.keys, outcome))
-            log.info("webhook sent", extra={"fields": {"job": job_id, "outcome": outcome}})
-        except Exception:
-            log.exception("webhook delivery crashed", extra={"fields": {"job": job_id}})

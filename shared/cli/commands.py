@@ -12,13 +12,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import httpx
 import typer
 from rich.console import Console
 
-from shared.canvas import Canvas, GlobalDescription
 from shared.cli.canvas_file import read_canvas
 from shared.cli.display import (
     Activity,
@@ -54,7 +53,7 @@ from shared.cli.vllm import EAGER, VllmServer
 from shared.client import OmostAPIError, OmostClient
 from shared.jobs import RenderAccepted, RenderJob, RenderRequest
 from shared.omost_code import canvas_to_code
-from shared.plans import ChatTurn, GenerationAccepted, PlanRequest, PlanResult
+from shared.plans import ChatTurn, GenerationAccepted, PlanRequest
 
 app = typer.Typer(help="LLM-planned, region-controlled image generation (Omost, as services).", no_args_is_help=True)
 console = Console(stderr=True)
@@ -84,7 +83,6 @@ NO_MODEL = (
     "say which SDXL model to render with: --model <hub id, diffusers folder or .safetensors>, "
     "--tiny (offline random-weight smoke model), or OMOST_RENDER_MODEL"
 )
-_PLACEHOLDER = Canvas(global_description=GlobalDescription(description="placeholder", HTML_web_color_name="white"))
 
 
 def usage_error(message: str) -> typer.Exit:
@@ -228,13 +226,6 @@ def write_images(client: OmostClient, job: RenderJob, output: Path) -> list[Path
     return paths
 
 
-def checked(options: RenderOptions, *, tiny: bool, canvas: Canvas = _PLACEHOLDER) -> dict[str, Any]:
-    """The render fields, refused here (one line per problem) before any plan or stack is started."""
-    fields = options.request_fields(tiny=tiny)
-    RenderRequest.model_validate({**fields, "canvas": canvas})
-    return fields
-
-
 def checked_plan(
     prompt: str, *, history: list[ChatTurn] | None = None, seed: int | None = None, max_new_tokens: int | None = None
 ) -> None:
@@ -260,24 +251,23 @@ def generate(
 ) -> None:
     """Plan PROMPT into a canvas, render it and write the image(s)."""
     checked_plan(prompt, max_new_tokens=max_new_tokens)
-    checked(options, tiny=tiny)
+    options.sampling(tiny=tiny)  # refused here, before a plan or a stack is started
     with services(url, render_url, need_planner=True, need_render=True, model=model, tiny=tiny, llm_url=llm_url) as (
         ends
     ), OmostClient(ends.planner, ends.render, token=token) as client:
         assert ends.planner is not None
-        fields = checked(options, tiny=ends.tiny)
+        sampling = options.sampling(tiny=ends.tiny)
         queued: RenderAccepted | GenerationAccepted
         if ends.render:
             # Plan over the stream (progress as it is written), then queue the render ourselves.
             with plan_stops_on_interrupt():
-                data = plan_with_progress(console, client.stream_plan(prompt, max_new_tokens=max_new_tokens))
-            plan = PlanResult.model_validate(data)
+                plan = plan_with_progress(console, client.stream_plan(prompt, max_new_tokens=max_new_tokens))
             canvas, code, conversation_id = plan.canvas, plan.code, plan.conversation_id
-            queued = client.submit(RenderRequest(canvas=canvas, **fields))
+            queued = client.submit(RenderRequest.of(canvas, sampling))
         else:
             # Only the planner is known: it plans and queues in one call, without a token stream.
             with plan_stops_on_interrupt(), Activity(console, "planning"):
-                queued = client.generate(prompt, render=fields, max_new_tokens=max_new_tokens)
+                queued = client.generate(prompt, render=sampling, max_new_tokens=max_new_tokens)
             canvas, code, conversation_id = queued.canvas, queued.code, queued.conversation_id
         submitted(queued.id, queued.urls.self_)
         with cancel_on_interrupt(client, queued.id):
@@ -340,13 +330,12 @@ def plan_and_print(
                 prompt, history=last.history if last else None, seed=seed, max_new_tokens=max_new_tokens
             )
             with plan_stops_on_interrupt():
-                data = plan_with_progress(console, events, label="editing" if last else "planning")
-        result = PlanResult.model_validate(data)
+                result = plan_with_progress(console, events, label="editing" if last else "planning")
         previous = last or Conversation(planner_url=ends.planner)
         remember(cache_dir(), previous.followed_by(
             prompt, result.code, planner_url=ends.planner, conversation_id=result.conversation_id))
     show_corrections(console, result)
-    if summary := changes_line(data.get("changes")):
+    if summary := changes_line(result.changes):
         say(console, summary)
     typer.echo(result.canvas.model_dump_json(indent=2) if as_json else canvas_to_code(result.canvas))
 
@@ -365,10 +354,10 @@ def render(
 ) -> None:
     """Render a canvas file (JSON or Omost code) without the planner."""
     canvas = read_canvas(canvas_file)
-    checked(options, tiny=tiny, canvas=canvas)
+    options.sampling(tiny=tiny)  # refused here, before a stack is started
     with services(None, render_url, need_planner=False, need_render=True, model=model, tiny=tiny) as ends, \
             OmostClient(render_url=ends.render, token=token) as client:
-        request = RenderRequest(canvas=canvas, **checked(options, tiny=ends.tiny, canvas=canvas))
+        request = RenderRequest.of(canvas, options.sampling(tiny=ends.tiny))
         accepted = client.submit(request)
         submitted(accepted.id, accepted.urls.self_)
         with cancel_on_interrupt(client, accepted.id):

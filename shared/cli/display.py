@@ -6,14 +6,12 @@ every few seconds, and nothing is cut or wrapped at 80 columns.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from httpx_sse import ServerSentEvent
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -22,7 +20,7 @@ from rich.table import Table
 from shared.canvas import Canvas
 from shared.client import OmostAPIError
 from shared.jobs import RenderJob
-from shared.plans import PlanResult
+from shared.plans import CanvasChanges, PlanDelta, PlanEvent, PlanResult, PlanRetry
 
 PLAIN_EVERY_SECONDS = 5.0
 FIRST_LINE_AFTER_SECONDS = 1.0
@@ -87,27 +85,25 @@ class Activity:
                 return
 
 
-def plan_with_progress(console: Console, events: Iterator[ServerSentEvent], label: str = "planning") -> dict[str, Any]:
-    """Follow the planner's SSE stream, showing tokens and tokens/s; return the final plan's JSON."""
+def plan_with_progress(console: Console, events: Iterator[PlanEvent], label: str = "planning") -> PlanResult:
+    """Follow the planner's stream (``OmostClient.stream_plan``), showing tokens and tokens/s; return the plan."""
     with Activity(console, label) as activity:
         tokens = 0
         first_token = 0.0
         for event in events:
-            if event.event == "delta":
+            if isinstance(event, PlanDelta):
                 tokens += 1  # llama.cpp and vLLM stream one token per delta
                 now = time.monotonic()
                 first_token = first_token or now
                 rate = f", {(tokens - 1) / (now - first_token):.1f} tokens/s" if now > first_token else ""
                 activity.update(f"{tokens} tokens{rate}")
-            elif event.event == "retry":
+            elif isinstance(event, PlanRetry):
                 tokens, first_token = 0, 0.0
                 activity.update("the answer did not parse; trying again")
-            elif event.event == "plan":
-                plan: dict[str, Any] = json.loads(event.data)
-                return plan
-            elif event.event == "error":
-                body = json.loads(event.data)
-                raise OmostAPIError(int(body.get("status", 502)), str(body.get("detail", body)), body)
+            elif isinstance(event, PlanResult):
+                return event
+            else:
+                raise OmostAPIError(event.status, event.detail, event.model_dump())
     raise OmostAPIError(502, "the planner's stream ended without a plan")
 
 
@@ -152,22 +148,22 @@ def show_corrections(console: Console, plan: PlanResult) -> None:
                      f"{escape(repr(c.corrected))}[/]")
 
 
-def changes_line(changes: dict[str, Any] | None) -> str | None:
+def changes_line(changes: CanvasChanges | None) -> str | None:
     """``changed: +1 region, ~region 2 (description), -region 0`` from a plan's ``changes``; None if absent."""
     if changes is None:
         return None
     parts = []
-    if changes.get("global_fields"):
-        parts.append(f"~global ({', '.join(changes['global_fields'])})")
-    regions = changes.get("regions") or []
-    added = sum(1 for r in regions if r.get("kind") == "added")
+    if changes.global_fields:
+        parts.append(f"~global ({', '.join(changes.global_fields)})")
+    regions = changes.regions
+    added = sum(1 for r in regions if r.kind == "added")
     if added:
         parts.append(f"+{added} region{'s' if added > 1 else ''}")
     for r in regions:
-        if r.get("kind") == "changed":
-            fields = ", ".join(r.get("fields") or [])
-            parts.append(f"~region {r.get('index')}" + (f" ({fields})" if fields else ""))
-    parts += [f"-region {r.get('index')}" for r in regions if r.get("kind") == "removed"]
+        if r.kind == "changed":
+            fields = ", ".join(r.fields)
+            parts.append(f"~region {r.index}" + (f" ({fields})" if fields else ""))
+    parts += [f"-region {r.index}" for r in regions if r.kind == "removed"]
     return "changed: " + (", ".join(parts) or "nothing")
 
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from shared.contract import RENDER_DEFAULTS
-from shared.jobs import DEFAULT_SAMPLER
+from shared.jobs import DEFAULT_SAMPLER, SamplingParams
 
 PlannerUrl = Annotated[
     str | None,
@@ -56,7 +56,7 @@ def tiny_stack_env(tiny: bool) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class RenderOptions:
-    """How to sample; sizes left unset are chosen by :meth:`request_fields` (small for the tiny model)."""
+    """How to sample; sizes left unset are chosen by :meth:`sampling` (small for the tiny model)."""
 
     width: int | None = None
     height: int | None = None
@@ -65,13 +65,14 @@ class RenderOptions:
     num_images: int = 1
     guidance: float = RENDER_DEFAULTS["cfg"]
 
-    def request_fields(self, *, tiny: bool) -> dict[str, Any]:
-        """The fields of a render request (``shared.jobs.RenderRequest`` without the canvas)."""
+    def sampling(self, *, tiny: bool) -> SamplingParams:
+        """The sampling parameters of the render, checked by the contract (a ``ValidationError`` names
+        each bad option), so a bad option is refused before any plan or stack is started."""
         side_w, side_h = (TINY_SIDE, TINY_SIDE) if tiny else (RENDER_DEFAULTS["width"], RENDER_DEFAULTS["height"])
-        return {
-            "width": self.width or side_w, "height": self.height or side_h, "steps": self.steps, "seed": self.seed,
-            "num_images": self.num_images, "guidance_scale": self.guidance, "sampler": DEFAULT_SAMPLER,
-        }
+        return SamplingParams(
+            width=self.width or side_w, height=self.height or side_h, steps=self.steps, seed=self.seed,
+            num_images=self.num_images, guidance_scale=self.guidance, sampler=DEFAULT_SAMPLER,
+        )
 
 
 _RENDER_PARAMETERS = [

@@ -28,9 +28,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
+import redis
 
 from shared.cli.guard import PARENT_ENV, child_setup
 from shared.cli.vllm import VllmMissing, VllmServer, startup_stage
+from shared.queue.connect import parse_sentinel_url, sync_client
 
 VLLM_START_TIMEOUT = 900.0
 """vLLM compiles its model on a first start: minutes on a few CPU cores (a GPU's CUDA graphs, less)."""
@@ -57,7 +59,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def redis_answers(url: str, timeout: float = 0.5) -> bool:
-    """A bare PING over a socket: no client library state, works before any service exists."""
+    """A bare PING over a socket: no client library state, works before any service exists. A Sentinel URL
+    is asked through redis-py (the Sentinels name the primary)."""
+    if parse_sentinel_url(url) is not None:
+        try:
+            with sync_client(url, socket_timeout=timeout, socket_connect_timeout=timeout) as client:
+                return bool(client.ping())
+        except (redis.RedisError, OSError):
+            return False
     parsed = urlparse(url)
     try:
         with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 6379), timeout=timeout) as sock:

@@ -16,10 +16,11 @@ transition         what it writes, in one Redis transaction               who ca
 :func:`claim`      ``running`` + fresh owner token, or settle at once      worker, after XREADGROUP
 :func:`progress`   step counters and a ``progress`` event                  worker, each step
 :func:`request_cancel`  ``cancel_requested``; a queued job ends at once    API (DELETE)
-:func:`finish`     terminal record + event, XACK + XDEL                    worker
+:func:`finish`     terminal record + event, XACK + XDEL, webhook delivery  worker
 :func:`fail`       :func:`finish` as ``failed`` plus a dead-letter copy    worker
 :func:`requeue`    a fresh entry, the old one acked, record ``queued``     worker on shutdown
 :func:`dead_letter`  a message nobody can run, acked and copied aside      worker
+:func:`webhook_attempted`  a webhook POST's outcome; the delivery acked if over  worker's webhook sender
 =================  =====================================================  ==========================
 
 Except :func:`submit`, a transition only *buffers* commands on a ``MULTI`` pipeline: the same
@@ -33,10 +34,21 @@ the only code that names a field), :mod:`~shared.queue.transitions`, :mod:`~shar
 (the Lua script: admission and enqueue in one step), :mod:`~shared.queue.repository`
 (:class:`RenderQueue`, the one reader of a job's keys), :mod:`~shared.queue.images` /
 :mod:`~shared.queue.s3` (:class:`ImageStore`), :mod:`~shared.queue.settings`,
-:mod:`~shared.queue.connect` (the one Redis client factory) and :mod:`~shared.queue.views`.
+:mod:`~shared.queue.connect` (the one Redis client factory, plain or Sentinel), :mod:`~shared.queue.durability`
+(``WAIT`` for replicas) and :mod:`~shared.queue.views`.
 """
 
-from shared.queue.errors import IdempotencyConflict, JobFinished, JobNotFound, OverBudget, QueueFull, QuotaExceeded
+from shared.jobs import JOB_ID_PATTERN
+from shared.queue.durability import Durability
+from shared.queue.errors import (
+    IdempotencyConflict,
+    JobFinished,
+    JobNotFound,
+    NotReplicated,
+    OverBudget,
+    QueueFull,
+    QuotaExceeded,
+)
 from shared.queue.images import ImageRedirect, ImagesNotSaved, ImageStore, ImageStoreUnavailable, RedisImages
 from shared.queue.keys import (
     ALL_SUBMITTERS,
@@ -45,12 +57,12 @@ from shared.queue.keys import (
     DEFAULT_TTL_SECONDS,
     EVENT_FIELD,
     GROUP,
-    JOB_ID_PATTERN,
     MESSAGE_FIELD,
     PROTOCOL_VERSION,
     QUEUE_WAIT_SECONDS_BUCKETS,
     RENDER_SECONDS_BUCKETS,
     STEP_SECONDS_BUCKETS,
+    WEBHOOK_GROUP,
     QueueKeys,
 )
 from shared.queue.record import JobRecord, Rec, decode_time, encode_time, initial_record, result_fields
@@ -70,6 +82,8 @@ from shared.queue.transitions import (
     request_cancel,
     requeue,
     transact,
+    webhook_attempted,
+    webhook_delivery_id,
 )
 from shared.queue.views import job_urls, render_job
 from shared.queue.wire import (
@@ -101,8 +115,10 @@ __all__ = [
     "RENDER_SECONDS_BUCKETS",
     "STEP_SECONDS_BUCKETS",
     "SUBMIT_SCRIPT",
+    "WEBHOOK_GROUP",
     "Claim",
     "Delivery",
+    "Durability",
     "IdempotencyConflict",
     "ImageRedirect",
     "ImageStore",
@@ -112,6 +128,7 @@ __all__ = [
     "JobFinished",
     "JobNotFound",
     "JobRecord",
+    "NotReplicated",
     "OverBudget",
     "QueueFull",
     "QueueKeys",
@@ -153,4 +170,6 @@ __all__ = [
     "submit",
     "text",
     "transact",
+    "webhook_attempted",
+    "webhook_delivery_id",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import redis.exceptions
+
 
 class QueueFull(Exception):
     """The stream holds ``depth`` jobs, at or over the configured limit."""
@@ -74,3 +76,20 @@ class JobFinished(Exception):
     def __init__(self, job_id: str, status: str) -> None:
         super().__init__(f"render job {job_id} already ended ({status}); nothing to cancel")
         self.status = status
+
+
+class NotReplicated(redis.exceptions.ConnectionError):
+    """A write the primary applied that fewer replicas than required acknowledged in time (``WAIT``).
+
+    A connection error on purpose: the services answer it like an unreachable Redis (503 +
+    Retry-After; a submit retried with its Idempotency-Key replays the job if it was kept) and the
+    worker's retry policy retries it like one.
+    """
+
+    def __init__(self, acked: int, wanted: int, timeout_ms: int) -> None:
+        super().__init__(
+            f"the write reached {acked} of the {wanted} replica(s) required within {timeout_ms} ms "
+            "(OMOST_REDIS_WAIT_REPLICAS)"
+        )
+        self.acked = acked
+        self.wanted = wanted

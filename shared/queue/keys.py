@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 
 PROTOCOL_VERSION = 1
@@ -11,6 +10,8 @@ DEFAULT_PREFIX = "omost:"
 DEFAULT_TTL_SECONDS = 24 * 3600
 GROUP = "render-workers"
 """The one consumer group every worker reads through (group names are not keys, so no prefix)."""
+WEBHOOK_GROUP = "webhook-senders"
+"""The consumer group through which workers take webhook deliveries from ``{p}webhooks``."""
 MESSAGE_FIELD = "message"
 """Stream entries carry one field, ``message``, holding the JSON :class:`QueueMessage`."""
 EVENT_FIELD = "event"
@@ -22,8 +23,6 @@ ALL_SUBMITTERS = "*"
 DEAD_LETTER_MAXLEN = 10_000
 """The dead-letter stream is capped (approximately, which is cheap) so a flood of bad jobs can't grow it."""
 
-JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-"""Ids we mint are 32 hex chars; other enqueuers may pick any id matching this."""
 
 RENDER_SECONDS_BUCKETS: tuple[float, ...] = (0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 20, 30, 60, 120, 300, 600)
 QUEUE_WAIT_SECONDS_BUCKETS: tuple[float, ...] = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -82,10 +81,12 @@ class QueueKeys:
         return f"{self.prefix}idempotency:{hashlib.sha256(key.encode()).hexdigest()}"
 
     @property
-    def webhook_outbox(self) -> str:
-        """List of job ids whose webhook is due but whose stream entry is gone (canceled while queued);
-        any worker pops it and delivers."""
-        return f"{self.prefix}webhooks:outbox"
+    def webhooks(self) -> str:
+        """Stream of webhook deliveries due, one entry per job that ended with a ``webhook_url``
+        (fields ``job_id``, ``delivery_id``, ``event``), read through :data:`WEBHOOK_GROUP`: written in
+        the transaction that ends the job, acked once the delivery is over (delivered, rejected or
+        given up on), so a delivery outlives the worker that was sending it."""
+        return f"{self.prefix}webhooks"
 
     def owner_index(self, submitter: str) -> str:
         """Sorted set: the submitter's job ids -> submit time in ms (``GET /v1/renders`` pages it)."""

@@ -31,6 +31,11 @@ class Rec:
     NUM_IMAGES = "num_images"
     WEBHOOK_URL = "webhook_url"
     WEBHOOK_STATUS = "webhook_status"
+    """How the webhook delivery stands: ``pending``, ``retrying: ...``, ``delivered: ...``, ``rejected: ...``,
+    ``refused: ...`` or ``failed after N attempts: ...``."""
+    WEBHOOK_ID = "webhook_id"
+    """The delivery's id, sent as the ``Webhook-Id`` header on every attempt."""
+    WEBHOOK_ATTEMPTS = "webhook_attempts"
     WORKER = "worker"
     OWNER = "owner"
     ENTRY_ID = "entry_id"
@@ -90,6 +95,8 @@ class JobRecord:
     num_images: int = 0
     webhook_url: str | None = None
     webhook_status: str | None = None
+    webhook_id: str | None = None
+    webhook_attempts: int = 0
     worker: str | None = None
     lease: str | None = None
     """The running delivery's fencing token (the protocol's ``owner`` field)."""
@@ -134,6 +141,8 @@ class JobRecord:
             num_images=int(record.get(Rec.NUM_IMAGES) or 0),
             webhook_url=optional(Rec.WEBHOOK_URL),
             webhook_status=optional(Rec.WEBHOOK_STATUS),
+            webhook_id=optional(Rec.WEBHOOK_ID),
+            webhook_attempts=int(record.get(Rec.WEBHOOK_ATTEMPTS) or 0),
             worker=optional(Rec.WORKER),
             lease=optional(Rec.OWNER),
             entry_id=optional(Rec.ENTRY_ID),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -18,10 +19,19 @@ import redis
 import redis.asyncio
 from redis.exceptions import ResponseError
 
-from shared.jobs import TERMINAL_STATUSES, JobEvent, JobStatus, RenderRequest, over_budget
+from shared.jobs import (
+    JOB_ID_PATTERN,
+    TERMINAL_STATUSES,
+    JobEvent,
+    JobStatus,
+    RenderRequest,
+    SamplingParams,
+    over_budget,
+)
+from shared.queue.durability import Durability
 from shared.queue.errors import JobNotFound, OverBudget, QueueFull
 from shared.queue.images import ImageRedirect, ImageStore, ImageStoreUnavailable, RedisImages
-from shared.queue.keys import EVENT_FIELD, JOB_ID_PATTERN, MESSAGE_FIELD, QueueKeys
+from shared.queue.keys import EVENT_FIELD, MESSAGE_FIELD, QueueKeys
 from shared.queue.record import JobRecord, Rec
 from shared.queue.settings import QueueSettings
 from shared.queue.submit import SubmitQuota, Submitted, submit
@@ -64,7 +74,7 @@ class RenderQueue:
 
     # --- submit --------------------------------------------------------------------------------
 
-    def check_budget(self, request: RenderRequest) -> None:
+    def check_budget(self, request: SamplingParams) -> None:
         """Raise :class:`OverBudget` now for a job the submit script would refuse (e.g. before planning it)."""
         if reason := over_budget(request, self.settings.max_job_megapixel_steps):
             raise OverBudget(reason)
@@ -101,6 +111,7 @@ class RenderQueue:
             max_megapixel_steps=settings.max_job_megapixel_steps,
             submitter=submitter,
             quota=quota,
+            durability=settings.durability,
         )
 
     async def usage(self, submitter: str) -> tuple[float, int]:
@@ -278,15 +289,40 @@ class RenderQueue:
 
 
 class SyncRenderQueue:
-    """The worker's face: the same keys and transitions over a blocking client."""
+    """The worker's face: the same keys and transitions over a blocking client.
 
-    def __init__(self, client: redis.Redis, keys: QueueKeys) -> None:
+    With ``durability.replicas``, transitions run on ``writer``, a client of one connection, under a
+    lock, and each is followed by ``WAIT`` on that connection (:mod:`shared.queue.durability`).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: QueueKeys,
+        *,
+        durability: Durability = Durability(),
+        writer: redis.Redis | None = None,
+    ) -> None:
         self.redis = client
         self.keys = keys
+        self.durability = durability
+        if durability.replicas and writer is None:
+            raise ValueError("waiting for replicas needs a one-connection writer client")
+        self.writer = writer or client
+        self._writing = threading.Lock()
 
     def transact(self, job_id: str, build: Callable[[Any, dict[str, str]], T]) -> T:
-        """Run a transition builder as one fenced transaction (:func:`shared.queue.transitions.transact`)."""
-        return transact(self.redis, self.keys, job_id, build)
+        """Run a transition builder as one fenced transaction (:func:`shared.queue.transitions.transact`).
+
+        Retrying it after a connection error is safe: each transition recognises its own earlier,
+        applied run (same owner token) and buffers nothing the second time.
+        """
+        if not self.durability.replicas:
+            return transact(self.redis, self.keys, job_id, build)
+        with self._writing:
+            result = transact(self.writer, self.keys, job_id, build)
+            self.durability.check(self.writer.execute_command("WAIT", *self.durability))
+        return result
 
     def find(self, job_id: str, client: redis.Redis | None = None) -> JobRecord | None:
         raw = (client or self.redis).hgetall(self.keys.job(job_id))
@@ -301,6 +337,3 @@ class SyncRenderQueue:
         if lease is not None and text(lease) != token:
             return "superseded"
         return None
-
-    def record_webhook(self, job_id: str, outcome: str, client: redis.Redis | None = None) -> None:
-        (client or self.redis).hset(self.keys.job(job_id), Rec.WEBHOOK_STATUS, outcome)

@@ -18,6 +18,7 @@ from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.jobs import DEFAULT_MAX_MEGAPIXEL_STEPS
+from shared.queue.durability import Durability
 from shared.queue.keys import DEFAULT_PREFIX, DEFAULT_TTL_SECONDS, QueueKeys
 
 
@@ -48,6 +49,25 @@ class QueueSettings(BaseSettings):
         description="Work budget of one job: width x height x steps x num_images (hires pass included) / 1e6; "
         "bigger jobs get 422. None: no limit.",
     )
+
+    redis_wait_replicas: int = Field(
+        default=0,
+        ge=0,
+        validation_alias="OMOST_REDIS_WAIT_REPLICAS",
+        description="Env OMOST_REDIS_WAIT_REPLICAS: replicas that must acknowledge a submit (and each worker "
+        "transition) before it counts (Redis WAIT). 0: none (the primary's word, and its AOF, are enough).",
+    )
+    redis_wait_timeout_ms: int = Field(
+        default=1000,
+        ge=1,
+        validation_alias="OMOST_REDIS_WAIT_TIMEOUT_MS",
+        description="Env OMOST_REDIS_WAIT_TIMEOUT_MS: how long a write waits for those replicas; a submit not "
+        "acknowledged in time answers 503 + Retry-After.",
+    )
+
+    @property
+    def durability(self) -> Durability:
+        return Durability(self.redis_wait_replicas, self.redis_wait_timeout_ms)
 
     @property
     def keys(self) -> QueueKeys:

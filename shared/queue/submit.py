@@ -6,17 +6,20 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import redis.asyncio
 
 from shared.jobs import RenderRequest, megapixel_steps, over_budget
+from shared.queue.durability import Durability
 from shared.queue.errors import IdempotencyConflict, OverBudget, QueueFull, QuotaExceeded
 from shared.queue.keys import DEFAULT_PREFIX, DEFAULT_TTL_SECONDS, EVENT_FIELD, MESSAGE_FIELD, QueueKeys
 from shared.queue.record import Rec, initial_record
 from shared.queue.wire import QueueMessage, make_event, new_job_id, text
 
 SUBMIT_SCRIPT = """
+local existing_entry = redis.call('HGET', KEYS[2], '$ENTRY_ID')
+if existing_entry then return {'created', existing_entry} end
 local budget = tonumber(ARGV[9])
 if budget > 0 and tonumber(ARGV[8]) > budget then return {'over_budget', ARGV[8]} end
 local has_key = ARGV[5] ~= ''
@@ -101,9 +104,10 @@ ARGV: max depth (0: no limit), ttl, message JSON, ``queued`` event JSON, idempot
 ``{id}:{fingerprint}`` ("" if none), job key prefix ``{p}render:``, fingerprint, the job's
 megapixel-steps, the budget (0: no limit), submitter ("" if none), job id, now in ms, the submitter's
 megapixel-steps per hour (0: no quota), its jobs at once (0: no quota), then the record's field/value
-pairs. Answers ``created, <entry id>`` / ``replay, <job id>, <fingerprint>`` / ``full, <depth>`` /
-``over_budget, <megapixel-steps>`` / ``quota_work, <used>, <ms until the oldest leaves the hour>`` /
-``quota_jobs, <active>``.
+pairs. The job id is minted by the caller, so a call retried after a lost reply (a connection cut, a
+failover) finds its own record and answers ``created`` again. Answers ``created, <entry id>`` /
+``replay, <job id>, <fingerprint>`` / ``full, <depth>`` / ``over_budget, <megapixel-steps>`` /
+``quota_work, <used>, <ms until the oldest leaves the hour>`` / ``quota_jobs, <active>``.
 """
 
 
@@ -137,6 +141,7 @@ async def submit(
     max_megapixel_steps: float | None = None,
     submitter: str | None = None,
     quota: SubmitQuota | None = None,
+    durability: Durability = Durability(),
 ) -> Submitted:
     """Queue a render job: record (status ``queued``), first event and stream entry, all at once.
 
@@ -147,7 +152,9 @@ async def submit(
     ``max_megapixel_steps``. With ``submitter``, the record names it and the job enters the
     submitter's index. With ``quota`` (the submitter's own), :class:`QuotaExceeded` when its work in the
     last hour or its jobs at once would pass it. Every check runs inside the same Lua script as the
-    enqueue, so replicas together cannot overshoot it.
+    enqueue, so replicas together cannot overshoot it. With ``durability.replicas``, a new job counts
+    only once that many replicas hold it (``WAIT`` on the script's connection); raises
+    :class:`NotReplicated` otherwise.
     """
     hourly = quota.megapixel_steps_per_hour if quota else None
     at_once = quota.max_concurrent_jobs if quota else None
@@ -158,9 +165,7 @@ async def submit(
     idem_key = keys.idempotency(idempotency_key) if idempotency_key is not None else keys.stream
     record = [part for pair in initial_record(message, submitter).items() for part in pair]
     event = make_event("queued").model_dump_json(exclude_none=True)
-    answer = await client.eval(
-        SUBMIT_SCRIPT,
-        9,
+    args: list[Any] = [
         keys.stream,
         keys.job(message.job_id),
         keys.events(message.job_id),
@@ -185,7 +190,15 @@ async def submit(
         repr(float(hourly or 0)),
         at_once or 0,
         *record,
-    )
+    ]
+    if durability.replicas:
+        # One pipeline, so WAIT runs on the connection that ran the script.
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.eval(SUBMIT_SCRIPT, 9, *args)
+            pipe.execute_command("WAIT", durability.replicas, durability.timeout_ms)
+            answer, acked = await pipe.execute()
+    else:
+        answer, acked = await client.eval(SUBMIT_SCRIPT, 9, *args), None
     outcome = [text(part) for part in answer]
     if outcome[0] == "over_budget":
         raise OverBudget(over_budget(request, max_megapixel_steps) or f"over budget ({outcome[1]})")
@@ -200,4 +213,6 @@ async def submit(
         if outcome[2] != fingerprint:
             raise IdempotencyConflict(outcome[1])
         return Submitted(outcome[1], False)
+    if acked is not None:
+        durability.check(acked)
     return Submitted(message.job_id, True)

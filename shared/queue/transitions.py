@@ -26,6 +26,7 @@ from shared.queue.keys import (
     QUEUE_WAIT_SECONDS_BUCKETS,
     RENDER_SECONDS_BUCKETS,
     STEP_SECONDS_BUCKETS,
+    WEBHOOK_GROUP,
     QueueKeys,
 )
 from shared.queue.record import Rec, decode_time, encode_time, initial_record
@@ -50,17 +51,36 @@ def _queue_terminal(
     error: str | None = None,
     message: str | None = None,
     worker: str | None = None,
+    webhook_url: str | None = None,
 ) -> None:
-    """Buffer a transition to a terminal status; the TTL restarts so results live ``ttl`` after the end."""
+    """Buffer a transition to a terminal status; the TTL restarts so results live ``ttl`` after the end.
+
+    A job with a ``webhook_url`` gets its webhook delivery queued in the same transaction
+    (:func:`_queue_webhook`): once a job has ended, its webhook cannot be forgotten.
+    """
     assert status in TERMINAL_STATUSES
     fields: dict[str, str] = {Rec.STATUS: status, Rec.FINISHED_AT: encode_time(time.time())}
     if error:
         fields[Rec.ERROR] = error
     fields.update(record or {})
+    if webhook_url:
+        fields.update(_queue_webhook(pipe, keys, job_id, status))
     pipe.hset(keys.job(job_id), mapping=fields)
     pipe.expire(keys.job(job_id), ttl_seconds)
     queue_event(pipe, keys, job_id, make_event(status, error=error, message=message, worker=worker), ttl_seconds)
     pipe.hincrby(keys.metrics, f"jobs_total:{status}", 1)
+
+
+def webhook_delivery_id(job_id: str, status: str) -> str:
+    """The id of the webhook delivery of a job's end (a job ends once, so it is one delivery)."""
+    return f"{job_id}.{status}"
+
+
+def _queue_webhook(pipe: Any, keys: QueueKeys, job_id: str, status: str) -> dict[str, str]:
+    """Queue the webhook delivery of a job that ends now; the record fields that say so."""
+    delivery_id = webhook_delivery_id(job_id, status)
+    pipe.xadd(keys.webhooks, {"job_id": job_id, "delivery_id": delivery_id, "event": f"render.{status}"})
+    return {Rec.WEBHOOK_ID: delivery_id, Rec.WEBHOOK_STATUS: "pending", Rec.WEBHOOK_ATTEMPTS: "0"}
 
 
 def _queue_ack(pipe: Any, keys: QueueKeys, entry_id: str) -> None:
@@ -122,8 +142,6 @@ class Claim:
     """The fencing token of this delivery when the job is now ``running`` on the claimer."""
     settled: JobStatus | None = None
     """Set when the job ended without rendering (canceled, or too many deliveries)."""
-    notify: bool = False
-    """Whether the claimer should send the webhook (not yet sent for this terminal status)."""
 
 
 def claim(
@@ -145,6 +163,9 @@ def claim(
     acked; past ``max_deliveries`` the job fails and is dead-lettered.
     """
     job_id, ttl = message.job_id, message.ttl_seconds
+    if record.get(Rec.OWNER) == token and record.get(Rec.STATUS) == "running":
+        # This very claim already applied (a retry after its reply was lost): nothing to write again.
+        return Claim(deliveries=int(record.get(Rec.DELIVERIES) or 1), token=token)
     current = dict(record) or initial_record(message)
     if not record:
         pipe.hset(keys.job(job_id), mapping=current)
@@ -157,22 +178,21 @@ def claim(
         settled = status  # type: ignore[assignment]
     elif current.get(Rec.CANCEL_REQUESTED) == "1":
         # Canceled while running on a worker that then died.
-        _queue_terminal(pipe, keys, job_id, "canceled", ttl, message="canceled", worker=worker)
+        _queue_terminal(
+            pipe, keys, job_id, "canceled", ttl, message="canceled", worker=worker, webhook_url=message.webhook_url
+        )
         settled = "canceled"
     elif deliveries > max_deliveries:
         reason = (
             f"gave up after {deliveries - 1} deliveries: each worker that took this job "
             f"stopped responding before finishing it (limit {max_deliveries})"
         )
-        _queue_terminal(pipe, keys, job_id, "failed", ttl, error=reason, worker=worker)
+        _queue_terminal(pipe, keys, job_id, "failed", ttl, error=reason, worker=worker, webhook_url=message.webhook_url)
         _queue_dead_letter(pipe, keys, entry_id, message.model_dump_json(), reason, job_id)
         settled = "failed"
     if settled is not None:
         _queue_ack(pipe, keys, entry_id)
-        # Canceled while queued with its entry id recorded: request_cancel put it in the webhook outbox.
-        via_outbox = status == "canceled" and bool(current.get(Rec.ENTRY_ID)) and not current.get(Rec.WORKER)
-        notify = status not in TERMINAL_STATUSES or not (current.get(Rec.WEBHOOK_STATUS) or via_outbox)
-        return Claim(deliveries=deliveries - 1, settled=settled, notify=notify)
+        return Claim(deliveries=deliveries - 1, settled=settled)
     pipe.hset(
         keys.job(job_id),
         mapping={
@@ -216,8 +236,8 @@ def request_cancel(pipe: Any, keys: QueueKeys, job_id: str, record: Mapping[str,
     """Ask for a job to stop: a queued job is ``canceled`` at once, a running one at its worker's next check.
 
     A queued job also leaves the stream at once (``XDEL`` of the entry the record names), so it no
-    longer counts toward the queue-depth limit; its webhook goes through the outbox instead of
-    waiting for a worker to meet the entry. Raises :class:`JobNotFound` / :class:`JobFinished`.
+    longer counts toward the queue-depth limit; its webhook is queued like any other.
+    Raises :class:`JobNotFound` / :class:`JobFinished`.
     """
     if not record:
         raise JobNotFound(job_id)
@@ -228,17 +248,17 @@ def request_cancel(pipe: Any, keys: QueueKeys, job_id: str, record: Mapping[str,
     pipe.hset(keys.job(job_id), Rec.CANCEL_REQUESTED, "1")
     if status != "queued":
         return
-    _queue_terminal(pipe, keys, job_id, "canceled", ttl, message="canceled while queued")
+    _queue_terminal(
+        pipe, keys, job_id, "canceled", ttl, message="canceled while queued", webhook_url=record.get(Rec.WEBHOOK_URL)
+    )
     entry_id = record.get(Rec.ENTRY_ID)
     if not entry_id:
         # Enqueued without the entry id in its record (a plain-Redis client): the entry stays until
-        # a worker meets it, sees "canceled", acks it and sends the webhook.
+        # a worker meets it, sees "canceled" and acks it.
         return
     # The entry may already be in a worker's pending list (read, not yet claimed): that worker's
     # claim then finds it terminal and acks; XDEL here is what makes it stop counting.
     pipe.xdel(keys.stream, entry_id)
-    if record.get(Rec.WEBHOOK_URL):
-        pipe.rpush(keys.webhook_outbox, job_id)
 
 
 # --- finish / fail / requeue / dead_letter -------------------------------------------------------
@@ -283,10 +303,15 @@ def finish(
     """
     if not owns(record, delivery):
         return False
+    if record.get(Rec.STATUS) in TERMINAL_STATUSES:
+        # Already ended: by this very transition (retried after its reply was lost) or by a claim that
+        # settled a cancel while this worker was cut off. A terminal status never changes.
+        return True
     ttl = delivery.message.ttl_seconds
     _queue_terminal(
-        pipe, keys, delivery.job_id, status, ttl, record=fields, error=error, message=message, worker=worker
-    )
+        pipe, keys, delivery.job_id, status, ttl, record=fields, error=error, message=message, worker=worker,
+        webhook_url=delivery.message.webhook_url or record.get(Rec.WEBHOOK_URL),
+    )  # fmt: skip
     if render_seconds is not None:
         queue_observe(pipe, keys, "render_seconds", render_seconds, RENDER_SECONDS_BUCKETS)
     _queue_ack(pipe, keys, delivery.entry_id)
@@ -297,6 +322,8 @@ def fail(
     pipe: Any, keys: QueueKeys, record: Mapping[str, str], delivery: Delivery, error: str, *, worker: str
 ) -> bool:
     """:func:`finish` as ``failed`` with ``error``, plus a copy of the message on the dead-letter stream."""
+    if record.get(Rec.STATUS) in TERMINAL_STATUSES:
+        return owns(record, delivery)  # see finish: nothing to write again
     if not finish(pipe, keys, record, delivery, "failed", worker=worker, error=error):
         return False
     _queue_dead_letter(pipe, keys, delivery.entry_id, delivery.message.model_dump_json(), error, delivery.job_id)
@@ -310,6 +337,8 @@ def requeue(
     record ``queued`` again. A shutdown is not the job's fault, so this delivery does not count."""
     if not owns(record, delivery):
         return False
+    if record.get(Rec.STATUS) in TERMINAL_STATUSES:
+        return True  # ended meanwhile (a cancel settled by a claim): nothing to give back
     job_key = keys.job(delivery.job_id)
     _queue_ack(pipe, keys, delivery.entry_id)
     pipe.xadd(keys.stream, encode_message(delivery.message))
@@ -328,6 +357,27 @@ def requeue(
     event = make_event("queued", message=f"requeued: worker {worker} shut down")
     queue_event(pipe, keys, delivery.job_id, event, delivery.message.ttl_seconds)
     return True
+
+
+def webhook_attempted(
+    pipe: Any,
+    keys: QueueKeys,
+    record: Mapping[str, str],
+    *,
+    job_id: str,
+    entry_id: str,
+    outcome: str,
+    attempts: int,
+    over: bool,
+) -> None:
+    """A POST of the webhook delivery ``entry_id`` ended: its outcome and the attempt count on the record
+    (unless the record expired: an HSET would make a key without a TTL); a delivery that is ``over``
+    (delivered, rejected, refused or out of attempts) leaves ``{p}webhooks``, acked and deleted."""
+    if record:
+        pipe.hset(keys.job(job_id), mapping={Rec.WEBHOOK_STATUS: outcome, Rec.WEBHOOK_ATTEMPTS: str(attempts)})
+    if over:
+        pipe.xack(keys.webhooks, WEBHOOK_GROUP, entry_id)
+        pipe.xdel(keys.webhooks, entry_id)
 
 
 def _queue_dead_letter(

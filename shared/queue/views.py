@@ -32,6 +32,7 @@ def render_job(record: JobRecord, base_url: str = "") -> RenderJob:
         progress=progress,
         num_images=num_images,
         webhook=record.webhook_status,
+        webhook_attempts=record.webhook_attempts,
         urls=job_urls(record.id, num_images, base_url),
         request=record.request,
     )

@@ -14,11 +14,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from shared.jobs import JobEvent, JobStatus, RenderRequest
+from shared.jobs import JOB_ID_PATTERN, JobEvent, JobStatus, RenderRequest
 from shared.queue.keys import (
     DEFAULT_TTL_SECONDS,
     EVENT_FIELD,
-    JOB_ID_PATTERN,
     MESSAGE_FIELD,
     PROTOCOL_VERSION,
     QueueKeys,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from fastapi.exceptions import RequestValidationError
 
-from shared.jobs import RenderRequest, megapixel_steps
+from shared.jobs import RenderRequest, SamplingParams, megapixel_steps
 from shared.queue import OverBudget, QuotaExceeded, RenderQueue, SubmitQuota, Submitted
 from shared.service.tokens import Quota
 
@@ -17,7 +17,7 @@ def _refusal(queue: RenderQueue, exc: OverBudget, loc: tuple[str, ...]) -> Reque
     return RequestValidationError([error])
 
 
-def check_budget(queue: RenderQueue, request: RenderRequest, *, loc: tuple[str, ...] = ("body",)) -> None:
+def check_budget(queue: RenderQueue, request: SamplingParams, *, loc: tuple[str, ...] = ("body",)) -> None:
     """422 now for a job the queue would refuse (before work that would be wasted on it, e.g. a plan)."""
     try:
         queue.check_budget(request)
@@ -25,7 +25,7 @@ def check_budget(queue: RenderQueue, request: RenderRequest, *, loc: tuple[str, 
         raise _refusal(queue, exc, loc) from None
 
 
-async def check_quota(queue: RenderQueue, request: RenderRequest, *, submitter: str, quota: Quota | None) -> None:
+async def check_quota(queue: RenderQueue, request: SamplingParams, *, submitter: str, quota: Quota | None) -> None:
     """429 now when ``submitter``'s own quota would refuse the job (before work that would be wasted on it,
     e.g. a plan). Only a hint, as :meth:`RenderQueue.check_depth`: the submit script checks again, atomically."""
     if quota is None or (quota.megapixel_steps_per_hour is None and quota.max_concurrent_jobs is None):

@@ -24,6 +24,7 @@ from shared.cli.options import RenderOptions
 from shared.cli.stack import free_port, last_error
 from shared.cli.state import ServeState, remove_state, running_stack, serve_lock, write_state
 from shared.client import OmostAPIError
+from shared.plans import CanvasChanges
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "omost_outputs" / "01_dragon_battle.md"
 SHARED = Path(__file__).parents[2] / "shared"
@@ -130,10 +131,10 @@ def test_service_errors_are_their_detail_as_written() -> None:
 
 
 def test_tiny_defaults_are_small_and_the_others_omosts() -> None:
-    assert RenderOptions().request_fields(tiny=True)["width"] == 256
-    assert RenderOptions().request_fields(tiny=True)["height"] == 256
-    assert RenderOptions().request_fields(tiny=False)["width"] == 896
-    assert RenderOptions(width=512).request_fields(tiny=True)["width"] == 512
+    assert RenderOptions().sampling(tiny=True).width == 256
+    assert RenderOptions().sampling(tiny=True).height == 256
+    assert RenderOptions().sampling(tiny=False).width == 896
+    assert RenderOptions(width=512).sampling(tiny=True).width == 512
 
 
 def test_edit_changes_summary() -> None:
@@ -145,9 +146,10 @@ def test_edit_changes_summary() -> None:
             {"kind": "removed", "index": 0, "description": "a tree", "fields": []},
         ],
     }
-    assert changes_line(changes) == "changed: +1 region, ~region 2 (description), -region 0"
-    assert changes_line({"global_fields": ["description"], "regions": []}) == "changed: ~global (description)"
-    assert changes_line({"global_fields": [], "regions": []}) == "changed: nothing"
+    line = changes_line(CanvasChanges.model_validate(changes))
+    assert line == "changed: +1 region, ~region 2 (description), -region 0"
+    assert changes_line(CanvasChanges(global_fields=["description"])) == "changed: ~global (description)"
+    assert changes_line(CanvasChanges()) == "changed: nothing"
     assert changes_line(None) is None
 
 

@@ -31,11 +31,12 @@ from planner_service.settings import PlannerSettings
 from render_service.api import health as render_health
 from render_service.settings import RenderSettings
 from shared.queue import QueueKeys
+from shared.queue.connect import parse_sentinel_url
 from tests.support import env_names
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
-OVERLAYS = ["example", "external-redis"]
+OVERLAYS = ["example", "external-redis", "sentinel-redis"]
 KUBERNETES_VERSIONS = ["1.30", "1.37"]
 """1.30: the oldest with the ``sleep`` preStop action; 1.37: the newest schemas kubernetes-validate ships."""
 KEDA_MODELS: dict[str, type[BaseModel]] = {"ScaledObject": ScaledObject, "TriggerAuthentication": TriggerAuthentication}
@@ -46,6 +47,10 @@ REDIS_STREAMS_KEYS = {
 }  # fmt: skip
 """The trigger's metadata is a free string map in KEDA's CRD, so a misspelt key would pass the schema;
 these are the keys KEDA's redis-streams scaler documents (keda.sh/docs/latest/scalers/redis-streams)."""
+REDIS_SENTINEL_STREAMS_KEYS = (REDIS_STREAMS_KEYS - {"address", "host", "port"}) | {
+    "addresses", "hosts", "ports", "sentinelMaster", "sentinelUsername", "sentinelPassword",
+}  # fmt: skip
+"""The keys of KEDA's redis-sentinel-streams scaler (keda.sh/docs/latest/scalers/redis-sentinel-streams)."""
 MODULE_SETTINGS: dict[str, type[BaseSettings]] = {
     "planner_service": PlannerSettings,
     "render_service": RenderSettings,
@@ -182,8 +187,6 @@ def test_every_variable_is_a_setting(
 
 
 def test_s3_component_names_are_settings(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    if "image_store" not in RenderSettings.model_fields:
-        pytest.skip("the S3 image store (issue 18 §1) is not in RenderSettings yet")
     docs = rendered["all-components"]
     for workload, container in omost_containers(docs):
         settings = MODULE_SETTINGS[container["command"][2]]
@@ -300,9 +303,19 @@ def test_keda_scales_workers_on_the_stream_they_read(
     settings = settings_from(effective_env(docs, worker), RenderSettings, monkeypatch)
     (trigger,) = scaled["triggers"]
     metadata = trigger["metadata"]
+    assert metadata["stream"] == QueueKeys(settings.key_prefix).stream
+    sentinel = parse_sentinel_url(settings.redis_url)
+    if sentinel is not None:  # KEDA asks the same Sentinels for the same primary and database
+        assert trigger["type"] == "redis-sentinel-streams"
+        assert set(metadata) <= REDIS_SENTINEL_STREAMS_KEYS
+        assert metadata["addresses"] == ",".join(f"{host}:{port}" for host, port in sentinel.sentinels)
+        assert metadata["sentinelMaster"] == sentinel.service_name
+        assert metadata.get("databaseIndex", "0") == str(sentinel.db)
+        assert (metadata.get("enableTLS") == "true") == sentinel.ssl
+        assert "consumerGroup" not in metadata and metadata["streamLength"] == "1"
+        return
     assert trigger["type"] == "redis-streams"
     assert set(metadata) <= REDIS_STREAMS_KEYS
-    assert metadata["stream"] == QueueKeys(settings.key_prefix).stream
     # No consumerGroup: the scaler then counts XLEN (waiting + running, as workers XDEL on ack), not
     # the group's pending entries (only jobs already handed out, which cannot exceed the workers).
     assert "consumerGroup" not in metadata

@@ -23,7 +23,7 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.core.failures import FailureGroup
 
 from planner_service.app import create_app as create_planner
-from planner_service.routers.images import ImagesSettings
+from planner_service.images.serving import ImagesSettings
 from planner_service.settings import PlannerSettings
 from render_service.app import create_app as create_render
 from render_service.settings import RenderSettings

@@ -10,8 +10,10 @@ import pytest
 from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 
+from planner_service.images.errors import OpenAIErrorRoute
+from planner_service.images.protocol import ImagesAPIError
+from planner_service.images.serving import parse_size, read_png, wait_for_job
 from planner_service.llm.client import LLMUnavailable
-from planner_service.routers.images import ImagesAPIError, OpenAIErrorRoute, parse_size, read_png, wait_for_job
 from planner_service.settings import PlannerSettings
 from shared.canvas import Canvas, GlobalDescription
 from shared.jobs import RenderRequest

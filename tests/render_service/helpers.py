@@ -15,6 +15,7 @@ import httpx
 import redis
 
 from shared.queue import QueueKeys
+from shared.queue.connect import sync_client
 from tests.support import ChildProcess, StepGate, free_port, python_module, wait_for_http, wait_until
 
 TERMINAL = {"succeeded", "failed", "canceled"}
@@ -54,7 +55,8 @@ def base_env(redis_url: str, prefix: str, **settings: Any) -> dict[str, str]:
         "MKL_NUM_THREADS": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
-    env.update({f"OMOST_RENDER_{k.upper()}": str(v) for k, v in settings.items()})
+    # A name already in OMOST_ form is a setting without the service prefix (OMOST_REDIS_WAIT_REPLICAS).
+    env.update({k if k.startswith("OMOST_") else f"OMOST_RENDER_{k.upper()}": str(v) for k, v in settings.items()})
     return env
 
 
@@ -101,7 +103,7 @@ class Stack:
 
     @functools.cached_property
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.redis_url)
+        return sync_client(self.redis_url)  # a plain or a Sentinel URL
 
     def add_worker(self, name: str, **settings: Any) -> ChildProcess:
         """Start one more worker; it is stopped (and its log shown on failure) with the others."""

@@ -6,7 +6,7 @@ import io
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -52,13 +52,20 @@ class Receiver:
 
     def __init__(self) -> None:
         self.calls: list[tuple[dict[str, str], bytes]] = []
+        self.attempts: list[dict[str, str]] = []
+        """The headers of every POST, answered 2xx or not."""
         self.failures_left = 1
+        self.on_failure: Callable[[], None] | None = None
+        """Called before a failure is answered (the test kills the sending worker there)."""
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 data = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.attempts.append(dict(self.headers))
                 if receiver.failures_left > 0:
+                    if receiver.on_failure is not None:
+                        receiver.on_failure()
                     receiver.failures_left -= 1
                     self.send_response(503)
                 else:
@@ -85,12 +92,19 @@ class Stack:
     redis: redis.Redis
     receiver: Receiver
     gate: StepGate
+    add_worker: Callable[..., ChildProcess]
 
 
 @pytest.fixture(scope="module")
 def env(redis_server: RedisServer, tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     logs = tmp_path_factory.mktemp("lifecycle-logs")
-    settings = {"allow_private_webhooks": "true", "webhook_secret": WEBHOOK_SECRET}
+    settings = {
+        "allow_private_webhooks": "true",
+        "webhook_secret": WEBHOOK_SECRET,
+        # A delivery is retried 3 s (3 x the timeout) after an attempt that failed or whose worker died.
+        "webhook_timeout_seconds": 1,
+        "webhook_retry_seconds": 0.5,
+    }
     receiver = Receiver()
     try:
         # This worker attends through the packed path (the others in the suite use the default SDPA
@@ -98,7 +112,10 @@ def env(redis_server: RedisServer, tiny_model, tmp_path_factory: pytest.TempPath
         workers = {"life-worker": {**settings, "attention": "packed"}}
         with render_stack(redis_server.url, unique_prefix("life"), tiny_model, logs, workers, settings) as stack:
             worker = stack.workers["life-worker"]
-            yield Stack(stack.http, stack.api, worker, stack.keys, stack.redis, receiver, stack.gate)
+            yield Stack(
+                stack.http, stack.api, worker, stack.keys, stack.redis, receiver, stack.gate,
+                lambda name: stack.add_worker(name, **{**settings, "attention": "packed"}),
+            )  # fmt: skip
     finally:
         receiver.server.shutdown()
 
@@ -231,17 +248,24 @@ def test_idempotency_key(env: Stack) -> None:
     assert wait_terminal(http, first.json()["id"])["status"] == "succeeded"
 
 
+def webhook_over(record: dict[str, Any]) -> bool:
+    """The webhook delivery is over (it reads ``pending`` / ``retrying: ...`` until then)."""
+    return not (record["webhook"] or "pending").startswith(("pending", "retrying"))
+
+
 def test_webhook_called_with_retries(env: Stack) -> None:
     http, receiver = env.http, env.receiver
     job_id = submit(http, webhook_url=receiver.url)
     assert wait_terminal(http, job_id)["status"] == "succeeded"
-    record = wait_for(http, job_id, lambda r: r["webhook"] is not None, 60, "webhook outcome")
+    record = wait_for(http, job_id, lambda r: webhook_over(r), 60, "webhook outcome")
     assert record["webhook"].startswith("delivered: HTTP 204 after 2 attempt"), record["webhook"]
+    assert record["webhook_attempts"] == 2
     headers, data = receiver.calls[-1]
     payload = json.loads(data)
     assert payload["id"] == job_id and payload["status"] == "succeeded" and len(payload["urls"]["images"]) == 1
     assert headers["X-Omost-Event"] == "render.succeeded"
     assert headers["X-Omost-Signature"] == sign(data, WEBHOOK_SECRET)
+    assert [h["Webhook-Id"] for h in receiver.attempts[-2:]] == [f"{job_id}.succeeded"] * 2  # same on each attempt
 
     def delivered() -> float:  # counted just after the record's outcome is written
         metric = 'omost_render_webhooks_total{outcome="delivered"}'
@@ -271,7 +295,7 @@ def test_cancel_queued_and_running(env: Stack) -> None:
     assert [name for _, name, _ in sse_events(http, queued_id)] == ["queued", "canceled"]
 
     # The worker skips the canceled entry (and reports it by webhook), then carries on.
-    wait_for(http, queued_id, lambda r: r["webhook"] is not None, 60, "webhook of the canceled job")
+    wait_for(http, queued_id, webhook_over, 60, "webhook of the canceled job")
     assert wait_terminal(http, submit(http))["status"] == "succeeded"
     wait_for(http, long_id, lambda _: env.redis.xlen(env.keys.stream) == 0, 30, "stream drained")
 
@@ -321,3 +345,26 @@ def test_worker_stays_healthy(env: Stack) -> None:
     assert "Traceback" not in worker.log()
     warmed_up = next(line for line in worker.log().splitlines() if "warmed up" in line)
     assert "packed" in warmed_up, warmed_up
+
+
+def test_a_webhook_outlives_the_worker_that_was_sending_it(env: Stack) -> None:
+    """The worker is SIGKILLed while its POST is answered 503: the next worker delivers it (at least once).
+
+    Before deliveries were durable, the retry lived in the dead worker's thread and the webhook was lost.
+    Last in the module: it kills the module's worker.
+    """
+    http, receiver, worker = env.http, env.receiver, env.worker
+    assert worker.process is not None
+    receiver.failures_left, receiver.on_failure = 1, worker.kill
+    job_id = submit(http, webhook_url=receiver.url)
+    assert wait_terminal(http, job_id)["status"] == "succeeded"
+    wait_until(lambda: worker.process is not None and worker.process.poll() is not None, 60, what="the worker killed")
+    assert not webhook_over(wait_for(http, job_id, lambda r: True)), "no worker is left to have sent it"
+
+    env.add_worker("life-worker-2")
+    record = wait_for(http, job_id, webhook_over, 180, "the webhook delivered by the next worker")
+    assert record["webhook"].startswith("delivered: HTTP 204 after 2 attempt"), record["webhook"]
+    assert record["webhook_attempts"] == 2
+    ids = [h["Webhook-Id"] for h in receiver.attempts if h["Webhook-Id"].startswith(job_id)]
+    assert ids == [f"{job_id}.succeeded"] * 2, ids  # the same id on both attempts: a receiver can dedupe
+    assert json.loads(receiver.calls[-1][1])["id"] == job_id

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import shared.queue
 from shared.jobs import JobEvent, RenderRequest
-from shared.queue import EVENT_FIELD, GROUP, MESSAGE_FIELD, QueueKeys, QueueMessage, Rec, initial_record
+from shared.queue import EVENT_FIELD, GROUP, MESSAGE_FIELD, WEBHOOK_GROUP, QueueKeys, QueueMessage, Rec, initial_record
 
-TRANSITIONS = ("submit", "claim", "progress", "request_cancel", "finish", "fail", "requeue", "dead_letter")
+TRANSITIONS = (
+    "submit", "claim", "progress", "request_cancel", "finish", "fail", "requeue", "dead_letter", "webhook_attempted"
+)  # fmt: skip
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "queue-protocol.md").read_text()
 
@@ -27,11 +29,12 @@ def test_key_names_match() -> None:
         keys.owner_index("{submitter}"),
         keys.all_jobs_index,
         f"{keys.prefix}idempotency:{{sha256(key)}}",
-        keys.webhook_outbox,
+        keys.webhooks,
     ]
     for name in names:
         assert f"`{name}`" in DOC, name
-    assert f"`{GROUP}`" in DOC and f"field `{MESSAGE_FIELD}`" in DOC and f"field `{EVENT_FIELD}`" in DOC
+    assert f"`{GROUP}`" in DOC and f"`{WEBHOOK_GROUP}`" in DOC
+    assert f"field `{MESSAGE_FIELD}`" in DOC and f"field `{EVENT_FIELD}`" in DOC
     assert "`omost:`" in DOC and QueueKeys().prefix == "omost:"
 
 
@@ -69,7 +72,8 @@ def test_every_setting_is_documented() -> None:
     from render_service.settings import RenderSettings
 
     service_doc = (Path(__file__).resolve().parents[2] / "docs" / "render-service.md").read_text()
-    for name in RenderSettings.model_fields:
-        shared_names = {"redis_url": "OMOST_REDIS_URL", "max_queue_depth": "OMOST_QUEUE_MAX_DEPTH"}
-        env = shared_names.get(name, f"OMOST_RENDER_{name.upper()}")
+    for name, field in RenderSettings.model_fields.items():
+        alias = field.validation_alias  # the settings both services read unprefixed (OMOST_REDIS_*, OMOST_QUEUE_*)
+        choices = getattr(alias, "choices", None)  # AliasChoices: its first name is the documented one
+        env = alias if isinstance(alias, str) else choices[0] if choices else f"OMOST_RENDER_{name.upper()}"
         assert f"`{env}`" in service_doc, env

@@ -27,7 +27,7 @@ import httpx
 import pytest
 import redis
 
-from planner_service.routers.images import read_png
+from planner_service.images.serving import read_png
 from planner_service.settings import PlannerSettings
 from shared.client import OmostClient
 from shared.queue import QueueKeys, Rec, RenderQueue

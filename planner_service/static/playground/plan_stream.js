@@ -1,8 +1,10 @@
-// Reading the planner's answer to POST /v1/plans with stream=true (planner_service/routers/plans.py):
-//   event "delta": {"text": "..."}              a piece of the code as the model writes it
-//   event "retry": {"attempt": n, "error": ""}  the answer did not parse; a new attempt starts
-//   event "plan":  PlanResponse                 the parsed canvas, code, corrections, ... (last)
-//   event "error": {"status": s, "detail": ""}  the planner's failure, as its HTTP error body (last)
+// Reading the planner's answer to POST /v1/plans with stream=true (planner_service/routers/plans.py).
+// Each event's data is the JSON of its model in the contract, shared/plans.py (PLAN_EVENTS):
+//   event "delta": PlanDelta {"text": "..."}              a piece of the code as the model writes it
+//   event "retry": PlanRetry {"attempt": n, "error": ""}  the answer did not parse; a new attempt starts
+//   event "plan":  PlanResult                             the parsed canvas, code, corrections, ... (last)
+//   event "error": PlanError {"status": s, "detail": ""}  the planner's failure, as its HTTP error body (last)
+// tests/shared/test_plan_events.py feeds this reader the contract's events under node.
 
 import { ApiError } from "./api.js";
 
