@@ -69,12 +69,17 @@ def _mcp(tmp_path, *options: str) -> tuple[subprocess.Popen, object]:
 def test_refuses_to_serve_open_beyond_loopback(tmp_path) -> None:
     """Issue 26 §2: `--host 0.0.0.0` without a token served /mcp to anyone, acting with the service
     token; now it does not start, and says why (and so without an allowed Host list)."""
-    process, log = _mcp(tmp_path, "--host", "0.0.0.0", "--port", str(free_port()))
-    assert process.wait(60) == 2
-    assert "refusing to serve MCP on 0.0.0.0 without a token" in log.read_text()
-    process, log = _mcp(tmp_path, "--host", "0.0.0.0", "--port", str(free_port()), "--http-token", "t" * 20)
-    assert process.wait(60) == 2
-    assert "needs --allowed-hosts" in log.read_text()
+    for options, reason in (
+        ((), "refusing to serve MCP on 0.0.0.0 without a token"),
+        (("--http-token", "t" * 20), "needs --allowed-hosts"),
+    ):
+        process, log = _mcp(tmp_path, "--host", "0.0.0.0", "--port", str(free_port()), *options)
+        try:
+            assert process.wait(60) == 2, log.read_text()
+        finally:  # a server that did start (the defect) must not outlive the test
+            process.kill()
+            process.wait(20)
+        assert reason in log.read_text()
 
 
 def test_beyond_loopback_the_token_and_the_allowed_hosts_are_required(tmp_path) -> None:
