@@ -2,7 +2,8 @@
 # Every GPU check of the render engine and the full benchmark, in one call on a bare CUDA machine
 # (no internet: torch preinstalled, the other wheels installed by the caller). About 7 minutes on
 # an H200 before the batching bench was added (--quick: the compiled comparison and the batching
-# bench, 3.5-5 minutes; neither timing re-measured since). Figures print as they come
+# bench, 3.5-5 minutes; neither timing re-measured since; --flux: the Flux side, bench/flux_bench.py).
+# Figures print as they come
 # and land under $OUT (or ./out/gpu) as logs and JSON.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,18 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)" \
   | tee -a "$OUT/machine.txt"
 status=0
+if [ "${1:-}" = "--flux" ]; then
+  # Flux side (issue 28): full-size random-weight Flux.1, bf16, 1024², ours vs stock FluxPipeline at
+  # 1/5/12 conditions, eager and compiled, peak memory. [schnell] first (4 steps, short), then [dev]
+  # (28 steps). Never run on a GPU yet: expect to adjust the timeouts on the first run.
+  echo "== Flux.1 [schnell]: 4 steps, eager and compiled"
+  timeout 240 python3 bench/flux_bench.py --shape full --variant schnell --compile --repeats 2 \
+    --json "$OUT/flux_schnell.json" 2>&1 | grep -v Warning | tee "$OUT/flux_schnell.log" || status=1
+  echo "== Flux.1 [dev]: 28 steps, eager and compiled"
+  timeout 420 python3 bench/flux_bench.py --shape full --variant dev --compile --repeats 1 \
+    --json "$OUT/flux_dev.json" 2>&1 | grep -v Warning | tee "$OUT/flux_dev.log" || status=1
+  exit $status
+fi
 if [ "${1:-}" = "--quick" ]; then
   # Compiled stock vs ours at 1/5/12 regions, end to end, peak memory, and ours against the eager
   # SDPA path: one process per side, compiling at once, then timing in turns (bench/gpu_quick.py).

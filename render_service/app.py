@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from render_service.api import admin, health, renders
+from render_service.api import admin, health, models, renders
 from render_service.api.errors import DOMAIN_ERRORS, TRANSLATED
 from render_service.api.event_hub import EventHub
 from render_service.settings import RenderSettings
@@ -85,5 +85,6 @@ def create_app(settings: RenderSettings | None = None) -> FastAPI:
         )
     app.include_router(health.router)
     app.include_router(renders.router)
+    app.include_router(models.router)
     app.include_router(admin.router)
     return app

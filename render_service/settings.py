@@ -12,7 +12,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from render_service.engine.backends import ATTENTION_BACKENDS, DEFAULT_ATTENTION
-from shared.queue import ImageStoreSettings
+from shared.jobs import MODEL_NAME_PATTERN
+from shared.queue import ImageStoreSettings, QueueKeys
 from shared.service.logging import configure_logging
 from shared.service.settings import ServiceSettings
 
@@ -76,7 +77,28 @@ class RenderSettings(ServiceSettings, ImageStoreSettings):
     webhook_retry_max_seconds: float = Field(default=600.0, gt=0, description="The longest wait between attempts.")
 
     # --- worker
-    model: str | None = Field(default=None, description="Hub id, diffusers folder or .safetensors file.")
+    model: str | None = Field(
+        default=None,
+        description="Hub id, diffusers folder or .safetensors file (SDXL or Flux.1, told apart from the checkpoint); "
+        "tiny, tiny-flux and tiny-flux-schnell are the random-weight test models.",
+    )
+    model_name: str | None = Field(
+        default=None,
+        pattern=MODEL_NAME_PATTERN,
+        description="The name requests give in `model` to reach this worker's model; its jobs come from the stream "
+        "{prefix}renders:{name}. Unset: the default model (requests without `model`, stream {prefix}renders).",
+    )
+    config: str | None = Field(
+        default=None,
+        description="Single-file checkpoints only: a diffusers folder or hub id with the rest of the pipeline "
+        "(SDXL's component configs; Flux's text encoders and VAE).",
+    )
+    model_ttl_seconds: int = Field(
+        default=3600,
+        ge=10,
+        description="A model stays listed (GET /v1/models) and accepted at submit this long after a worker last "
+        "registered it; with workers scaled to zero, keep it above the idle time.",
+    )
     device: str = "auto"
     dtype: str = "auto"
     cpu_offload: bool = False
@@ -153,6 +175,11 @@ class RenderSettings(ServiceSettings, ImageStoreSettings):
             # A heartbeat delayed once must not let the deadline pass, or live jobs get stolen.
             raise ValueError("heartbeat_seconds must be at most half of claim_idle_seconds")
         return self
+
+    @property
+    def keys(self) -> QueueKeys:
+        """The queue's keys, the job stream being this worker's model's (:attr:`model_name`)."""
+        return QueueKeys(self.key_prefix, model=self.model_name)
 
     @property
     def heartbeat_interval(self) -> float:

@@ -129,7 +129,7 @@ class _Requests:
         """The body of ``POST /v1/generations``: the plan's fields plus how to sample its canvas."""
         body = _Requests.plan_body(prompt, **options)
         if isinstance(render, SamplingParams):
-            body["render"] = render.model_dump(mode="json")
+            body["render"] = render.model_dump(mode="json", exclude_unset=True)  # unset: the model's default
         elif render:
             body["render"] = render
         return body
@@ -140,9 +140,11 @@ class _Requests:
     @staticmethod
     def submission(request: RenderRequest, idempotency_key: str | None, webhook_url: str | None) -> dict[str, Any]:
         """The body and headers of ``POST /v1/renders``."""
-        body = request.model_dump(mode="json")
+        # exclude_unset: what the caller left unset stays so, and the served model's defaults fill it
+        # (a Flux model's steps, guidance and sampler differ from SDXL's).
+        body = request.model_dump(mode="json", exclude_unset=True)
         if webhook_url:
-            body = RenderSubmission(**body, webhook_url=webhook_url).model_dump(mode="json", exclude_none=True)
+            body = RenderSubmission(**body, webhook_url=webhook_url).model_dump(mode="json", exclude_unset=True)
         return {"json": body, "headers": {"Idempotency-Key": idempotency_key} if idempotency_key else {}}
 
 

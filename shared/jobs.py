@@ -25,7 +25,13 @@ matching this (it is also a Redis key part and a URL path segment)."""
 
 Sampler = Literal["dpmpp_2m_karras", "dpmpp_2m", "euler", "euler_ancestral", "ddim", "unipc"]
 DEFAULT_SAMPLER: Sampler = "dpmpp_2m_karras"
-"""Omost's sampler, DPM++ 2M Karras."""
+"""Omost's sampler, DPM++ 2M Karras. On Flux the only sampler is ``euler`` (Euler on its flow-matching
+schedule); which ones a model takes is in its entry of ``GET /v1/models``."""
+
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+"""A model's public name (it is part of a Redis key: its job stream is ``{prefix}renders:{name}``)."""
+DEFAULT_MODEL = "default"
+"""The name of the model that requests without ``model`` get: the workers that serve no other name."""
 
 
 def _multiple_of_8(value: int) -> int:
@@ -45,6 +51,29 @@ class HiresFix(BaseModel):
     scale: float = Field(default=1.5, gt=1.0, le=2.0, description="Upscale factor of the second pass.")
     steps: int = Field(default=RENDER_DEFAULTS["hires_fix"]["steps"], ge=1, le=MAX_STEPS)
     denoise: float = Field(default=RENDER_DEFAULTS["hires_fix"]["denoise"], gt=0.0, le=1.0)
+
+
+class FluxOptions(BaseModel):
+    """Regional control on Flux (Regional-Prompting-FLUX's knobs); only Flux models take them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    regional_steps: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_STEPS,
+        description="How many first steps apply the region mask; None: the first 40 % (rounded up), "
+        "as Regional-Prompting-FLUX's 10 of 24.",
+    )
+    double_interval: int = Field(default=1, ge=1, le=64, description="Every n-th double-stream block is masked.")
+    single_interval: int = Field(default=1, ge=1, le=64, description="Every n-th single-stream block is masked.")
+    base_ratio: float = Field(
+        default=0.2, ge=0.0, le=1.0, description="Weight of the global-prompt-only pass in masked image rows."
+    )
+    area_weighting: bool = Field(default=True, description="Omost's area factor on image rows' region scores.")
+    region_tokens: int = Field(
+        default=128, ge=16, le=512, description="T5 tokens of each region's prompt (the global one gets the model's)."
+    )
 
 
 class SamplingParams(BaseModel):
@@ -73,6 +102,13 @@ class SamplingParams(BaseModel):
         lt=1.0,
         description="Start from the canvas's colour composition instead of pure noise, denoising this much of it.",
     )
+    model: str | None = Field(
+        default=None,
+        pattern=MODEL_NAME_PATTERN,
+        description="The model to render with, as GET /v1/models names it; None: the deployment's default model. "
+        "Steps, guidance and sampler left unset take that model's defaults.",
+    )
+    flux: FluxOptions | None = Field(default=None, description="Regional control knobs of Flux models.")
 
 
 class RenderRequest(SamplingParams):
@@ -83,11 +119,12 @@ class RenderRequest(SamplingParams):
     @classmethod
     def of(cls, canvas: Canvas, sampling: SamplingParams) -> RenderRequest:
         """``canvas`` sampled as ``sampling`` says."""
-        return cls(canvas=canvas, **{name: getattr(sampling, name) for name in SamplingParams.model_fields})
+        # Only the fields set on ``sampling``: the others stay unset, so the served model's defaults fill them.
+        return cls(canvas=canvas, **{name: getattr(sampling, name) for name in sampling.model_fields_set})
 
     @property
     def sampling(self) -> SamplingParams:
-        return SamplingParams(**{name: getattr(self, name) for name in SamplingParams.model_fields})
+        return SamplingParams(**{name: getattr(self, name) for name in self.model_fields_set if name != "canvas"})
 
 
 DEFAULT_MAX_MEGAPIXEL_STEPS = 400.0
@@ -143,7 +180,8 @@ class RenderSubmission(RenderRequest):
     )
 
     def render_request(self) -> RenderRequest:
-        return RenderRequest.model_validate(self.model_dump(exclude={"webhook_url"}))
+        # exclude_unset: the fields the client left out stay unset, so the model's defaults can fill them.
+        return RenderRequest.model_validate(self.model_dump(exclude={"webhook_url"}, exclude_unset=True))
 
 
 class Progress(BaseModel):

@@ -336,3 +336,22 @@ class StepGate:
             yield self
         finally:
             self.release_all()
+
+
+REGION_LOCATIONS = (
+    "on the left", "on the right", "in the center", "on the top", "on the bottom", "on the top-left",
+    "on the top-right", "on the bottom-left", "on the bottom-right", "in the center", "on the left",
+)  # fmt: skip
+
+
+def regions_canvas(conditions: int) -> dict[str, object]:
+    """A canvas of ``conditions`` conditions: the global description and ``conditions - 1`` small regions."""
+    region = {"offset": "no offset", "area": "a small square area", "detailed_descriptions": [], "tags": "",
+              "distance_to_viewer": 1.0, "HTML_web_color_name": "gray"}  # fmt: skip
+    return {
+        "global_description": {"description": "A quiet room.", "HTML_web_color_name": "beige"},
+        "local_descriptions": [
+            {**region, "location": REGION_LOCATIONS[i], "description": f"A thing number {i}."}
+            for i in range(conditions - 1)
+        ],
+    }

@@ -12,7 +12,9 @@ from shared.jobs import MAX_IMAGES
 from shared.plans import MAX_PROMPT_CHARS
 
 MODEL_ID = "omost"
-"""The one model these routes serve: an LLM-planned, region-controlled SDXL render."""
+"""The render service's default model (an LLM-planned, region-controlled render); other served models by name."""
+OPENAI_MODELS = ("dall-e-", "gpt-image-")
+"""OpenAI's own model names, which apps send by default: they mean the default model, as ``omost`` does."""
 
 SIZE_PATTERN = re.compile(r"^([0-9]{1,5})x([0-9]{1,5})$")
 """ASCII digits only (``\\d`` would take Arabic-Indic ones); matched whole (``fullmatch``: ``$`` alone lets a
@@ -26,7 +28,13 @@ class ImageGenerationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    model: str | None = Field(default=None, max_length=256, description="Accepted and ignored: one model is served.")
+    model: str | None = Field(
+        default=None,
+        max_length=256,
+        description=f"'{MODEL_ID}', null or an OpenAI model name (dall-e-*, gpt-image-*): the render service's "
+        "default model; else a render model's name as GET /v1/models lists it (e.g. a Flux fleet's), which then "
+        "renders with its own default steps.",
+    )
     n: int | None = Field(default=None, ge=1, le=MAX_IMAGES, description="Images, one render job; 1 when null.")
     size: str | None = Field(default=None, max_length=16, description="'auto' or WxH (multiples of 8, 64-2048).")
     response_format: Literal["b64_json", "url"] | None = None

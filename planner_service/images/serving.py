@@ -17,6 +17,8 @@ from redis.exceptions import RedisError
 from planner_service.generation import Generations
 from planner_service.image_waits import unless_gone, waiting_room
 from planner_service.images.protocol import (
+    MODEL_ID,
+    OPENAI_MODELS,
     SIZE_PATTERN,
     ImageData,
     ImageGenerationRequest,
@@ -27,6 +29,7 @@ from shared.contract import RENDER_DEFAULTS
 from shared.jobs import MAX_STEPS, RenderJob, SamplingParams
 from shared.plans import GenerationAccepted, GenerationRequest
 from shared.queue import JobRecord, RenderQueue, job_urls, render_job
+from shared.service.submission import fit_model
 
 
 class ImagesSettings(BaseSettings):
@@ -83,6 +86,21 @@ async def read_png(queue: RenderQueue, record: JobRecord, index: int) -> bytes:
     return data
 
 
+async def _sampling(
+    body: ImageGenerationRequest, width: int, height: int, n: int, images: ImagesSettings, queue: RenderQueue
+) -> SamplingParams:
+    """The render's parameters: the default model with the configured steps, or a named render model with its own
+    defaults (4 steps on Flux schnell); a model no worker serves, or not at this size, is a 400 naming it."""
+    if body.model is None or body.model == MODEL_ID or body.model.startswith(OPENAI_MODELS):
+        return SamplingParams(width=width, height=height, num_images=n, steps=images.steps)
+    try:
+        render = SamplingParams(width=width, height=height, num_images=n, model=body.model)
+    except ValidationError as exc:
+        raise ImagesAPIError(400, f"model {body.model!r}: {exc.errors()[0]['msg']}", param="model") from None
+    await fit_model(queue, render)  # ("body", "model") in the 422, which the route turns into a 400 naming it
+    return render
+
+
 async def create_images(
     body: ImageGenerationRequest, images: ImagesSettings, generations: Generations, request: Request
 ) -> ImagesResponse:
@@ -91,7 +109,7 @@ async def create_images(
     n = body.n or 1
     if not body.prompt.strip():  # "\x1d" passes min_length, but a plan needs words (found by schemathesis)
         raise ImagesAPIError(400, "the prompt is empty (only whitespace)", param="prompt")
-    render = SamplingParams(width=width, height=height, num_images=n, steps=images.steps)
+    render = await _sampling(body, width, height, n, images, generations.queue)
     # A place to wait in first: a call that could not wait must not spend a plan.
     waiting = await waiting_room(request, images.max_waiting).admit()
     try:

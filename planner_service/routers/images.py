@@ -12,7 +12,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
-from planner_service.dependencies import GenerationsDep
+from planner_service.dependencies import GenerationsDep, QueueDep
 from planner_service.images.errors import OpenAIErrorRoute
 from planner_service.images.protocol import (
     ERROR_RESPONSES,
@@ -23,6 +23,7 @@ from planner_service.images.protocol import (
     ModelList,
 )
 from planner_service.images.serving import ImagesSettings, create_images
+from shared.jobs import DEFAULT_MODEL
 from shared.service.auth import require_token
 
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_token)], route_class=OpenAIErrorRoute)
@@ -56,6 +57,10 @@ async def create_image(
 
 @router.get("/models", response_model=ModelList, responses={k: ERROR_RESPONSES[k] for k in (401, 500)},
             operation_id="list_models")
-async def list_models() -> ModelList:
-    """The model(s) ``POST /v1/images/generations`` serves (OpenAI's list shape)."""
-    return ModelList(data=[Model(id=MODEL_ID, created=0, owned_by="omost-service")])
+async def list_models(queue: QueueDep) -> ModelList:
+    """The model(s) ``POST /v1/images/generations`` serves (OpenAI's list shape): ``omost`` (the render
+    service's default model) and every other model the render workers registered."""
+    served = [m for m in await queue.models() if m.name != DEFAULT_MODEL]
+    models = [Model(id=MODEL_ID, created=0, owned_by="omost-service")]
+    models += [Model(id=m.name, created=int(m.last_seen), owned_by="omost-service") for m in served]
+    return ModelList(data=models)

@@ -33,7 +33,7 @@ from shared.queue import (
 from shared.service.auth import PUBLIC_OWNER, identity, is_admin, may_see, require_token, token_owner
 from shared.service.problems import ServiceError
 from shared.service.routing import StrictRoute
-from shared.service.submission import check_budget, submit_render
+from shared.service.submission import check_budget, fit_model, submit_render
 
 log = logging.getLogger("render_service.api")
 
@@ -97,7 +97,7 @@ async def create_render(
     ] = None,
 ) -> RenderAccepted:
     """Queue a render. 202 means the job will reach a terminal status, whatever crashes meanwhile."""
-    request_body = submission.render_request()
+    request_body = await fit_model(queue, submission.render_request())
     check_budget(queue, request_body)  # before the webhook's DNS lookup
     if submission.webhook_url:
         # getaddrinfo blocks: resolve in a thread so one slow DNS answer doesn't stall the server.
@@ -162,7 +162,7 @@ async def get_render(job_id: JobId, request: Request, settings: SettingsDep, que
     """Status, place in the queue or progress, timings, error, seeds, model and image URLs of a job."""
     job = render_job(await visible_record(queue, job_id, request), base_url(request, settings))
     if job.status == "queued":
-        job.queue_position = await queue.queue_position(job_id)
+        job.queue_position = await queue.queue_position(job_id, model=job.request.model)
     return job
 
 

@@ -39,14 +39,14 @@ def _load_sdxl(model: str, dtype: torch.dtype, config: str | None) -> Any:
 def _load_flux(model: str, dtype: torch.dtype, config: str | None) -> Any:
     from render_service.engine.flux_loading import load_flux_pipeline
 
-    return load_flux_pipeline(model, dtype)
+    return load_flux_pipeline(model, dtype, config)
 
 
 FAMILIES: dict[str, ModelFamily] = {
     "sdxl": ModelFamily("sdxl", attention_layout="cross", contiguous_condition_tokens=True, load_pipeline=_load_sdxl),
-    # Flux.1: regional control through masked joint attention (render_service.engine.flux_regional).
-    # No attention backend serves ``joint`` yet, so RenderEngine.load refuses it with a clear error
-    # before loading anything; the worker path for Flux is still to come.
+    # Flux.1: regional control through masked joint attention (render_service.engine.flux_regional),
+    # rendered by FluxEngine (render_service.engine.flux_engine). The SDXL RenderEngine has no ``joint``
+    # backend, so RenderEngine.load refuses this family before loading anything; load_engine picks.
     "flux": ModelFamily("flux", attention_layout="joint", contiguous_condition_tokens=True, load_pipeline=_load_flux),
 }
 DEFAULT_FAMILY = "sdxl"

@@ -34,7 +34,8 @@ all tokens). Where it is applied, image rows are blended with a base pass that s
 global prompt's text: ``out_img = base_ratio * base + (1 - base_ratio) * masked``.
 
 Not done yet: the mask is dense ``(S, S)`` bool through the registry's dense backend, not a
-packed/Flex kernel.
+packed/Flex kernel. Each region's prompt is ``region_tokens`` T5 tokens (default 128 in a job; the
+global one has the model's ``max_sequence_length``, as stock).
 
 Everything reaches the processors through ``joint_attention_kwargs={"regional": ...}``, diffusers'
 own channel to attention processors, and the step count through ``callback_on_step_end``.
@@ -56,6 +57,7 @@ __all__ = [
     "FluxRegionalInputs",
     "FluxRegionalOptions",
     "condition_prompt",
+    "encode_layout",
     "install_flux_regional_processors",
     "joint_allowed",
     "reference_joint_attention",
@@ -292,6 +294,32 @@ def token_coverage(layout: CanvasLayout, height: int, width: int) -> torch.Tenso
     return torch.stack(masks)
 
 
+def encode_layout(
+    pipe: Any, layout: CanvasLayout, *, max_sequence_length: int = 512, region_tokens: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(prompt_embeds (1, T, D), pooled (1, P), token_condition (T,))``: the global condition's T5
+    tokens (``max_sequence_length`` of them) and CLIP pooled vector exactly as stock ``FluxPipeline``
+    encodes one prompt, then every region's T5 tokens (``region_tokens`` each, default the same),
+    all regions in one T5 batch."""
+    prompts = [condition_prompt(c) for c in layout.conditions]
+    device = pipe._execution_device
+    with torch.no_grad():
+        embeds, pooled, _ = pipe.encode_prompt(
+            prompt=prompts[0], prompt_2=None, device=device, max_sequence_length=max_sequence_length
+        )
+        parts = [embeds]
+        if len(prompts) > 1:
+            # T5 runs without a padding mask in FluxPipeline, so a batch equals one call per prompt.
+            regions = pipe._get_t5_prompt_embeds(
+                prompt=prompts[1:], max_sequence_length=region_tokens or max_sequence_length, device=device
+            )
+            parts.append(regions.reshape(1, -1, regions.shape[-1]))
+    regions = len(prompts) - 1
+    lengths = [embeds.shape[1]] + ([parts[-1].shape[1] // regions] * regions if regions else [])
+    token_condition = torch.arange(len(prompts)).repeat_interleave(torch.tensor(lengths))
+    return torch.cat(parts, dim=1), pooled, token_condition
+
+
 def render_regional_flux(
     pipe: Any,
     layout: CanvasLayout,
@@ -300,40 +328,38 @@ def render_regional_flux(
     width: int,
     options: FluxRegionalOptions | None = None,
     max_sequence_length: int = 512,
+    region_tokens: int | None = None,
     **pipe_kwargs: Any,
 ) -> Any:
     """Render ``layout`` with a ``FluxPipeline`` whose transformer has the regional processors.
 
     Extra keyword arguments go to the pipeline (steps, guidance, generator, output type); the
-    return value is the pipeline's.
+    return value is the pipeline's. A ``callback_on_step_end`` given is called after ours.
     """
     if height % 16 or width % 16:
         raise ValueError(f"Flux sizes must be multiples of 16; got {width}x{height}")
     if {"negative_prompt", "negative_prompt_embeds", "true_cfg_scale"} & pipe_kwargs.keys():
         # The negative pass would run with the positive pass's joint mask over a different text length.
         raise ValueError("true CFG (a negative prompt) is not supported with regions on Flux yet")
-    prompts = [condition_prompt(c) for c in layout.conditions]
-    device = pipe._execution_device
-    with torch.no_grad():
-        embeds, pooled, _ = pipe.encode_prompt(
-            prompt=prompts[0], prompt_2=None, device=device, max_sequence_length=max_sequence_length
-        )
-        parts = [embeds]
-        for prompt in prompts[1:]:
-            region, _, _ = pipe.encode_prompt(
-                prompt=prompt, prompt_2=None, device=device, max_sequence_length=max_sequence_length
-            )
-            parts.append(region)
-    token_condition = torch.arange(len(parts)).repeat_interleave(torch.tensor([p.shape[1] for p in parts]))
+    embeds, pooled, token_condition = encode_layout(
+        pipe, layout, max_sequence_length=max_sequence_length, region_tokens=region_tokens
+    )
     inputs = FluxRegionalInputs.build(
         token_condition, token_coverage(layout, height, width), options or FluxRegionalOptions()
     )
+    then = pipe_kwargs.pop("callback_on_step_end", None)
+
+    def on_step_end(pipeline: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        inputs.on_step_end(pipeline, step, timestep, callback_kwargs)
+        return then(pipeline, step, timestep, callback_kwargs) if then is not None else {}
+
     return pipe(
-        prompt_embeds=torch.cat(parts, dim=1),
+        prompt_embeds=embeds,
         pooled_prompt_embeds=pooled,
         height=height,
         width=width,
         joint_attention_kwargs={"regional": inputs},
-        callback_on_step_end=inputs.on_step_end,
+        callback_on_step_end=on_step_end,
+        max_sequence_length=max_sequence_length,
         **pipe_kwargs,
     )

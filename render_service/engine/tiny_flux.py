@@ -104,8 +104,9 @@ def write_t5_tokenizer(folder: Path) -> None:
     tokenizer.save_pretrained(str(folder))
 
 
-def build_tiny_flux_pipeline(*, seed: int = 0, tokenizer_dir: Path | None = None) -> Any:
-    """A ``FluxPipeline`` of the tiny shape with random fp32 weights on the CPU."""
+def build_tiny_flux_pipeline(*, seed: int = 0, tokenizer_dir: Path | None = None, schnell: bool = False) -> Any:
+    """A ``FluxPipeline`` of the tiny shape with random fp32 weights on the CPU; ``schnell``: without the
+    guidance embedding, as Flux.1 [schnell]."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
 
@@ -120,7 +121,7 @@ def build_tiny_flux_pipeline(*, seed: int = 0, tokenizer_dir: Path | None = None
     # A private RNG stream: building the model must not disturb the caller's global seed.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        transformer = FluxTransformer2DModel(**TRANSFORMER)
+        transformer = FluxTransformer2DModel(**{**TRANSFORMER, "guidance_embeds": not schnell})
         vae = AutoencoderKL(**VAE)
         text_encoder = CLIPTextModel(
             CLIPTextConfig(
@@ -160,7 +161,7 @@ def build_tiny_flux_pipeline(*, seed: int = 0, tokenizer_dir: Path | None = None
     )
 
 
-def build_tiny_flux(out_dir: Path) -> Path:
+def build_tiny_flux(out_dir: Path, *, schnell: bool = False) -> Path:
     """Build the tiny Flux and save it as a diffusers folder in ``out_dir``; return that folder.
 
     Idempotent, and never leaves a folder that looks complete but is not: the pipeline is saved
@@ -172,7 +173,7 @@ def build_tiny_flux(out_dir: Path) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-flux-", dir=out_dir.parent))
     try:
-        build_tiny_flux_pipeline().save_pretrained(str(staging))
+        build_tiny_flux_pipeline(schnell=schnell).save_pretrained(str(staging))
         if out_dir.exists() and not any(out_dir.iterdir()):
             out_dir.rmdir()
         try:

@@ -51,8 +51,9 @@ import torch
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from render_service.engine import ModelNotFoundError, RenderEngine
+from render_service.engine import ModelNotFoundError
 from render_service.engine.backends import AttentionConfigError
+from render_service.engine.serving import Engine, load_engine, model_info
 from render_service.settings import RenderSettings, configure_logging
 from render_service.worker.heartbeat import Heartbeat
 from render_service.worker.intake import Intake
@@ -60,6 +61,7 @@ from render_service.worker.rendering import Renderer, RenderOutcome, RunningJob
 from render_service.worker.retry import REDIS_ERRORS, RetryPolicy, Stopping
 from render_service.worker.settlement import Settlement
 from render_service.worker.webhook_sender import WebhookSender
+from shared.jobs import DEFAULT_MODEL
 from shared.queue import SyncRenderQueue
 from shared.queue.connect import image_stores, sync_client
 
@@ -67,7 +69,7 @@ log = logging.getLogger("render_service.worker")
 
 
 class Worker:
-    def __init__(self, settings: RenderSettings, engine: RenderEngine) -> None:
+    def __init__(self, settings: RenderSettings, engine: Engine) -> None:
         self.settings = settings
         self.keys = settings.keys
         self.engine = engine
@@ -113,6 +115,8 @@ class Worker:
             info={"model": engine.model_name, "device": engine.device},
             holding=self._holding,
             on_beat=self.settlement.sweep_soon if settings.image_store != "redis" else None,
+            model=model_info(engine, settings.model_name or DEFAULT_MODEL),
+            model_ttl_seconds=settings.model_ttl_seconds,
         )
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -144,7 +148,10 @@ class Worker:
 
     def run(self) -> None:
         """Take -> render -> settle, one job (or batch) at a time, until asked to stop."""
-        fields = {"worker": self.name, "model": self.engine.model_name, "device": self.engine.device}
+        fields = {
+            "worker": self.name, "model": self.engine.model_name, "device": self.engine.device,
+            "serves": self.settings.model_name or DEFAULT_MODEL, "stream": self.keys.stream,
+        }  # fmt: skip
         log.info("worker starting", extra={"fields": fields})
         intake, settlement = self.intake, self.settlement
         try:
@@ -230,9 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     stopper: list[bool] = []
     signal.signal(signal.SIGTERM, lambda *_: stopper.append(True))
     try:
-        engine = RenderEngine.load(
+        engine = load_engine(
             settings.model, device=settings.device, dtype=settings.dtype, cpu_offload=settings.cpu_offload,
-            vae=settings.vae, compile=settings.compile, attention=settings.attention,
+            config=settings.config, vae=settings.vae, compile=settings.compile, attention=settings.attention,
         )  # fmt: skip
     except ModelNotFoundError as exc:
         log.error("cannot load the model", extra={"fields": {"model": settings.model, "error": str(exc)}})
@@ -240,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     except AttentionConfigError as exc:  # checked before the model loads: OMOST_RENDER_ATTENTION does not fit
         problem = {"attention": settings.attention, "error": str(exc)}
         log.error("the attention backend cannot run here", extra={"fields": problem})
+        return 2
+    except ValueError as exc:  # a setting that does not fit the model's family (OMOST_RENDER_VAE on Flux)
+        log.error("cannot load the model", extra={"fields": {"model": settings.model, "error": str(exc)}})
         return 2
     if torch.device(engine.device).type == "cpu":
         torch.set_num_threads(cpu_threads(settings.cpu_threads))

@@ -13,7 +13,9 @@ from typing import Any
 import redis
 
 from render_service.worker.retry import REDIS_ERRORS
+from shared.models import ModelInfo
 from shared.queue import QueueKeys, text
+from shared.queue.models import SERVES_FIELD, register_model
 
 log = logging.getLogger("render_service.worker")
 
@@ -28,7 +30,8 @@ class Heartbeat:
       renders a batch) and its claim deadline, so another worker (whatever *its* settings) can tell
       that an entry's owner is alive and must not reclaim it;
     * ``XCLAIM ... JUSTID`` of those entries, which resets their idle time without counting a delivery;
-    * calls ``on_beat`` (the worker hands it expired images to delete, on another thread).
+    * calls ``on_beat`` (the worker hands it expired images to delete, on another thread);
+    * registers the model it serves (``{p}models``, ``{p}model:{name}``; :mod:`shared.queue.models`).
     """
 
     def __init__(
@@ -42,6 +45,8 @@ class Heartbeat:
         info: dict[str, str],
         holding: Callable[[], list[tuple[str, str]]],
         on_beat: Callable[[], None] | None = None,
+        model: ModelInfo | None = None,
+        model_ttl_seconds: int = 3600,
     ) -> None:
         self.redis = client
         self.keys = keys
@@ -51,6 +56,9 @@ class Heartbeat:
         self.info = info
         self.holding = holding
         self.on_beat = on_beat
+        self.model = model
+        """What this worker serves: registered with every beat (``GET /v1/models``, the submit check)."""
+        self.model_ttl_seconds = model_ttl_seconds
         self._exit = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
 
@@ -87,6 +95,9 @@ class Heartbeat:
                 "claim_idle_seconds": repr(self.claim_idle_seconds),
                 "beat_at": repr(now),
             }
+            if self.model is not None:
+                fields[SERVES_FIELD] = self.model.name
+                register_model(pipe, keys, self.model, self.model_ttl_seconds)
             pipe.hset(keys.worker(self.name), mapping=fields)
             pipe.expire(keys.worker(self.name), max(1, int(3 * self.interval) + 1))
             pipe.execute()

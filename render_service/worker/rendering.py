@@ -12,8 +12,9 @@ from typing import Any
 import redis
 from PIL import Image
 
-from render_service.engine import RenderCanceled, RenderEngine, RenderResult
+from render_service.engine import RenderCanceled, RenderResult
 from render_service.engine.batching import RenderTask
+from render_service.engine.serving import Engine
 from render_service.metrics import count_busy, observe_phases, send_counts
 from render_service.settings import RenderSettings
 from render_service.worker.retry import REDIS_ERRORS
@@ -57,7 +58,7 @@ class Renderer:
     def __init__(
         self,
         settings: RenderSettings,
-        engine: RenderEngine,
+        engine: Engine,
         queue: SyncRenderQueue,
         step_redis: redis.Redis,
         *,

@@ -8,13 +8,25 @@ from typing import Annotated
 from pydantic import BaseModel, Field
 
 from shared.canvas import Canvas
-from shared.jobs import JOB_ID_PATTERN, MAX_IMAGES, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE, RenderJob
+from shared.jobs import (
+    JOB_ID_PATTERN,
+    MAX_IMAGES,
+    MAX_SEED,
+    MAX_SIDE,
+    MAX_STEPS,
+    MIN_SIDE,
+    MODEL_NAME_PATTERN,
+    RenderJob,
+)
 from shared.plans import MAX_PROMPT_CHARS
 
 Prompt = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="What to draw.")]
 Width = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8, description="Image width (multiple of 8).")]
 Height = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8, description="Image height (multiple of 8).")]
-Steps = Annotated[int, Field(ge=1, le=MAX_STEPS, description="Sampling steps.")]
+Steps = Annotated[int | None, Field(ge=1, le=MAX_STEPS, description="Sampling steps; null: the model's default.")]
+ModelName = Annotated[
+    str | None, Field(pattern=MODEL_NAME_PATTERN, description="A served render model (GET /v1/models); null: default.")
+]
 Seed = Annotated[int | None, Field(ge=0, le=MAX_SEED, description="Image i uses seed + i; null: random.")]
 Images = Annotated[int, Field(ge=1, le=MAX_IMAGES, description="How many images.")]
 PlanTokens = Annotated[int | None, Field(ge=16, le=32768, description="Cap on the plan's length in tokens.")]

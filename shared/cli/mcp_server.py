@@ -29,6 +29,7 @@ from shared.cli.mcp_protocol import (
     Images,
     JobId,
     JobOutput,
+    ModelName,
     PlanOutput,
     PlanTokens,
     Prompt,
@@ -144,12 +145,13 @@ def build_server(config: MCPConfig) -> MCPServer:
         ctx: Context,
         width: Width = RENDER_DEFAULTS["width"],
         height: Height = RENDER_DEFAULTS["height"],
-        steps: Steps = RENDER_DEFAULTS["steps"],
+        steps: Steps = None,
         seed: Seed = None,
         num_images: Images = 1,
+        model: ModelName = None,
     ) -> JobOutput:
         """Queue a render of CANVAS; returns the job at once (follow it with get_render)."""
-        sampling = SamplingParams(width=width, height=height, steps=steps, seed=seed, num_images=num_images)
+        sampling = _sampling(width, height, steps, seed, num_images, model)
         return await tools(ctx).render(RenderRequest.of(canvas, sampling))
 
     @server.tool()
@@ -166,19 +168,28 @@ def build_server(config: MCPConfig) -> MCPServer:
         ctx: Context,
         width: Width = RENDER_DEFAULTS["width"],
         height: Height = RENDER_DEFAULTS["height"],
-        steps: Steps = RENDER_DEFAULTS["steps"],
+        steps: Steps = None,
         seed: Seed = None,
         num_images: Images = 1,
         max_new_tokens: PlanTokens = None,
+        model: ModelName = None,
     ) -> Annotated[CallToolResult, GenerateOutput]:
         """Prompt to image(s): plan a canvas, render it and return the images (progress is reported)."""
-        sampling = SamplingParams(width=width, height=height, steps=steps, seed=seed, num_images=num_images)
+        sampling = _sampling(width, height, steps, seed, num_images, model)
         output, images = await tools(ctx).generate(
             prompt, sampling, max_new_tokens=max_new_tokens, report=progress(ctx)
         )
         return _with_images(output, images, output.canvas.global_description.description)
 
     return server
+
+
+def _sampling(
+    width: int, height: int, steps: int | None, seed: int | None, num_images: int, model: str | None
+) -> SamplingParams:
+    """The tool's sampling arguments; steps and model only when given, so the served model's defaults apply."""
+    optional = {name: value for name, value in (("steps", steps), ("model", model)) if value is not None}
+    return SamplingParams(width=width, height=height, seed=seed, num_images=num_images, **optional)
 
 
 def run(config: MCPConfig, *, exposure: HTTPExposure | None = None) -> None:

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from shared.contract import RENDER_DEFAULTS
-from shared.jobs import DEFAULT_SAMPLER, SamplingParams
+from shared.jobs import SamplingParams
 
 PlannerUrl = Annotated[
     str | None,
@@ -60,18 +60,21 @@ class RenderOptions:
 
     width: int | None = None
     height: int | None = None
-    steps: int = RENDER_DEFAULTS["steps"]
+    steps: int | None = None
     seed: int | None = None
     num_images: int = 1
-    guidance: float = RENDER_DEFAULTS["cfg"]
+    guidance: float | None = None
+    model_name: str | None = None
 
     def sampling(self, *, tiny: bool) -> SamplingParams:
         """The sampling parameters of the render, checked by the contract (a ``ValidationError`` names
-        each bad option), so a bad option is refused before any plan or stack is started."""
+        each bad option), so a bad option is refused before any plan or stack is started. Steps, guidance
+        and the model left out stay unset, so the served model's own defaults apply (Flux's differ)."""
         side_w, side_h = (TINY_SIDE, TINY_SIDE) if tiny else (RENDER_DEFAULTS["width"], RENDER_DEFAULTS["height"])
+        optional = {"steps": self.steps, "guidance_scale": self.guidance, "model": self.model_name}
         return SamplingParams(
-            width=self.width or side_w, height=self.height or side_h, steps=self.steps, seed=self.seed,
-            num_images=self.num_images, guidance_scale=self.guidance, sampler=DEFAULT_SAMPLER,
+            width=self.width or side_w, height=self.height or side_h, seed=self.seed, num_images=self.num_images,
+            **{name: value for name, value in optional.items() if value is not None},
         )
 
 
@@ -82,10 +85,15 @@ _RENDER_PARAMETERS = [
             help=f"Image width, a multiple of 8 (default {RENDER_DEFAULTS['width']}; {TINY_SIDE} with --tiny).")]),
         ("height", None, Annotated[int | None, typer.Option(
             help=f"Image height, a multiple of 8 (default {RENDER_DEFAULTS['height']}; {TINY_SIDE} with --tiny).")]),
-        ("steps", RENDER_DEFAULTS["steps"], Annotated[int, typer.Option(help="Sampling steps.")]),
+        ("steps", None, Annotated[int | None, typer.Option(
+            help=f"Sampling steps (default: the model's; {RENDER_DEFAULTS['steps']} on SDXL, 4 on Flux schnell).")]),
         ("seed", None, Seed),
         ("num_images", 1, Annotated[int, typer.Option("--num-images", "-n", help="Images to render.")]),
-        ("guidance", RENDER_DEFAULTS["cfg"], Annotated[float, typer.Option(help="Classifier-free guidance scale.")]),
+        ("guidance", None, Annotated[float | None, typer.Option(
+            help=f"Guidance scale (default: the model's; {RENDER_DEFAULTS['cfg']} on SDXL).")]),
+        ("model_name", None, Annotated[str | None, typer.Option(
+            "--model-name", help="The served model to render with, as GET /v1/models names it (default: the "
+            "deployment's default model).")]),
     )
 ]
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from shared.jobs import DEFAULT_MODEL
 
 PROTOCOL_VERSION = 1
 DEFAULT_PREFIX = "omost:"
@@ -37,11 +39,33 @@ class QueueKeys:
 
     prefix: str = DEFAULT_PREFIX
     group: str = GROUP
+    model: str | None = None
+    """Whose job stream :attr:`stream` is: None or ``default``, the default model's; else that model's."""
 
     @property
     def stream(self) -> str:
-        """The job stream: one entry per delivery-able job."""
-        return f"{self.prefix}renders"
+        """The job stream of :attr:`model`: one entry per delivery-able job (see :meth:`stream_of`)."""
+        return self.stream_of(self.model)
+
+    def stream_of(self, model: str | None) -> str:
+        """One stream per model: ``{p}renders`` for the default model (requests without ``model``),
+        ``{p}renders:{name}`` for a named one. Workers read only their model's stream."""
+        if model is None or model == DEFAULT_MODEL:
+            return f"{self.prefix}renders"
+        return f"{self.prefix}renders:{model}"
+
+    def for_model(self, model: str | None) -> QueueKeys:
+        """These keys with :attr:`stream` on ``model``'s stream."""
+        return replace(self, model=model)
+
+    @property
+    def models(self) -> str:
+        """Sorted set: model name -> Unix time a worker last registered it (``GET /v1/models``)."""
+        return f"{self.prefix}models"
+
+    def model_info(self, name: str) -> str:
+        """String: the model's registration (JSON :class:`shared.models.ModelInfo`), expiring unless renewed."""
+        return f"{self.prefix}model:{name}"
 
     @property
     def dead_letter(self) -> str:

@@ -28,10 +28,12 @@ from shared.jobs import (
     SamplingParams,
     over_budget,
 )
+from shared.models import ModelInfo
 from shared.queue.durability import Durability
 from shared.queue.errors import JobNotFound, OverBudget, QueueFull
 from shared.queue.images import ImageRedirect, ImageStore, ImageStoreUnavailable, RedisImages
 from shared.queue.keys import EVENT_FIELD, MESSAGE_FIELD, QueueKeys
+from shared.queue.models import list_models
 from shared.queue.record import JobRecord, Rec
 from shared.queue.settings import QueueSettings
 from shared.queue.submit import SubmitQuota, Submitted, submit
@@ -79,11 +81,12 @@ class RenderQueue:
         if reason := over_budget(request, self.settings.max_job_megapixel_steps):
             raise OverBudget(reason)
 
-    async def check_depth(self) -> None:
-        """Raise :class:`QueueFull` now if the queue is at its depth limit (e.g. before planning a job the
-        submit script would refuse). Only a hint: the submit script checks again, atomically."""
+    async def check_depth(self, model: str | None = None) -> None:
+        """Raise :class:`QueueFull` now if ``model``'s queue is at its depth limit (e.g. before planning a
+        job the submit script would refuse). Only a hint: the submit script checks again, atomically."""
         limit = self.settings.max_queue_depth
-        if limit is not None and (depth := int(await self.redis.xlen(self.keys.stream))) >= limit:
+        stream = self.keys.stream_of(model)
+        if limit is not None and (depth := int(await self.redis.xlen(stream))) >= limit:
             raise QueueFull(depth, limit)
 
     async def submit(
@@ -230,13 +233,17 @@ class RenderQueue:
             return None
         return await self.find(job_id)
 
-    async def queue_position(self, job_id: str, page: int = 100) -> int | None:
+    async def models(self) -> list[ModelInfo]:
+        """The models workers serve (registered within their TTL): :func:`shared.queue.models.list_models`."""
+        return await list_models(self.redis, self.keys)
+
+    async def queue_position(self, job_id: str, page: int = 100, *, model: str | None = None) -> int | None:
         """The job's 1-based place among the stream entries no worker has taken yet; None if not among them.
 
         Entries after the group's last-delivered id are the undelivered ones, in order. The queue
         is bounded (``max_queue_depth``), so reading it is bounded too.
         """
-        keys = self.keys
+        keys = self.keys.for_model(model)  # the stream of the job's model
         try:
             groups = await self.redis.xinfo_groups(keys.stream)
         except ResponseError:

@@ -159,7 +159,7 @@ async def submit(
     hourly = quota.megapixel_steps_per_hour if quota else None
     at_once = quota.max_concurrent_jobs if quota else None
     quota_owner = submitter or ""
-    keys = QueueKeys(prefix)
+    keys = QueueKeys(prefix, model=request.model)  # the job goes on its model's stream
     message = QueueMessage(job_id=new_job_id(), request=request, webhook_url=webhook_url, ttl_seconds=ttl_seconds)
     fingerprint = _request_fingerprint(request, webhook_url) if idempotency_key is not None else ""
     idem_key = keys.idempotency(idempotency_key) if idempotency_key is not None else keys.stream

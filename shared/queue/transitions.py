@@ -232,6 +232,15 @@ def progress(
 # --- request_cancel ------------------------------------------------------------------------------
 
 
+def _model_of(record: Mapping[str, str]) -> str | None:
+    """The model a record's request names (its job's stream); None for the default model."""
+    try:
+        model = json.loads(record.get(Rec.REQUEST) or "{}").get("model")
+    except (ValueError, AttributeError):
+        return None
+    return model if isinstance(model, str) else None
+
+
 def request_cancel(pipe: Any, keys: QueueKeys, job_id: str, record: Mapping[str, str]) -> None:
     """Ask for a job to stop: a queued job is ``canceled`` at once, a running one at its worker's next check.
 
@@ -258,7 +267,7 @@ def request_cancel(pipe: Any, keys: QueueKeys, job_id: str, record: Mapping[str,
         return
     # The entry may already be in a worker's pending list (read, not yet claimed): that worker's
     # claim then finds it terminal and acks; XDEL here is what makes it stop counting.
-    pipe.xdel(keys.stream, entry_id)
+    pipe.xdel(keys.stream_of(_model_of(record)), entry_id)
 
 
 # --- finish / fail / requeue / dead_letter -------------------------------------------------------

@@ -1,13 +1,15 @@
 """Submitting a render from a service: the one path both the render API (``POST /v1/renders``) and the
 planner (``POST /v1/generations``, ``/v1/images/generations``) take. Admission itself (work budget,
 queue depth, idempotency, the submitter) is the queue's submit script; here its refusal over budget
-becomes the 422 both services answer, naming the field and the setting."""
+becomes the 422 both services answer, naming the field and the setting, and the request is fitted to
+the model it names (:func:`fit_model`): a model no worker serves, or an option it lacks, is a 422 too."""
 
 from __future__ import annotations
 
 from fastapi.exceptions import RequestValidationError
 
-from shared.jobs import RenderRequest, SamplingParams, megapixel_steps
+from shared.jobs import DEFAULT_MODEL, RenderRequest, SamplingParams, megapixel_steps
+from shared.models import ModelMismatch, RequestT, fit_request
 from shared.queue import OverBudget, QuotaExceeded, RenderQueue, SubmitQuota, Submitted
 from shared.service.tokens import Quota
 
@@ -38,6 +40,28 @@ async def check_quota(queue: RenderQueue, request: SamplingParams, *, submitter:
         raise QuotaExceeded.jobs(active, at_once)
 
 
+async def fit_model(queue: RenderQueue, request: RequestT, *, loc: tuple[str, ...] = ("body",)) -> RequestT:
+    """``request`` with its model's defaults for what it left unset (:func:`shared.models.fit_request`);
+    422 when no worker serves the model it names or the model cannot do what it asks.
+
+    A request for the default model is taken as it is while no model at all is registered (a
+    deployment whose workers have not started yet, or a client enqueuing through plain Redis)."""
+    name = request.model or DEFAULT_MODEL
+    served = await queue.models()
+    info = next((m for m in served if m.name == name), None)
+    if info is None:
+        if name == DEFAULT_MODEL and not served:
+            return request
+        names = ", ".join(m.name for m in served) or "none"
+        msg = f"no worker serves model {name!r} (served here: {names}; GET /v1/models lists them)"
+        raise RequestValidationError([{"type": "model_not_served", "loc": (*loc, "model"), "msg": msg}])
+    try:
+        return fit_request(request, info)
+    except ModelMismatch as exc:
+        errors = [{"type": "model_option", "loc": (*loc, field), "msg": msg} for field, msg in exc.errors]
+        raise RequestValidationError(errors) from None
+
+
 async def submit_render(
     queue: RenderQueue,
     request: RenderRequest,
@@ -48,8 +72,10 @@ async def submit_render(
     quota: Quota | None = None,
     loc: tuple[str, ...] = ("body",),
 ) -> Submitted:
-    """Queue ``request`` in ``submitter``'s name (within its ``quota``, a named token's); 422 over budget,
-    and the queue's 429 / 409 as they are."""
+    """Queue ``request`` in ``submitter``'s name (within its ``quota``, a named token's), fitted to its
+    model (:func:`fit_model`); 422 over budget or for a model that cannot take it, and the queue's
+    429 / 409 as they are."""
+    request = await fit_model(queue, request, loc=loc)
     limits = SubmitQuota(quota.megapixel_steps_per_hour, quota.max_concurrent_jobs) if quota else None
     try:
         return await queue.submit(

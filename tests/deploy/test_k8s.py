@@ -84,7 +84,7 @@ def overlay_of(tmp: Path, resources: list[str], components: list[str]) -> Path:
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
     out = {name: kustomize(K8S / "overlays" / name) for name in OVERLAYS}
     out["base+redis"] = kustomize(overlay_of(tmp_path_factory.mktemp("k8s"), ["base"], ["components/redis"]))
-    every = ["components/redis", "components/scale-to-zero", "components/s3-images"]
+    every = ["components/redis", "components/scale-to-zero", "components/s3-images", "components/flux-workers"]
     out["all-components"] = kustomize(overlay_of(tmp_path_factory.mktemp("k8s"), ["base"], every))
     return out
 
@@ -339,3 +339,21 @@ def test_scale_to_zero_keeps_the_api_ready(
     api = named(docs, "Deployment", "omost-render-api")["spec"]["template"]["spec"]["containers"][0]
     assert settings_from(effective_env(docs, api), RenderSettings, monkeypatch).readyz_requires_worker is False
     assert named(rendered["example"], "ScaledObject", "omost-render-worker")["spec"]["minReplicaCount"] == 1
+
+
+def test_each_model_fleet_scales_on_its_own_stream(
+    rendered: dict[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One stream per model: every ScaledObject watches the stream its workers read (their model's)."""
+    docs = rendered["all-components"]
+    scaled = of_kind(docs, "ScaledObject")
+    assert len(scaled) == 2, "the SDXL and the Flux fleet"
+    streams = set()
+    for item in scaled:
+        target = item["spec"]["scaleTargetRef"]["name"]
+        worker = named(docs, "Deployment", target)["spec"]["template"]["spec"]["containers"][0]
+        settings = settings_from(effective_env(docs, worker), RenderSettings, monkeypatch)
+        (trigger,) = item["spec"]["triggers"]
+        assert trigger["metadata"]["stream"] == settings.keys.stream, target
+        streams.add(trigger["metadata"]["stream"])
+    assert streams == {"omost:renders", "omost:renders:flux-schnell"}

@@ -95,6 +95,13 @@ def test_models_lists_the_served_model(client: OpenAI) -> None:
     assert [m.id for m in client.models.list()] == ["omost"]
 
 
+def test_a_model_no_worker_serves_is_a_400_before_any_plan(client: OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.images.generate(prompt="a house", model="flux-schnell")
+    assert isinstance(info.value.body, dict)
+    assert info.value.body["param"] == "model" and "no worker serves model 'flux-schnell'" in info.value.body["message"]
+
+
 def test_other_routes_keep_their_own_error_shape(stack: LocalStack) -> None:
     response = httpx.post(f"{stack.planner_url}/v1/plans", json={"prompt": ""},
                           headers={"Authorization": f"Bearer {TOKEN}"})

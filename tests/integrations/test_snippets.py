@@ -73,6 +73,9 @@ NOT_RUN = {
                                              "stack fixture do",
     ("render-service.md", '{"type": "about:blank"'): "an answer shown",
     ("render-service.md", ". .venv/bin/activate"): "the test command itself",
+    ("render-service.md", '{"default": "default"'): "an answer shown (tests/render_service/test_models.py reads "
+                                                    "GET /v1/models from a mixed fleet)",
+    ("render-engine.md", "python bench/flux_bench.py"): "benchmarks (bench/)",
 }
 
 

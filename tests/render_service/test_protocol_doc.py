@@ -30,6 +30,9 @@ def test_key_names_match() -> None:
         keys.all_jobs_index,
         f"{keys.prefix}idempotency:{{sha256(key)}}",
         keys.webhooks,
+        keys.stream_of("{model}"),
+        keys.models,
+        keys.model_info("{name}"),
     ]
     for name in names:
         assert f"`{name}`" in DOC, name

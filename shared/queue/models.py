@@ -1,0 +1,54 @@
+"""The model registry: which models the workers serve (``{p}models``, ``{p}model:{name}``), renewed by
+every worker heartbeat and expiring when no worker renews it, and read by ``GET /v1/models`` and by
+every submit (a job for a model nobody serves is refused, not left queued forever)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis.asyncio
+
+from shared.models import ModelInfo
+from shared.queue.keys import QueueKeys
+from shared.queue.wire import text
+
+__all__ = ["SERVES_FIELD", "list_models", "register_model"]
+
+SERVES_FIELD = "serves"
+"""The field of a worker's ``{p}worker:{name}`` hash naming the model it serves."""
+
+
+def register_model(pipe: Any, keys: QueueKeys, info: ModelInfo, ttl_seconds: int) -> None:
+    """Buffer one registration of ``info`` (a worker's heartbeat): listed for ``ttl_seconds`` after the last."""
+    now = time.time()
+    entry = info.model_copy(update={"workers": 0, "last_seen": now})
+    pipe.zadd(keys.models, {info.name: now})
+    pipe.set(keys.model_info(info.name), entry.model_dump_json(), ex=max(1, ttl_seconds))
+
+
+async def list_models(client: redis.asyncio.Redis, keys: QueueKeys) -> list[ModelInfo]:
+    """Every model registered within its TTL, by name, with how many live workers serve it now."""
+    names = [text(name) for name in await client.zrange(keys.models, 0, -1)]
+    if not names:
+        return []
+    stored = await client.mget([keys.model_info(name) for name in names])
+    expired = [name for name, raw in zip(names, stored, strict=True) if raw is None]
+    if expired:
+        await client.zrem(keys.models, *expired)
+    counts: dict[str, int] = {}
+    workers = [text(name) for name in await client.zrange(keys.workers, 0, -1)]
+    if workers:
+        async with client.pipeline(transaction=False) as pipe:
+            for worker in workers:
+                pipe.hget(keys.worker(worker), SERVES_FIELD)
+            for served in await pipe.execute():
+                if served is not None:  # None: the worker's hash expired (it stopped beating)
+                    counts[text(served)] = counts.get(text(served), 0) + 1
+    models = []
+    for raw in stored:
+        if raw is None:
+            continue
+        info = ModelInfo.model_validate_json(raw if isinstance(raw, str) else raw.decode())
+        models.append(info.model_copy(update={"workers": counts.get(info.name, 0)}))
+    return sorted(models, key=lambda m: m.name)
