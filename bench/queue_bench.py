@@ -108,7 +108,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
 
-    api_env = {"OMOST_RENDER_MAX_QUEUE_DEPTH": "1000000"}
+    api_env = {"OMOST_QUEUE_MAX_DEPTH": "1000000"}
     worker_env = {"OMOST_RENDER_BLOCK_SECONDS": "5"}
     with render_stack("queue-bench", "bench:", args.model, api_env, worker_env) as stack:
         measure_latency(stack.api, 2)  # warm-up: first renders pay one-off costs

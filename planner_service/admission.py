@@ -12,6 +12,7 @@ from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 
+from shared.service.leases import Counter, Full, Lease, LeasedPlaces
 from shared.service.problems import ServiceError
 from shared.service.state import app_state
 
@@ -25,8 +26,8 @@ class PlannerBusy(ServiceError):
 
     def __init__(self, limit: int) -> None:
         super().__init__(
-            f"the planner is already working on {limit} plans (its limit, OMOST_PLANNER_MAX_CONCURRENT_PLANS); "
-            "try again after Retry-After seconds"
+            f"the planner is already working on {limit} plans (its limit for all replicas together, "
+            "OMOST_PLANNER_MAX_CONCURRENT_PLANS); try again after Retry-After seconds"
         )
 
 
@@ -37,31 +38,51 @@ class ClientGone(ServiceError):
         super().__init__("the client closed the connection; the plan was stopped")
 
 
-class Slot:
-    """One admitted plan; :meth:`release` (idempotent) frees its place."""
-
-    def __init__(self, admission: Admission) -> None:
-        self._admission = admission
-        self._held = True
-
-    def release(self) -> None:
-        if self._held:
-            self._held = False
-            self._admission.in_flight -= 1
-
-
 class Admission:
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.in_flight = 0
+    """Plans in flight, counted in Redis (:mod:`shared.service.leases`) so the limit holds for every
+    planner replica together."""
 
-    def admit(self) -> Slot:
+    def __init__(self, places: LeasedPlaces, key: str, limit: int) -> None:
+        self.places = places
+        self.counter = Counter(key, limit, "{held} plans in flight (limit {limit})")
+        self.limit = limit
+
+    async def admit(self) -> Lease:
         """A place for one plan, or :class:`PlannerBusy` (429) when all ``limit`` are taken. No
         waiting line: the client's retry (after Retry-After) is the queue, and it costs us nothing."""
-        if self.in_flight >= self.limit:
-            raise PlannerBusy(self.limit)
-        self.in_flight += 1
-        return Slot(self)
+        try:
+            return await self.places.acquire([self.counter])
+        except Full:
+            raise PlannerBusy(self.limit) from None
+
+    async def in_flight(self) -> int:
+        return await self.places.held(self.counter.key)
+
+
+class TooManyWaiting(ServiceError):
+    http_status = 429
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"{limit} image requests are already waiting for their renders (the limit for all replicas together, "
+            "OMOST_PLANNER_IMAGES_MAX_WAITING); try again after Retry-After seconds"
+        )
+
+
+class WaitingRoom:
+    """Handlers that hold a client's connection open while its render runs (the Images API), counted in
+    Redis for all replicas together: each holds a connection, a poll loop and, for a while, a plan."""
+
+    def __init__(self, places: LeasedPlaces, key: str, limit: int) -> None:
+        self.places = places
+        self.counter = Counter(key, limit, "{held} waiting (limit {limit})")
+        self.limit = limit
+
+    async def admit(self) -> Lease:
+        try:
+            return await self.places.acquire([self.counter])
+        except Full:
+            raise TooManyWaiting(self.limit) from None
 
 
 def get_admission(request: Request) -> Admission:

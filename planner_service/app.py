@@ -30,6 +30,7 @@ from shared.queue.connect import async_client, image_stores
 from shared.queue.settings import RenderImageStoreSettings
 from shared.service.app import service_app
 from shared.service.exposure import warn_if_exposed
+from shared.service.leases import LeasedPlaces
 
 log = logging.getLogger("planner_service")
 
@@ -104,6 +105,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.planner = planner
     app.state.store = store
     app.state.plan_service = PlanService(planner, store, metrics)
+    # Plans in flight are counted in Redis, so the limit holds for all planner replicas together.
+    places = LeasedPlaces(redis_client, settings.limit_lease_seconds)
+    plans_key = f"{settings.key_prefix}limits:{settings.limits_scope}:plans"
+    app.state.admission = Admission(places, plans_key, settings.max_concurrent_plans)
+    places.start()
     log.info(
         "planner ready: LLM %s, model %s (%s; grammar field %s): grammar %s, subject constraints %s, "
         "one-shot %s, frequency penalty %s, context %d tokens, default max_new_tokens %d",
@@ -121,6 +127,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await places.stop()
         await client.aclose()
         await redis_client.aclose()
         if embedded is not None:
@@ -139,7 +146,6 @@ def create_app(settings: PlannerSettings | None = None) -> FastAPI:
         lifespan=_lifespan,
     )
     app.state.metrics = PlannerMetrics()
-    app.state.admission = Admission(settings.max_concurrent_plans)
     app.include_router(plans.router)
     app.include_router(generations.router)
     app.include_router(conversations.router)

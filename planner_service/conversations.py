@@ -1,7 +1,10 @@
 """Conversations kept server-side in Redis: the turns (user words, assistant code) under an id, with a TTL.
 
-One JSON string per conversation at ``{prefix}conversation:{id}``; every write refreshes the TTL,
-so a conversation lives ``ttl`` seconds after its last turn.
+One JSON string per conversation at ``{prefix}conversation:{id}``: ``{"owner", "turns"}``; every write
+refreshes the TTL, so a conversation lives ``ttl`` seconds after its last turn. A conversation belongs to
+the credential that created it (as a job does): another token finds no such conversation, a 404 exactly
+like an unknown id. (A bare list of turns, the older form, names no owner: only the admin, or anyone
+without auth, sees it.)
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import redis.asyncio
 from redis.exceptions import RedisError
 
 from shared.plans import CONVERSATION_ID_PATTERN, MAX_HISTORY_TURNS, ChatTurn
+from shared.service.auth import Caller
 
 __all__ = ["CONVERSATION_ID_PATTERN", "ConversationNotFound", "ConversationStore", "StoreUnavailable"]
 
@@ -42,18 +46,23 @@ class ConversationStore:
     def new_id() -> str:
         return uuid.uuid4().hex
 
-    async def get(self, conversation_id: str) -> list[ChatTurn]:
+    async def get(self, conversation_id: str, caller: Caller) -> list[ChatTurn]:
+        """The turns of a conversation ``caller`` may see; :class:`ConversationNotFound` otherwise."""
         try:
             raw = await self.redis.get(self.key(conversation_id))
         except RedisError as exc:
             raise StoreUnavailable(f"the conversation store (Redis) is unavailable: {exc}") from exc
         if raw is None:
             raise ConversationNotFound(conversation_id)
-        return [ChatTurn.model_validate(t) for t in json.loads(raw)]
+        stored = json.loads(raw)
+        owner, turns = (None, stored) if isinstance(stored, list) else (stored.get("owner"), stored["turns"])
+        if not caller.may_see(owner):
+            raise ConversationNotFound(conversation_id)
+        return [ChatTurn.model_validate(t) for t in turns]
 
-    async def save(self, conversation_id: str, turns: list[ChatTurn]) -> None:
+    async def save(self, conversation_id: str, turns: list[ChatTurn], owner: str) -> None:
         kept = turns[-MAX_HISTORY_TURNS:]
-        payload = json.dumps([t.model_dump() for t in kept])
+        payload = json.dumps({"owner": owner, "turns": [t.model_dump() for t in kept]})
         try:
             await self.redis.set(self.key(conversation_id), payload, ex=self.ttl_seconds)
         except RedisError as exc:

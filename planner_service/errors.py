@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from planner_service.admission import ClientGone, PlannerBusy
+from planner_service.admission import ClientGone, PlannerBusy, TooManyWaiting
 from planner_service.conversations import ConversationNotFound, StoreUnavailable
 from planner_service.llm.client import LLMError, LLMUnavailable, PromptPastContext
 from planner_service.planning import PlanFailed
 from planner_service.prompting import PromptTooLong
-from shared.queue import QueueFull
+from shared.queue import QueueFull, QuotaExceeded
 from shared.service.problems import problem_body
 
 DOMAIN_ERRORS: tuple[type[Exception], ...] = (
@@ -23,7 +23,9 @@ DOMAIN_ERRORS: tuple[type[Exception], ...] = (
     PromptTooLong,
     StoreUnavailable,
     QueueFull,
+    QuotaExceeded,
     PlannerBusy,
+    TooManyWaiting,
     ClientGone,
 )
 

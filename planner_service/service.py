@@ -19,6 +19,7 @@ from planner_service.schemas import PlanRequest, PlanResponse
 from shared.canvas import Canvas
 from shared.canvas_diff import diff_canvases
 from shared.plans import CanvasChanges, ChatTurn, CorrectionOut, PlanDelta, PlanRetry, Usage
+from shared.service.auth import Caller
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 class _Prepared:
     plan_input: PlanInput
     conversation_id: str | None
+    caller: Caller
     turns: list[ChatTurn]
     started: float
     previous: Canvas | None
@@ -38,11 +40,11 @@ class PlanService:
         self.store = store
         self.metrics = metrics
 
-    async def _prepare(self, request: PlanRequest) -> _Prepared:
+    async def _prepare(self, request: PlanRequest, caller: Caller) -> _Prepared:
         started = time.perf_counter()
         history = request.history
         if request.conversation_id:
-            history = await self.store.get(request.conversation_id)
+            history = await self.store.get(request.conversation_id, caller)
         plan_input = PlanInput(
             prompt=request.prompt,
             history=history,
@@ -55,7 +57,7 @@ class PlanService:
         # Validate the context budget now, so an oversized request is a 400 before any LLM work.
         self.planner.messages(plan_input)
         turns = with_canvas(history, request.canvas)
-        return _Prepared(plan_input, request.conversation_id, turns, started, previous_canvas(turns))
+        return _Prepared(plan_input, request.conversation_id, caller, turns, started, previous_canvas(turns))
 
     async def _finish(self, prepared: _Prepared, outcome: PlanOutcome) -> PlanResponse:
         new_id = prepared.conversation_id or self.store.new_id()
@@ -66,7 +68,7 @@ class PlanService:
             ChatTurn(role="assistant", content=outcome.code),
         ]
         try:
-            await self.store.save(new_id, turns)
+            await self.store.save(new_id, turns, prepared.caller.owner)
         except StoreUnavailable:
             if prepared.conversation_id:
                 raise  # the caller asked to continue a conversation: losing it silently would be wrong
@@ -98,8 +100,9 @@ class PlanService:
         self.metrics.plans.labels(outcome).inc()
         self.metrics.failures.labels(failure_cause(exc)).inc()
 
-    async def plan(self, request: PlanRequest) -> PlanResponse:
-        prepared = await self._prepare(request)
+    async def plan(self, request: PlanRequest, caller: Caller) -> PlanResponse:
+        """Plan for ``caller``, who may continue only a conversation it may see (and owns the new one)."""
+        prepared = await self._prepare(request, caller)
         try:
             outcome = await self.planner.plan(prepared.plan_input)
         except Exception as exc:
@@ -107,10 +110,12 @@ class PlanService:
             raise
         return await self._finish(prepared, outcome)
 
-    async def stream(self, request: PlanRequest) -> AsyncGenerator[PlanDelta | PlanRetry | PlanResponse, None]:
+    async def stream(
+        self, request: PlanRequest, caller: Caller
+    ) -> AsyncGenerator[PlanDelta | PlanRetry | PlanResponse, None]:
         """The stream's events (``shared.plans``): deltas and retries, then the ``PlanResponse``;
         failures raise (the router turns them into the ``error`` event)."""
-        prepared = await self._prepare(request)
+        prepared = await self._prepare(request, caller)
         events = self.planner.stream(prepared.plan_input)
         try:
             async for event in events:

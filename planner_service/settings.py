@@ -6,10 +6,11 @@ The Redis URL is ``OMOST_REDIS_URL`` (no prefix), shared with the render service
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from planner_service.llm.client import LLMKind
@@ -35,6 +36,9 @@ SMALL_MODELS = ("smollm",)
 well only inside it, wherever they are served (embedded llama.cpp or vLLM)."""
 OMOST_MODELS = ("omost",)
 """Omost's own fine-tunes write their canvases unaided: the permissive shaping, Omost's sampling."""
+
+
+RETIRED_QUEUE_DEPTH = "OMOST_PLANNER_MAX_QUEUE_DEPTH"
 
 
 class PlannerSettings(ServiceSettings):
@@ -115,7 +119,8 @@ class PlannerSettings(ServiceSettings):
         default="", description="The render API's base URL as a browser reaches it; empty: render_api_url."
     )
     playground_default_size: str = Field(
-        default="", pattern=r"^(\d{2,4}x\d{2,4})?$",
+        default="",
+        pattern=r"^(\d{2,4}x\d{2,4})?$",
         description="WIDTHxHEIGHT the page's render form starts with; empty: Omost's 896x1152 (--tiny sets 256x256).",
     )
     job_ttl_seconds: int = Field(
@@ -125,6 +130,17 @@ class PlannerSettings(ServiceSettings):
         validation_alias=AliasChoices("OMOST_PLANNER_RENDER_JOB_TTL_SECONDS", "OMOST_PLANNER_JOB_TTL_SECONDS"),
         description="Render jobs /v1/generations queues expire this long after they end.",
     )
+
+    @model_validator(mode="after")
+    def _one_queue_depth(self) -> PlannerSettings:
+        # The planner's own depth setting is gone: with two, capping the render queue left
+        # /v1/generations open. Refused rather than ignored, so a deployment that set it notices.
+        if RETIRED_QUEUE_DEPTH in os.environ:
+            raise ValueError(
+                f"{RETIRED_QUEUE_DEPTH} is no longer read: the render queue's depth is one setting for every "
+                "service, OMOST_QUEUE_MAX_DEPTH"
+            )
+        return self
 
     @property
     def render_job_ttl_seconds(self) -> int:

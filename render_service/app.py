@@ -18,6 +18,7 @@ from shared.queue import RenderQueue
 from shared.queue.connect import async_client, image_stores
 from shared.service.app import service_app
 from shared.service.exposure import warn_if_exposed
+from shared.service.leases import LeasedPlaces
 
 
 def create_app(settings: RenderSettings | None = None) -> FastAPI:
@@ -39,9 +40,12 @@ def create_app(settings: RenderSettings | None = None) -> FastAPI:
         reader = async_client(settings.redis_url, single_connection_client=True, **options)
         _, readable = image_stores(settings, settings.keys)
         queue = RenderQueue(client, settings, image_stores=readable, redirect=settings.s3_redirect)
+        places = LeasedPlaces(client, settings.limit_lease_seconds)
         hub = EventHub(
             queue,
             reader,
+            places=places,
+            scope=settings.limits_scope,
             max_streams=settings.max_event_streams,
             max_per_client=settings.max_event_streams_per_client,
         )
@@ -50,9 +54,11 @@ def create_app(settings: RenderSettings | None = None) -> FastAPI:
         app.state.store = JobStore(client, settings.keys)
         app.state.event_hub = hub
         hub.start()
+        places.start()
         try:
             yield
         finally:
+            await places.stop()
             await hub.stop()
             await reader.aclose()
             await client.aclose()

@@ -38,9 +38,14 @@ class RenderSettings(ServiceSettings, ImageStoreSettings):
     api_workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes (the API is stateless).")
     readyz_requires_worker: bool = Field(default=True, description="/readyz is 503 until a worker is live.")
     sse_ping_seconds: float = Field(default=15.0, gt=0)
-    max_event_streams: int = Field(default=1000, ge=1, description="Open SSE streams per API process; 429 beyond.")
+    max_event_streams: int = Field(
+        default=1000, ge=1, description="Open SSE streams on all API replicas together (counted in Redis); 429 beyond."
+    )
     max_event_streams_per_client: int = Field(
-        default=32, ge=1, description="Open SSE streams per token (per client address without auth); 429 beyond."
+        default=32,
+        ge=1,
+        description="Open SSE streams per token (per client address without auth), all API replicas together; "
+        "429 beyond.",
     )
     redis_max_connections: int = Field(
         default=100, ge=2, description="Redis connections per API process; a request waits for a free one."

@@ -114,7 +114,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": OpenAIErrorResponse, "description": "A bad parameter (named in error.param)."},
     401: {"model": OpenAIErrorResponse, "description": "Missing or wrong bearer token."},
     404: {"model": OpenAIErrorResponse, "description": "Not found."},
-    429: {"model": OpenAIErrorResponse, "description": "The render queue is full; retry later."},
+    429: {"model": OpenAIErrorResponse, "description": "The render queue is full, too many calls wait for their "
+          "renders, or the token's quota is used up; retry after `Retry-After` seconds."},
     502: {"model": OpenAIErrorResponse, "description": "The plan did not parse, or the render failed."},
     503: {"model": OpenAIErrorResponse, "description": "The LLM or Redis is unreachable."},
     504: {"model": OpenAIErrorResponse, "description": "The render outlasted the timeout; error.job has its URL."},

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.exceptions import RedisError
 
 from planner_service.generation import Generations
+from planner_service.image_waits import unless_gone, waiting_room
 from planner_service.images.protocol import (
     MODEL_ID,
     OPENAI_MODELS,
@@ -43,6 +44,12 @@ class ImagesSettings(BaseSettings):
         default="1024x1024", pattern=SIZE_PATTERN.pattern, description="What size 'auto' (or no size) means."
     )
     steps: int = Field(default=RENDER_DEFAULTS["steps"], ge=1, le=MAX_STEPS, description="Sampling steps per image.")
+    max_waiting: int = Field(
+        default=64,
+        ge=1,
+        le=100_000,
+        description="Calls waiting for their renders at once, all replicas together; 429 beyond (before planning).",
+    )
     default_response_format: Literal["b64_json", "url"] = Field(
         default="b64_json", description="When the request names none: b64_json needs no second (authorised) fetch."
     )
@@ -103,20 +110,32 @@ async def create_images(
     if not body.prompt.strip():  # "\x1d" passes min_length, but a plan needs words (found by schemathesis)
         raise ImagesAPIError(400, "the prompt is empty (only whitespace)", param="prompt")
     render = await _sampling(body, width, height, n, images, generations.queue)
-    # The same path as POST /v1/generations: the same validation, plan, queue and error mapping.
-    accepted = await generations.generate(GenerationRequest(prompt=body.prompt, render=render), request)
+    # A place to wait in first: a call that could not wait must not spend a plan.
+    waiting = await waiting_room(request, images.max_waiting).admit()
     try:
-        data = await _images(body, images, generations, accepted)
-    except RedisError as exc:
-        raise ImagesAPIError(503, f"the render store (Redis) is unavailable: {exc}", type_="server_error") from exc
+        # The same path as POST /v1/generations: the same validation, plan, queue and error mapping.
+        accepted = await generations.generate(GenerationRequest(prompt=body.prompt, render=render), request)
+        try:
+            data = await _images(body, images, generations, accepted, request)
+        except RedisError as exc:
+            raise ImagesAPIError(
+                503, f"the render store (Redis) is unavailable: {exc}", type_="server_error"
+            ) from exc
+    finally:
+        await waiting.release()
     return ImagesResponse(created=int(time.time()), data=data)
 
 
 async def _images(
-    body: ImageGenerationRequest, images: ImagesSettings, generations: Generations, accepted: GenerationAccepted
+    body: ImageGenerationRequest,
+    images: ImagesSettings,
+    generations: Generations,
+    accepted: GenerationAccepted,
+    request: Request,
 ) -> list[ImageData]:
     queue = generations.queue
-    ended = await wait_for_job(queue, accepted.id, images.timeout_seconds)
+    # A client that hangs up (an SDK's timeout) cancels its job rather than leaving it to render.
+    ended = await unless_gone(request, queue, accepted.id, wait_for_job(queue, accepted.id, images.timeout_seconds))
     if ended is None:
         url = accepted.urls.self_
         raise ImagesAPIError(

@@ -23,7 +23,8 @@ router = APIRouter(
     response_model_by_alias=True,
     responses={
         404: {"description": "Unknown or expired conversation_id."},
-        429: {"description": "The planner is at its limit of plans in flight, or the render queue is full."},
+        429: {"description": "The planner is at its limit of plans in flight, the render queue is full, or the "
+              "token's quota is used up."},
         502: {"description": "The LLM's answers did not parse (parse error and raw text included)."},
         503: {"description": "The LLM server (or Redis) is unreachable."},
     },

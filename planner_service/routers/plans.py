@@ -8,12 +8,13 @@ from fastapi import APIRouter, Depends, Request
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
-from planner_service.admission import AdmissionDep, Slot, unless_disconnected
+from planner_service.admission import AdmissionDep, unless_disconnected
 from planner_service.dependencies import PlanServiceDep
 from planner_service.errors import error_body
 from planner_service.schemas import PlanRequest, PlanResponse
 from shared.plans import PLAN_EVENTS, PlanDelta, PlanError, PlanRetry, plan_event_sse
-from shared.service.auth import require_token
+from shared.service.auth import caller, require_token
+from shared.service.leases import Lease
 from shared.service.routing import StrictRoute
 
 router = APIRouter(prefix="/v1", tags=["plans"], dependencies=[Depends(require_token)], route_class=StrictRoute)
@@ -50,19 +51,19 @@ _Streamed = AsyncGenerator[PlanDelta | PlanRetry | PlanResponse, None]
 async def create_plan(
     body: PlanRequest, service: PlanServiceDep, admission: AdmissionDep, request: Request
 ) -> PlanResponse | EventSourceResponse:
-    slot = admission.admit()  # 429 beyond the limit, before any work
+    slot = await admission.admit()  # 429 beyond the limit, before any work
     if not body.stream:
         try:
-            return await unless_disconnected(request, service.plan(body))
+            return await unless_disconnected(request, service.plan(body, caller(request)))
         finally:
-            slot.release()
-    events = service.stream(body)
+            await slot.release()
+    events = service.stream(body, caller(request))
     try:
         # Wait for the first event before answering, so that a missing conversation, an oversized
         # request or an unreachable LLM is still an HTTP status rather than an event in a 200 stream.
         first = await unless_disconnected(request, events.__anext__())
     except BaseException:
-        slot.release()
+        await slot.release()
         await events.aclose()
         raise
     # Once streaming, the SSE response stops the generator when the client hangs up.
@@ -70,7 +71,7 @@ async def create_plan(
 
 
 async def _sse(
-    first: PlanDelta | PlanRetry | PlanResponse, events: _Streamed, slot: Slot
+    first: PlanDelta | PlanRetry | PlanResponse, events: _Streamed, slot: Lease
 ) -> AsyncIterator[dict[str, str]]:
     try:
         event = first
@@ -85,5 +86,5 @@ async def _sse(
         _status, body = error_body(exc)  # re-raises anything that is not a known planner failure
         yield plan_event_sse(PlanError.model_validate(body))
     finally:
-        slot.release()
+        await slot.release()
         await events.aclose()

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import redis.exceptions
 
 from render_service.api.event_hub import TooManyStreams
-from shared.queue import IdempotencyConflict, ImageStoreUnavailable, JobFinished, JobNotFound, QueueFull
+from shared.queue import IdempotencyConflict, ImageStoreUnavailable, JobFinished, JobNotFound, QueueFull, QuotaExceeded
 from shared.service.auth import AdminViewOff
 from shared.service.problems import ServiceError
 
@@ -53,6 +53,7 @@ DOMAIN_ERRORS: tuple[type[Exception], ...] = (
     JobFinished,
     IdempotencyConflict,
     QueueFull,
+    QuotaExceeded,
     ImageStoreUnavailable,
     TooManyStreams,
     AdminViewOff,

@@ -4,7 +4,8 @@ A blocking ``XREAD`` per stream would hold a pooled connection for as long as th
 connected, so 101 idle streams took the whole 100-connection pool and every other request failed.
 Here a stream reads its history with short non-blocking reads (a pooled connection for a moment),
 then hands its cursor to the hub, whose single reader blocks on all watched event streams at once
-(``XREAD`` takes many keys) and fans the entries out. Streams are capped per client and in total.
+(``XREAD`` takes many keys) and fans the entries out. Streams are capped per client and in total,
+counted in Redis so the caps hold for all API replicas together.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -22,6 +22,7 @@ import redis.exceptions
 from shared.jobs import TERMINAL_STATUSES, JobEvent
 from shared.queue import RenderQueue
 from shared.queue.repository import EVENTS_PER_READ
+from shared.service.leases import Counter, Full, Lease, LeasedPlaces
 from shared.service.problems import ServiceError
 
 log = logging.getLogger("render_service.api.events")
@@ -53,63 +54,56 @@ class _Watch:
     queue: asyncio.Queue[list[tuple[str, dict[str, str]]] | BaseException] = field(default_factory=asyncio.Queue)
 
 
-class StreamTicket:
-    """One admitted stream; :meth:`release` (idempotent) frees its place."""
-
-    def __init__(self, hub: EventHub, client_id: str) -> None:
-        self._hub = hub
-        self._client_id = client_id
-        self._released = False
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._hub._release(self._client_id)
-
-
 class EventHub:
     def __init__(
         self,
         queue: RenderQueue,
         reader: redis.asyncio.Redis,
         *,
+        places: LeasedPlaces,
         max_streams: int,
         max_per_client: int,
+        scope: str = "render",
     ) -> None:
         self.queue = queue  # short reads on pooled connections: history, status checks
         self.reader = reader  # the hub's own connection, outside the pool
         self.max_streams = max_streams
         self.max_per_client = max_per_client
-        self._open: Counter[str] = Counter()
+        self.places = places
+        self.scope = scope
         self._watches: dict[str, set[_Watch]] = {}
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     # ---------------------------------------------------------------- admission
 
-    @property
-    def open_streams(self) -> int:
-        return sum(self._open.values())
+    async def admit(self, client_id: str) -> Lease:
+        """A place for a new stream of ``client_id``, counted in Redis for all API replicas together;
+        raise :class:`TooManyStreams` (429) over the client's cap or the total."""
+        counters = [
+            Counter(
+                self._key(f"client:{client_id}"),
+                self.max_per_client,
+                "this client already has {held} open event streams (limit {limit}); close one, "
+                "or poll GET /v1/renders/{{id}}",
+            ),
+            Counter(
+                self._key("all"),
+                self.max_streams,
+                "the service has {held} open event streams in all (limit {limit}); try again shortly, "
+                "or poll GET /v1/renders/{{id}}",
+            ),
+        ]
+        try:
+            return await self.places.acquire(counters)
+        except Full as exc:
+            raise TooManyStreams(str(exc)) from None
 
-    def admit(self, client_id: str) -> StreamTicket:
-        """Count a new stream for ``client_id``; raise :class:`TooManyStreams` (429) over a cap."""
-        if self._open[client_id] >= self.max_per_client:
-            raise TooManyStreams(
-                f"this client already has {self._open[client_id]} open event streams (limit "
-                f"{self.max_per_client}); close one, or poll GET /v1/renders/{{id}}"
-            )
-        if self.open_streams >= self.max_streams:
-            raise TooManyStreams(
-                f"the server has {self.open_streams} open event streams (limit {self.max_streams}); "
-                "try again shortly, or poll GET /v1/renders/{id}"
-            )
-        self._open[client_id] += 1
-        return StreamTicket(self, client_id)
+    async def open_streams(self) -> int:
+        return await self.places.held(self._key("all"))
 
-    def _release(self, client_id: str) -> None:
-        self._open[client_id] -= 1
-        if self._open[client_id] <= 0:
-            del self._open[client_id]
+    def _key(self, what: str) -> str:
+        return f"{self.queue.keys.prefix}limits:{self.scope}:streams:{what}"
 
     # ---------------------------------------------------------------- lifetime
 
@@ -182,9 +176,7 @@ class EventHub:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
-            cursors = {
-                job_id: min((w.cursor for w in watchers), key=_id) for job_id, watchers in self._watches.items()
-            }
+            cursors = {job_id: min((w.cursor for w in watchers), key=_id) for job_id, watchers in self._watches.items()}
             try:
                 found = await self.queue.follow(self.reader, cursors, BLOCK_MS)
             except REDIS_ERRORS as exc:

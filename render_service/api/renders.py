@@ -20,8 +20,17 @@ from render_service.api.listing import CURSOR_PATTERN, MAX_PAGE, RenderPage, fin
 from render_service.metrics import image_store_error_key
 from render_service.webhooks import WebhookRefused, check_webhook_url
 from shared.jobs import JobStatus, RenderAccepted, RenderJob, RenderSubmission
-from shared.queue import ImageRedirect, ImageStoreUnavailable, JobNotFound, JobRecord, RenderQueue, job_urls, render_job
-from shared.service.auth import PUBLIC_OWNER, may_see, require_token, token_owner
+from shared.queue import (
+    ALL_SUBMITTERS,
+    ImageRedirect,
+    ImageStoreUnavailable,
+    JobNotFound,
+    JobRecord,
+    RenderQueue,
+    job_urls,
+    render_job,
+)
+from shared.service.auth import PUBLIC_OWNER, identity, is_admin, may_see, require_token, token_owner
 from shared.service.problems import ServiceError
 from shared.service.routing import StrictRoute
 from shared.service.submission import check_budget, fit_model, submit_render
@@ -68,7 +77,7 @@ class ImageUnavailable(ServiceError):
         409: {"description": "Idempotency-Key reused (by this token) with a different body."},
         413: {"description": "Body over the size limit."},
         422: {"description": "A field is invalid, or the job is over the work budget; `detail` says which and why."},
-        429: {"description": "Queue full; retry after `Retry-After` seconds."},
+        429: {"description": "Queue full, or this token's quota used up; retry after `Retry-After` seconds."},
     },
 )
 async def create_render(
@@ -102,10 +111,12 @@ async def create_render(
         except UnicodeError:  # the resolver's IDNA encoding of a host such as "a..b" or "\x80"
             error = {"type": "value_error", "loc": ("body", "webhook_url"), "msg": "the host is not a valid host name"}
             raise RequestValidationError([error]) from None
+    who = identity(request)
     job_id, created = await submit_render(
         queue,
         request_body,
-        submitter=token_owner(request),
+        submitter=who.owner,
+        quota=who.quota,
         idempotency_key=idempotency_key,
         webhook_url=submission.webhook_url,
     )
@@ -135,13 +146,15 @@ async def list_renders(
         str | None, Query(min_length=1, max_length=255, description="Only the job submitted with this key.")
     ] = None,
 ) -> RenderPage:
-    """Jobs submitted with this token (all jobs without auth), newest first, a page at a time."""
+    """Jobs submitted with this token (all jobs without auth; every job, whoever submitted it, with the
+    admin token), newest first, a page at a time."""
     owner, base = token_owner(request), base_url(request, settings)
     if idempotency_key is not None:
         job = await find_by_idempotency_key(queue, owner, idempotency_key, base)
         found = [job] if job is not None and (status is None or job.status == status) else []
         return RenderPage(items=found, next_cursor=None)
-    return await list_jobs(queue, owner, limit=limit, cursor=cursor, status=status, base_url=base)
+    listed = ALL_SUBMITTERS if is_admin(request) else owner
+    return await list_jobs(queue, listed, limit=limit, cursor=cursor, status=status, base_url=base)
 
 
 @router.get("/{job_id}", response_model=RenderJob, responses=_ERRORS)
@@ -214,7 +227,7 @@ async def stream_events(
     await visible_record(queue, job_id, request)  # 404 before the stream starts
     after = last_event_id if last_event_id and _is_stream_id(last_event_id) else "0-0"
     owner = token_owner(request)
-    ticket = hub.admit(owner if owner != PUBLIC_OWNER else _client_address(request))  # 429 over a cap
+    ticket = await hub.admit(owner if owner != PUBLIC_OWNER else _client_address(request))  # 429 over a cap
 
     async def events() -> AsyncIterator[dict[str, str]]:
         try:
@@ -225,7 +238,7 @@ async def stream_events(
             # The client reconnects with Last-Event-ID and misses nothing.
             log.warning("event stream ended: redis unavailable", extra={"fields": {"job": job_id}})
         finally:
-            ticket.release()
+            await ticket.release()
 
     # The background task frees the place too if the stream ends before its first event is read.
     return EventSourceResponse(
@@ -263,4 +276,3 @@ def _client_address(request: Request) -> str:
 def _is_stream_id(value: str) -> bool:
     first, _, second = value.partition("-")
     return first.isdigit() and second.isdigit()
-

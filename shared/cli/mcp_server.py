@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from shared.canvas import Canvas
 from shared.cli.errors import field_error
+from shared.cli.mcp_http import HTTPExposure, serve_http
 from shared.cli.mcp_protocol import (
     GenerateOutput,
     Height,
@@ -191,9 +192,10 @@ def _sampling(
     return SamplingParams(width=width, height=height, seed=seed, num_images=num_images, **optional)
 
 
-def run(config: MCPConfig, *, http: bool = False, host: str = "127.0.0.1", port: int = 8765) -> None:
+def run(config: MCPConfig, *, exposure: HTTPExposure | None = None) -> None:
+    """Serve over stdio, or over streamable HTTP as ``exposure`` allows (its token, its allowed hosts)."""
     server = build_server(config)
-    if http:
-        server.run("streamable-http", host=host, port=port)
+    if exposure is not None:
+        serve_http(server, exposure)
     else:
         server.run("stdio")

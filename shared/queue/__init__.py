@@ -40,9 +40,18 @@ the only code that names a field), :mod:`~shared.queue.transitions`, :mod:`~shar
 
 from shared.jobs import JOB_ID_PATTERN
 from shared.queue.durability import Durability
-from shared.queue.errors import IdempotencyConflict, JobFinished, JobNotFound, NotReplicated, OverBudget, QueueFull
+from shared.queue.errors import (
+    IdempotencyConflict,
+    JobFinished,
+    JobNotFound,
+    NotReplicated,
+    OverBudget,
+    QueueFull,
+    QuotaExceeded,
+)
 from shared.queue.images import ImageRedirect, ImagesNotSaved, ImageStore, ImageStoreUnavailable, RedisImages
 from shared.queue.keys import (
+    ALL_SUBMITTERS,
     DEAD_LETTER_MAXLEN,
     DEFAULT_PREFIX,
     DEFAULT_TTL_SECONDS,
@@ -59,7 +68,7 @@ from shared.queue.keys import (
 from shared.queue.record import JobRecord, Rec, decode_time, encode_time, initial_record, result_fields
 from shared.queue.repository import RenderQueue, SyncRenderQueue, idempotency_scope
 from shared.queue.settings import ImageStoreSettings, QueueSettings
-from shared.queue.submit import SUBMIT_SCRIPT, Submitted, submit
+from shared.queue.submit import SUBMIT_SCRIPT, SubmitQuota, Submitted, submit
 from shared.queue.transitions import (
     Claim,
     Delivery,
@@ -93,6 +102,7 @@ from shared.queue.wire import (
 )
 
 __all__ = [
+    "ALL_SUBMITTERS",
     "DEAD_LETTER_MAXLEN",
     "DEFAULT_PREFIX",
     "DEFAULT_TTL_SECONDS",
@@ -124,10 +134,12 @@ __all__ = [
     "QueueKeys",
     "QueueMessage",
     "QueueSettings",
+    "QuotaExceeded",
     "Rec",
     "RedisImages",
     "RenderQueue",
     "StreamEntry",
+    "SubmitQuota",
     "Submitted",
     "SyncRenderQueue",
     "atransact",

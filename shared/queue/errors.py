@@ -29,6 +29,28 @@ class IdempotencyConflict(Exception):
         self.job_id = job_id
 
 
+class QuotaExceeded(Exception):
+    """The submitter's own quota (a named token's: megapixel-steps per hour, jobs at once) is used up."""
+
+    http_status = 429
+
+    def __init__(self, detail: str, retry_after: int | None = None) -> None:
+        super().__init__(detail)
+        # The services' problem handler sends these headers (else the default Retry-After).
+        self.headers = {"Retry-After": str(retry_after)} if retry_after else None
+
+    @classmethod
+    def work(cls, hourly: float, used: float, retry_after: int | None = None) -> QuotaExceeded:
+        return cls(
+            f"this token's quota of {hourly:g} megapixel-steps per hour is used up ({used:g} in the last hour)",
+            retry_after,
+        )
+
+    @classmethod
+    def jobs(cls, active: int, at_once: int) -> QuotaExceeded:
+        return cls(f"this token already has {active} jobs queued or running (its quota: {at_once})")
+
+
 class OverBudget(Exception):
     """The job asks for more megapixel-steps than the deployment's budget allows (a 422 at the edge)."""
 

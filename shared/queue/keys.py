@@ -19,6 +19,9 @@ MESSAGE_FIELD = "message"
 EVENT_FIELD = "event"
 """Event-stream entries carry one field, ``event``, holding a JSON :class:`shared.jobs.JobEvent`."""
 
+ALL_SUBMITTERS = "*"
+"""The pseudo-submitter whose index holds every job (:attr:`QueueKeys.all_jobs_index`)."""
+
 DEAD_LETTER_MAXLEN = 10_000
 """The dead-letter stream is capped (approximately, which is cheap) so a flood of bad jobs can't grow it."""
 
@@ -112,3 +115,19 @@ class QueueKeys:
     def owner_index(self, submitter: str) -> str:
         """Sorted set: the submitter's job ids -> submit time in ms (``GET /v1/renders`` pages it)."""
         return f"{self.prefix}render-index:{submitter}"
+
+    def quota_work(self, submitter: str) -> str:
+        """Sorted set: ``{megapixel-steps}:{job id}`` -> submit time in ms, the submitter's work of the last hour
+        (kept only for a submitter with an hourly quota)."""
+        return f"{self.prefix}quota:{submitter}:work"
+
+    def quota_active(self, submitter: str) -> str:
+        """Set: the submitter's job ids that may still be queued or running (kept only for a submitter with a
+        quota of jobs at once; ended jobs are dropped at its next submit)."""
+        return f"{self.prefix}quota:{submitter}:active"
+
+    @property
+    def all_jobs_index(self) -> str:
+        """Sorted set: every job id, whoever submitted it (or none) -> submit time in ms: the admin's
+        listing. ``*`` is never a submitter (those are ``public``, ``admin`` or a hex digest)."""
+        return self.owner_index(ALL_SUBMITTERS)

@@ -30,13 +30,13 @@ from shared.jobs import (
 )
 from shared.models import ModelInfo
 from shared.queue.durability import Durability
-from shared.queue.errors import JobNotFound, OverBudget
+from shared.queue.errors import JobNotFound, OverBudget, QueueFull
 from shared.queue.images import ImageRedirect, ImageStore, ImageStoreUnavailable, RedisImages
 from shared.queue.keys import EVENT_FIELD, MESSAGE_FIELD, QueueKeys
 from shared.queue.models import list_models
 from shared.queue.record import JobRecord, Rec
 from shared.queue.settings import QueueSettings
-from shared.queue.submit import Submitted, submit
+from shared.queue.submit import SubmitQuota, Submitted, submit
 from shared.queue.transitions import atransact, request_cancel, transact
 from shared.queue.wire import decode_hash, read_entries, stream_entries, text
 
@@ -81,6 +81,14 @@ class RenderQueue:
         if reason := over_budget(request, self.settings.max_job_megapixel_steps):
             raise OverBudget(reason)
 
+    async def check_depth(self, model: str | None = None) -> None:
+        """Raise :class:`QueueFull` now if ``model``'s queue is at its depth limit (e.g. before planning a
+        job the submit script would refuse). Only a hint: the submit script checks again, atomically."""
+        limit = self.settings.max_queue_depth
+        stream = self.keys.stream_of(model)
+        if limit is not None and (depth := int(await self.redis.xlen(stream))) >= limit:
+            raise QueueFull(depth, limit)
+
     async def submit(
         self,
         request: RenderRequest,
@@ -88,10 +96,12 @@ class RenderQueue:
         submitter: str,
         idempotency_key: str | None = None,
         webhook_url: str | None = None,
+        quota: SubmitQuota | None = None,
         trace_context: Mapping[str, str] | None = None,
     ) -> Submitted:
-        """Admit and queue a job in ``submitter``'s name, atomically (budget, depth, idempotency, owner):
-        raises :class:`OverBudget`, :class:`QueueFull` or :class:`IdempotencyConflict`."""
+        """Admit and queue a job in ``submitter``'s name, atomically (budget, depth, idempotency, owner,
+        the submitter's ``quota``): raises :class:`OverBudget`, :class:`QueueFull`, :class:`QuotaExceeded`
+        or :class:`IdempotencyConflict`."""
         settings = self.settings
         return await submit(
             self.redis,
@@ -104,9 +114,22 @@ class RenderQueue:
             max_queue_depth=settings.max_queue_depth,
             max_megapixel_steps=settings.max_job_megapixel_steps,
             submitter=submitter,
+            quota=quota,
             durability=settings.durability,
             trace_context=trace_context,
         )
+
+    async def usage(self, submitter: str) -> tuple[float, int]:
+        """``submitter``'s megapixel-steps queued in the last hour and its jobs queued or running, as
+        its quotas count them (only what a quota keeps: 0 for a submitter without that quota)."""
+        now_ms = int(time.time() * 1000)
+        members = await self.redis.zrangebyscore(self.keys.quota_work(submitter), now_ms - 3_600_000, "+inf")
+        work = sum(float(text(m).partition(":")[0]) for m in members)
+        active = 0
+        for job_id in await self.redis.smembers(self.keys.quota_active(submitter)):
+            status = await self.redis.hget(self.keys.job(text(job_id)), Rec.STATUS)
+            active += status is not None and text(status) not in TERMINAL_STATUSES
+        return work, active
 
     # --- read ----------------------------------------------------------------------------------
 

@@ -2,17 +2,19 @@
 admission: the base of both services' settings) and :class:`ImageStoreSettings` (where PNGs live).
 
 Each service reads them under its own prefix, so the documented names stay: ``OMOST_RENDER_JOB_TTL_SECONDS``,
-``OMOST_RENDER_MAX_QUEUE_DEPTH``, ``OMOST_RENDER_MAX_JOB_MEGAPIXEL_STEPS``, and for the planner
-``OMOST_PLANNER_RENDER_JOB_TTL_SECONDS`` (its old name, kept) or ``OMOST_PLANNER_JOB_TTL_SECONDS``,
-``OMOST_PLANNER_MAX_QUEUE_DEPTH``, ``OMOST_PLANNER_MAX_JOB_MEGAPIXEL_STEPS``. The image store is the render
-service's ``OMOST_RENDER_IMAGE_STORE`` / ``OMOST_RENDER_S3_*``, read by the planner under the same names.
+``OMOST_RENDER_MAX_JOB_MEGAPIXEL_STEPS``, and for the planner ``OMOST_PLANNER_RENDER_JOB_TTL_SECONDS`` (its
+old name, kept) or ``OMOST_PLANNER_JOB_TTL_SECONDS``, ``OMOST_PLANNER_MAX_JOB_MEGAPIXEL_STEPS``. The queue's
+depth is one setting for every service, ``OMOST_QUEUE_MAX_DEPTH`` (as ``OMOST_REDIS_URL``, no service
+prefix: there is one queue), also read under the render service's older name ``OMOST_RENDER_MAX_QUEUE_DEPTH``.
+The image store is the render service's ``OMOST_RENDER_IMAGE_STORE`` / ``OMOST_RENDER_S3_*``, read by the
+planner under the same names.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.jobs import DEFAULT_MAX_MEGAPIXEL_STEPS
@@ -33,7 +35,13 @@ class QueueSettings(BaseSettings):
         default=DEFAULT_TTL_SECONDS, ge=60, description="Records, events, images expire this long after the job ends."
     )
     max_queue_depth: int | None = Field(
-        default=1000, ge=1, description="Submits answer 429 while the stream holds this many jobs; None: no limit."
+        default=1000,
+        ge=1,
+        # One name for every service that submits (the render API, the planner's /v1/generations and
+        # /v1/images/generations): two settings let an operator cap one door and leave the other open.
+        validation_alias=AliasChoices("OMOST_QUEUE_MAX_DEPTH", "OMOST_RENDER_MAX_QUEUE_DEPTH"),
+        description="Env OMOST_QUEUE_MAX_DEPTH (or OMOST_RENDER_MAX_QUEUE_DEPTH), the same for every service: "
+        "submits answer 429 while the stream holds this many jobs; None: no limit.",
     )
     max_job_megapixel_steps: float | None = Field(
         default=DEFAULT_MAX_MEGAPIXEL_STEPS,

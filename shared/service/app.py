@@ -12,6 +12,7 @@ from shared.service.limits import BodySizeLimit
 from shared.service.logging import RequestIdMiddleware
 from shared.service.problems import install_problem_handlers, install_problem_openapi
 from shared.service.settings import ServiceSettings
+from shared.service.tokens import TokenRegistry
 from shared.service.tracing import configure_tracing, instrument_app
 
 
@@ -29,6 +30,7 @@ def service_app(
     configure_tracing(service_name)
     app = FastAPI(docs_url=None, redoc_url=None, **fastapi_options)
     app.state.settings = settings
+    app.state.tokens = TokenRegistry(settings)  # a bad token file stops the start, saying why
     install_problem_handlers(
         app, domain_errors, retry_after_seconds=settings.retry_after_seconds, translated=translated
     )

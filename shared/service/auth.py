@@ -1,20 +1,22 @@
 """The bearer tokens of both services' /v1/* routes, and who owns what a request creates.
 
-``api_token`` holds one token or several separated by commas (one per client); with auth on, a job
-is visible only to the token that submitted it. ``admin_token`` opens the admin views and sees
-every job. Without ``api_token`` the /v1 routes are open: that mode is for a trusted network.
+``api_token`` holds one token or several separated by commas (one per client), ``api_tokens_file``
+named tokens with quotas (:mod:`shared.service.tokens`); with auth on, a job or a conversation is
+visible only to the credential that created it. ``admin_token`` opens the admin views and sees every
+job. Without either the /v1 routes are open: that mode is for a trusted network.
 """
 
 from __future__ import annotations
 
-import hashlib
 import secrets
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from shared.service.problems import ServiceError, Unauthorized
+from shared.service.tokens import Identity, TokenRegistry, owner_digest
 
 PUBLIC_OWNER = "public"
 """The owner of everything created without auth (and of jobs that name no owner)."""
@@ -38,16 +40,16 @@ def _given(request: Request) -> bytes | None:
     return given.strip().encode() if scheme.lower() == "bearer" else None
 
 
-def api_tokens(settings: Any) -> list[bytes]:
-    token = settings.api_token
-    if token is None:
-        return []
-    return [t.strip().encode() for t in token.get_secret_value().split(",") if t.strip()]
+def registry(request: Request) -> TokenRegistry:
+    tokens: TokenRegistry = request.app.state.tokens
+    return tokens
+
+
+def auth_on(request: Request) -> bool:
+    return registry(request).configured
 
 
 def _matches(given: bytes | None, tokens: list[bytes]) -> bool:
-    # compare_digest against every token, without stopping early: the time taken must not tell an
-    # attacker how much of a token matched, nor which of them.
     found = False
     for token in tokens:
         found |= secrets.compare_digest(given or b"", token) and given is not None
@@ -63,10 +65,9 @@ def check_token(request: Request) -> None:
     """Raise ``Unauthorized`` unless the request carries one of the configured tokens (if any is set)
     or the admin token. The strict route class calls it before the body is parsed, so an anonymous
     client learns nothing about what it sent."""
-    tokens = api_tokens(request.app.state.settings)
-    if not tokens:
+    if not auth_on(request):
         return
-    if not (_matches(_given(request), tokens) or is_admin(request)):
+    if not (registry(request).match(_given(request)) is not None or is_admin(request)):
         raise Unauthorized("missing or wrong bearer token (send 'Authorization: Bearer <token>')")
 
 
@@ -92,23 +93,50 @@ async def require_admin(
         raise Unauthorized("missing or wrong admin token (send 'Authorization: Bearer <admin token>')")
 
 
-def owner_digest(token: bytes) -> str:
-    return hashlib.sha256(token).hexdigest()[:32]
-
-
 def token_owner(request: Request) -> str:
     """Who owns what this request creates: a digest of its token, ``admin`` for the admin token,
     or ``public`` without auth."""
-    if not api_tokens(request.app.state.settings):
-        return PUBLIC_OWNER
+    return identity(request).owner
+
+
+def identity(request: Request) -> Identity:
+    """Who this request is: ``public`` without auth, ``admin`` for the admin token, else its token's
+    identity (a named token's name and quota)."""
+    if not auth_on(request):
+        return Identity(PUBLIC_OWNER)
     if is_admin(request):
-        return ADMIN_OWNER
-    return owner_digest(_given(request) or b"")
+        return Identity(ADMIN_OWNER)
+    given = _given(request)
+    return registry(request).match(given) or Identity(owner_digest(given or b""))
+
+
+def rate_owner(request: Request) -> str:
+    """Whose request rate this request counts against: its token's owner, or without auth its address."""
+    owner = token_owner(request)
+    if owner != PUBLIC_OWNER:
+        return owner
+    return f"address:{request.client.host if request.client else 'unknown'}"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks, as the stores need it: the owner of what it creates, and whether it sees everything
+    (no auth, or the admin token)."""
+
+    owner: str
+    sees_all: bool
+
+    def may_see(self, owner: str | None) -> bool:
+        return self.sees_all or (owner is not None and owner == self.owner)
+
+
+def caller(request: Request) -> Caller:
+    return Caller(token_owner(request), sees_all=not auth_on(request) or is_admin(request))
 
 
 def may_see(request: Request, owner: str | None) -> bool:
     """Whether this request may see a job owned by ``owner`` (None: a job that names no owner,
     e.g. queued straight into Redis, which only the admin sees once auth is on)."""
-    if not api_tokens(request.app.state.settings) or is_admin(request):
+    if not auth_on(request) or is_admin(request):
         return True
     return owner is not None and owner == token_owner(request)

@@ -24,7 +24,7 @@ def is_loopback(host: str) -> bool:
 
 def warn_if_exposed(settings: ServiceSettings, host: str, service: str) -> bool:
     """Log a warning (and return True) when ``host`` is beyond loopback and no API token is set."""
-    if settings.api_token is not None or is_loopback(host):
+    if settings.api_token is not None or settings.api_tokens_file is not None or is_loopback(host):
         return False
     prefix = settings.model_config.get("env_prefix", "")
     log.warning(

@@ -18,8 +18,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 
-from shared.service.auth import check_token, require_token
+from shared.service.auth import check_token, rate_owner, require_token
 from shared.service.problems import field_errors
+from shared.service.rates import check_rate
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -78,6 +79,7 @@ class StrictRoute(APIRoute):
         async def strict_handler(request: Request) -> Response:
             if needs_token:
                 check_token(request)
+                await check_rate(request, rate_owner(request))
             if adapter is not None and request.method in _BODY_METHODS:
                 body = await request.body()  # cached: FastAPI reads the same bytes afterwards
                 if body:

@@ -9,9 +9,10 @@ from __future__ import annotations
 from fastapi.exceptions import RequestValidationError
 from opentelemetry.trace import SpanKind
 
-from shared.jobs import DEFAULT_MODEL, RenderRequest, SamplingParams
+from shared.jobs import DEFAULT_MODEL, RenderRequest, SamplingParams, megapixel_steps
 from shared.models import ModelMismatch, RequestT, fit_request
-from shared.queue import OverBudget, RenderQueue, Submitted
+from shared.queue import OverBudget, QuotaExceeded, RenderQueue, SubmitQuota, Submitted
+from shared.service.tokens import Quota
 from shared.service.tracing import current_trace_context, record_error, request_attributes, tracer
 
 
@@ -26,6 +27,19 @@ def check_budget(queue: RenderQueue, request: SamplingParams, *, loc: tuple[str,
         queue.check_budget(request)
     except OverBudget as exc:
         raise _refusal(queue, exc, loc) from None
+
+
+async def check_quota(queue: RenderQueue, request: SamplingParams, *, submitter: str, quota: Quota | None) -> None:
+    """429 now when ``submitter``'s own quota would refuse the job (before work that would be wasted on it,
+    e.g. a plan). Only a hint, as :meth:`RenderQueue.check_depth`: the submit script checks again, atomically."""
+    if quota is None or (quota.megapixel_steps_per_hour is None and quota.max_concurrent_jobs is None):
+        return
+    work, active = await queue.usage(submitter)
+    hourly, at_once = quota.megapixel_steps_per_hour, quota.max_concurrent_jobs
+    if hourly is not None and work + megapixel_steps(request) > hourly:
+        raise QuotaExceeded.work(hourly, work)
+    if at_once is not None and active >= at_once:
+        raise QuotaExceeded.jobs(active, at_once)
 
 
 async def fit_model(queue: RenderQueue, request: RequestT, *, loc: tuple[str, ...] = ("body",)) -> RequestT:
@@ -57,13 +71,16 @@ async def submit_render(
     submitter: str,
     idempotency_key: str | None = None,
     webhook_url: str | None = None,
+    quota: Quota | None = None,
     loc: tuple[str, ...] = ("body",),
 ) -> Submitted:
-    """Queue ``request`` in ``submitter``'s name, fitted to its model (:func:`fit_model`); 422 over budget
-    or for a model that cannot take it, and the queue's 429 / 409 as they are.
+    """Queue ``request`` in ``submitter``'s name (within its ``quota``, a named token's), fitted to its
+    model (:func:`fit_model`); 422 over budget or for a model that cannot take it, and the queue's
+    429 / 409 as they are.
 
     The ``render submit`` span's context travels in the queue message: the worker's spans are its children."""
     request = await fit_model(queue, request, loc=loc)
+    limits = SubmitQuota(quota.megapixel_steps_per_hour, quota.max_concurrent_jobs) if quota else None
     with tracer.start_as_current_span(
         "render submit", kind=SpanKind.PRODUCER, attributes=request_attributes(request), record_exception=False
     ) as span:
@@ -73,6 +90,7 @@ async def submit_render(
                 submitter=submitter,
                 idempotency_key=idempotency_key,
                 webhook_url=webhook_url,
+                quota=limits,
                 trace_context=current_trace_context(),
             )
         except OverBudget as exc:

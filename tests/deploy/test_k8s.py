@@ -199,7 +199,7 @@ def test_s3_component_names_are_settings(rendered: dict[str, list[dict[str, Any]
 def test_planner_and_render_share_the_queue(
     rendered: dict[str, list[dict[str, Any]]], overlay: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """POST /v1/generations enqueues from the planner: same Redis, prefix and TTL as the workers."""
+    """POST /v1/generations enqueues from the planner: same Redis, prefix, TTL and depth as the render side."""
     docs = rendered[overlay]
     loaded = {c["command"][2]: settings_from(effective_env(docs, c), MODULE_SETTINGS[c["command"][2]], monkeypatch)
               for _, c in omost_containers(docs)}  # fmt: skip
@@ -207,6 +207,7 @@ def test_planner_and_render_share_the_queue(
     assert planner.redis_url == worker.redis_url == loaded["render_service"].redis_url
     assert planner.key_prefix == worker.key_prefix == loaded["render_service"].key_prefix
     assert planner.job_ttl_seconds == worker.job_ttl_seconds
+    assert planner.max_queue_depth == loaded["render_service"].max_queue_depth  # one depth for both doors
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

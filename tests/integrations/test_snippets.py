@@ -48,6 +48,9 @@ NOT_RUN = {
     ("integrations.md", "pip install 'omost-service[mcp]'"): "installs, then serves stdio forever; the MCP snippet "
                                                               "of the README and tests/integrations/test_mcp.py run it",
     ("integrations.md", '{"mcpServers"'): "a host's configuration file",
+    ("integrations.md", "OMOST_MCP_HTTP_TOKEN=a-long-random-secret"): "serves until stopped, on every interface: "
+                                                                       "tests/integrations/test_mcp_http.py starts it "
+                                                                       "so, with its token and allowed hosts",
     ("integrations.md", "python -m venv ~/.cache/omost/oapc"): "tests/integrations/test_openapi_clients.py runs it",
     ("observability.md", "promtool check config"): "tests/deploy/test_observability.py runs these checks",
     ("observability.md", "prometheus --config.file"): "serves until stopped: tests/e2e/test_stack.py runs a "
@@ -66,6 +69,8 @@ NOT_RUN = {
     ("queue-protocol.md", "{"): "a record shown",
     ("queue-protocol.md", '{"type": "status"'): "an event shown",
     ("queue-protocol.md", "MULTI"): "Redis commands a worker issues, shown",
+    ("security.md", '{"tokens": {'): "a token file's content: tests/render_service/test_named_tokens.py reads it "
+                                      "with the services' own reader",
     ("render-engine.md", "from render_service.engine import"): "the engine's API outline (tests/render_engine)",
     ("render-engine.md", "pytest tests/render_engine"): "the test command itself",
     ("render-engine.md", "python bench/render_bench.py"): "benchmarks (bench/)",

@@ -6,6 +6,7 @@ needs a model.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -191,8 +192,9 @@ def test_token_is_checked_before_the_body(orphan: RunningPlanner) -> None:
 
 def test_conversation_can_be_read(orphan: RunningPlanner, redis_server: RedisServer) -> None:
     turns = [{"role": "user", "content": "a cat"}, {"role": "assistant", "content": "canvas = Canvas()"}]
+    owner = hashlib.sha256(TOKEN.encode()).hexdigest()[:32]  # the owner digest of the token that made it
     with redis.Redis.from_url(redis_server.url) as client:  # written as the store writes it
-        client.set(f"{orphan.prefix}conversation:conv-1", json.dumps(turns), ex=60)
+        client.set(f"{orphan.prefix}conversation:conv-1", json.dumps({"owner": owner, "turns": turns}), ex=60)
     with orphan.client(TOKEN) as http:
         answer = http.get("/v1/conversations/conv-1")
         assert answer.status_code == 200, answer.text

@@ -102,7 +102,9 @@ def test_conversation_continues_server_side_and_expires(planner: RunningPlanner,
     assert second["changes"] is not None  # compared with the stored first canvas
     r = redis.Redis.from_url(redis_server.url, decode_responses=True)
     key = f"{planner.prefix}conversation:{conversation_id}"
-    turns = json.loads(r.get(key))
+    stored = json.loads(r.get(key))
+    turns = stored["turns"]
+    assert stored["owner"] == "public"  # no auth: the one owner of everything (anonymous mode unchanged)
     assert [t["role"] for t in turns] == ["user", "assistant", "user", "assistant"]
     assert turns[2]["content"] == "make the boat red"
     assert 0 < r.ttl(key) <= 24 * 3600

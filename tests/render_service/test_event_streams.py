@@ -104,7 +104,7 @@ async def _caps(url: str) -> None:
             assert status == 200
             held.append(answer)
             status, refused = await _stream_status(client, jobs["b"], "b")
-            assert status == 429 and "the server has 3 open event streams (limit 3)" in refused.json()["detail"]
+            assert status == 429 and "the service has 3 open event streams in all (limit 3)" in refused.json()["detail"]
 
             await held.pop(0).aclose()  # closing a stream frees its place
             for _ in range(100):

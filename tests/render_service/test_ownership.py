@@ -4,6 +4,7 @@ jobs stay queued, which is all these checks need)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
@@ -12,8 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+import redis.asyncio
 
+from shared.jobs import RenderRequest
 from shared.queue import QueueKeys, claim, decode_message, text, transact
+from shared.queue import submit as queue_submit
 from tests.render_service.helpers import Api, base_env, body, unique_prefix
 from tests.support import ChildProcess, RedisServer, free_port, python_module, wait_for_http
 
@@ -106,6 +110,31 @@ def test_a_job_is_visible_only_to_its_token_and_the_admin(http: httpx.Client) ->
     # The owner still can cancel it (after B's DELETE was refused, it is still queued).
     canceled = http.delete(f"/v1/renders/{job_id}", headers=auth(A))
     assert canceled.status_code == 202 and canceled.json()["status"] == "canceled"
+
+
+def test_the_admin_lists_every_job_whoever_submitted_it(
+    http: httpx.Client, deployment: tuple[str, str], redis_server: RedisServer
+) -> None:
+    """Issue 26 §2: the admin token's GET /v1/renders listed only the admin's own jobs (none), while the
+    docs say the admin sees every job: those of each token and those queued straight into Redis."""
+    by_a, by_b = submit(http, A), submit(http, B)
+
+    async def queued_straight_into_redis() -> str:
+        async with redis.asyncio.Redis.from_url(redis_server.url) as direct:
+            return (await queue_submit(direct, RenderRequest.model_validate(body()), prefix=deployment[1])).job_id
+
+    no_owner = asyncio.run(queued_straight_into_redis())
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:  # every page, as a client would read them
+        page = http.get("/v1/renders", params={"limit": 2, **({"cursor": cursor} if cursor else {})},
+                        headers=auth(ADMIN)).json()  # fmt: skip
+        seen += [item["id"] for item in page["items"]]
+        if (cursor := page["next_cursor"]) is None:
+            break
+    assert {by_a, by_b, no_owner} <= set(seen) and len(seen) == len(set(seen))
+    mine = [item["id"] for item in http.get("/v1/renders", params={"limit": 100}, headers=auth(A)).json()["items"]]
+    assert by_a in mine and by_b not in mine and no_owner not in mine
 
 
 def test_a_running_job_stays_its_tokens(

@@ -27,6 +27,7 @@ def test_key_names_match() -> None:
         keys.image("{id}", "{n}"),  # type: ignore[arg-type]
         keys.worker("{name}"),
         keys.owner_index("{submitter}"),
+        keys.all_jobs_index,
         f"{keys.prefix}idempotency:{{sha256(key)}}",
         keys.webhooks,
         keys.stream_of("{model}"),
@@ -75,6 +76,7 @@ def test_every_setting_is_documented() -> None:
 
     service_doc = (Path(__file__).resolve().parents[2] / "docs" / "render-service.md").read_text()
     for name, field in RenderSettings.model_fields.items():
-        alias = field.validation_alias  # the settings both services read unprefixed (OMOST_REDIS_*)
-        env = alias if isinstance(alias, str) else f"OMOST_RENDER_{name.upper()}"
+        alias = field.validation_alias  # the settings both services read unprefixed (OMOST_REDIS_*, OMOST_QUEUE_*)
+        choices = getattr(alias, "choices", None)  # AliasChoices: its first name is the documented one
+        env = alias if isinstance(alias, str) else choices[0] if choices else f"OMOST_RENDER_{name.upper()}"
         assert f"`{env}`" in service_doc, env
