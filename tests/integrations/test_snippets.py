@@ -80,7 +80,6 @@ NOT_RUN = {
     ("render-service.md", ". .venv/bin/activate"): "the test command itself",
     ("render-service.md", '{"default": "default"'): "an answer shown (tests/render_service/test_models.py reads "
                                                     "GET /v1/models from a mixed fleet)",
-    ("render-engine.md", "python bench/flux_bench.py"): "benchmarks (bench/)",
 }
 
 
