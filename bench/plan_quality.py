@@ -121,6 +121,20 @@ TABLE = Canvas.model_validate({
         _region("A blue vase.", "on the right", "steelblue", "vase, blue, ceramic", "A tall blue ceramic vase."),
     ],
 })
+CASTLE = Canvas.model_validate({
+    "global_description": {
+        "description": "A castle on a green hill under a blue sky.",
+        "detailed_descriptions": ["A grey stone castle crowns a green hill under a clear blue sky."],
+        "tags": "castle, hill, sky, landscape", "HTML_web_color_name": "skyblue",
+    },
+    "local_descriptions": [
+        _region("A grey stone castle.", "in the center", "gray", "castle, stone, towers", "A castle with two towers."),
+        # Names the castle without being about it: an edit that takes the castle out must not keep it here.
+        _region("A green hill below the castle.", "on the bottom", "green", "hill, grass, castle",
+                "The hill rises to the castle walls."),
+        _region("A clear blue sky.", "on the top", "skyblue", "sky, blue, clear", "A cloudless blue sky."),
+    ],
+})
 
 
 @dataclass(frozen=True)
@@ -149,6 +163,10 @@ EDITS = [
          ("A blue vase.",)),
     Edit("remove+add", TABLE, "two apples and a vase on a table", "remove the vase and add a candle", ("candle",),
          ("vase",), ("Two red apples.",)),
+    Edit("remove+put there", CASTLE, "a castle on a hill under a blue sky",
+         "remove the castle and put a windmill there", ("windmill",), ("castle",), ("A clear blue sky.",)),
+    Edit("remove (named elsewhere)", CASTLE, "a castle on a hill under a blue sky", "remove the castle", (),
+         ("castle",), ("A clear blue sky.",)),
 ]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import time
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ SHAPED_LIMITS = ContentLimits(
 own: measured, 1.45x the tokens of a fresh plan), so each region says less: one detail, lengths no
 longer than Omost's own (descriptions ~10 words, details ~28, atmosphere/style/quality 6-14), no
 comments. Applies to the strict-content profile only (the permissive one bounds no content)."""
+_LETTERS = re.compile("[A-Za-z]+")
 PROMPT_TAGS = 12
 """The global tags open with up to this many of the prompt's own words (``prompt_tags``)."""
 
@@ -166,7 +168,11 @@ class Planner:
         subjects = distinct_subjects(phrases, MAX_SUBJECT_REGIONS)
         if not subjects:
             return Shaping(self.grammar, banned_words=_spellings(negated))
-        shapes = tuple(RegionShape(_capitalised(s.phrase)) for s in subjects)
+        # One subject per region: each description opens with its subject and names no other one.
+        shapes = tuple(
+            RegionShape(_capitalised(s.phrase), excluded=_excludable(o.head for o in subjects if o.head != s.head))
+            for s in subjects
+        )
         tags = tuple(prompt_tags(request.prompt, limit=PROMPT_TAGS))
         return Shaping(self._shaped(profile, shapes, tags), banned_words=_spellings(negated))
 
@@ -285,6 +291,11 @@ class Planner:
 
 def _spellings(words: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(form for word in sorted(words) for form in word_forms(word)))
+
+
+def _excludable(words: Iterable[str]) -> tuple[str, ...]:
+    """The spellings of ``words`` a grammar can exclude (ASCII letters: an English prompt's nouns)."""
+    return tuple(form for form in _spellings(words) if _LETTERS.fullmatch(form))
 
 
 def _capitalised(text: str) -> str:
