@@ -5,6 +5,7 @@ The model's text is only ever *parsed* (``shared.omost_code``), never executed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import re
@@ -76,6 +77,19 @@ class Shaping:
     previous: Canvas | None = None
     banned_words: tuple[str, ...] = ()
     """Spellings of what the prompt negates or the edit takes out: the model may not write them."""
+
+
+class PlanTimedOut(Exception):
+    """The plan ran past ``plan_timeout_seconds`` with nothing to hand back."""
+
+    http_status = 504
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"the plan took longer than {seconds:g} s (OMOST_PLANNER_PLAN_TIMEOUT_SECONDS) and was stopped; "
+            "ask for fewer max_new_tokens, stream it (a streamed plan past the limit yields its complete calls), "
+            "or retry when the LLM is less busy"
+        )
 
 
 class PlanFailed(Exception):
@@ -264,15 +278,22 @@ class Planner:
         seed = request.seed if request.seed is not None else random.randrange(MAX_SEED)
         tally = _Tally()
         error: CanvasParseError | None = None
+        limit = self.settings.plan_timeout_seconds
+        deadline = time.monotonic() + limit
         for attempt in range(self.attempts):
             params = self._params(request, attempt, seed, shaping.banned_words)
             if streamed:
                 stream: ChatStream = await self.client.stream(messages, params, shaping.grammar)
-                async for text in stream.deltas():
+                async for text in stream.deltas(deadline=deadline):
                     yield "delta", text
                 completion = stream.completion
             else:
-                completion = await self.client.complete(messages, params, shaping.grammar)
+                try:
+                    completion = await asyncio.wait_for(
+                        self.client.complete(messages, params, shaping.grammar), deadline - time.monotonic()
+                    )
+                except TimeoutError:  # the request is closed: the LLM server stops generating for it
+                    raise PlanTimedOut(limit) from None
             tally.add(completion)
             self._count_call(completion)
             try:
@@ -280,6 +301,8 @@ class Planner:
             except CanvasParseError as exc:
                 error = exc
                 self._failed(exc, attempt)
+                if time.monotonic() >= deadline:
+                    raise PlanTimedOut(limit) from None
                 if attempt + 1 < self.attempts:
                     yield "retry", {"attempt": attempt + 2, "error": str(exc)}
                 continue
