@@ -95,7 +95,9 @@ async def load(send: Callable[[httpx.AsyncClient, int], Awaitable[dict]], client
     async def client(index: int, http: httpx.AsyncClient) -> None:
         nonlocal tokens
         for k in range(each):
-            tokens += int((await send(http, index * each + k))["usage"]["completion_tokens"])
+            # Await first: "tokens += await ..." reads tokens before the await and loses the others' counts.
+            answer = await send(http, index * each + k)
+            tokens += int(answer["usage"]["completion_tokens"])
 
     limits = httpx.Limits(max_connections=clients + 2)
     async with httpx.AsyncClient(timeout=1800, limits=limits) as http:
