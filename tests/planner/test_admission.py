@@ -33,14 +33,21 @@ def slow_llm() -> Iterator[SlowLLM]:
     running.stop()
 
 
+def on_slow_llm(slow_llm: SlowLLM) -> dict[str, str]:
+    """The planner's settings for the slow server: no grammar field, the fixture's canvas as it is."""
+    return {
+        "OMOST_PLANNER_LLM_URL": f"{slow_llm.url}/v1",
+        "OMOST_PLANNER_LLM_KIND": "none",
+        "OMOST_PLANNER_GRAMMAR_PROFILE": "permissive",
+        "OMOST_PLANNER_ONE_SHOT": "false",
+    }
+
+
 @pytest.fixture(scope="module")
 def planner(slow_llm: SlowLLM, redis_server: RedisServer) -> Iterator[RunningPlanner]:
     running = start_planner(
         redis_server.url,
-        OMOST_PLANNER_LLM_URL=f"{slow_llm.url}/v1",
-        OMOST_PLANNER_LLM_KIND="none",
-        OMOST_PLANNER_GRAMMAR_PROFILE="permissive",
-        OMOST_PLANNER_ONE_SHOT="false",
+        **on_slow_llm(slow_llm),
         OMOST_PLANNER_MAX_CONCURRENT_PLANS=str(LIMIT),
         OMOST_PLANNER_API_TOKEN=TOKEN,
     )
@@ -153,14 +160,7 @@ def test_a_plan_past_its_time_limit_stops_and_frees_the_llm(slow_llm: SlowLLM, r
     OMOST_PLANNER_PLAN_TIMEOUT_SECONDS a plain plan is a 504 and a streamed one ends with the canvas of
     its complete calls (truncated); either way the LLM request is closed, so the server stops on it."""
     limit = DELAY / 2
-    running = start_planner(
-        redis_server.url,
-        OMOST_PLANNER_LLM_URL=f"{slow_llm.url}/v1",
-        OMOST_PLANNER_LLM_KIND="none",
-        OMOST_PLANNER_GRAMMAR_PROFILE="permissive",
-        OMOST_PLANNER_ONE_SHOT="false",
-        OMOST_PLANNER_PLAN_TIMEOUT_SECONDS=str(limit),
-    )
+    running = start_planner(redis_server.url, **on_slow_llm(slow_llm), OMOST_PLANNER_PLAN_TIMEOUT_SECONDS=str(limit))
     try:
         before = slow_llm.stats()
         with running.client() as client:
