@@ -52,6 +52,7 @@ def _render_request(render: dict, canvas: Canvas) -> RenderRequest:
         429: {"description": "The planner is at its limit of plans in flight, or the render queue is full."},
         502: {"description": "The LLM's answers did not parse (parse error and raw text included)."},
         503: {"description": "The LLM server (or Redis) is unreachable."},
+        504: {"description": "The plan ran past OMOST_PLANNER_PLAN_TIMEOUT_SECONDS (streamed: its complete calls)."},
     },
 )
 async def create_generation(
