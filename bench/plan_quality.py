@@ -121,6 +121,20 @@ TABLE = Canvas.model_validate({
         _region("A blue vase.", "on the right", "steelblue", "vase, blue, ceramic", "A tall blue ceramic vase."),
     ],
 })
+CASTLE = Canvas.model_validate({
+    "global_description": {
+        "description": "A castle on a green hill under a blue sky.",
+        "detailed_descriptions": ["A grey stone castle crowns a green hill under a clear blue sky."],
+        "tags": "castle, hill, sky, landscape", "HTML_web_color_name": "skyblue",
+    },
+    "local_descriptions": [
+        _region("A grey stone castle.", "in the center", "gray", "castle, stone, towers", "A castle with two towers."),
+        # Names the castle without being about it: an edit that takes the castle out must not keep it here.
+        _region("A green hill below the castle.", "on the bottom", "green", "hill, grass, castle",
+                "The hill rises to the castle walls."),
+        _region("A clear blue sky.", "on the top", "skyblue", "sky, blue, clear", "A cloudless blue sky."),
+    ],
+})
 
 
 @dataclass(frozen=True)
@@ -149,6 +163,10 @@ EDITS = [
          ("A blue vase.",)),
     Edit("remove+add", TABLE, "two apples and a vase on a table", "remove the vase and add a candle", ("candle",),
          ("vase",), ("Two red apples.",)),
+    Edit("remove+put there", CASTLE, "a castle on a hill under a blue sky",
+         "remove the castle and put a windmill there", ("windmill",), ("castle",), ("A clear blue sky.",)),
+    Edit("remove (named elsewhere)", CASTLE, "a castle on a hill under a blue sky", "remove the castle", (),
+         ("castle",), ("A clear blue sky.",)),
 ]
 
 
@@ -276,14 +294,16 @@ def spread(items: list, limit: int | None) -> list[tuple[int, Any]]:
     return [(i, items[i]) for i in picks]
 
 
-def run(url: str, limit: int | None, seed: int) -> tuple[Tally, Tally]:
+def run(url: str, limit: int | None, seed: int, edit_limit: int | None = None) -> tuple[Tally, Tally]:
     fresh, edits = Tally(), Tally()
     with httpx.Client(base_url=url, timeout=1800) as client:
         for index, case in spread(FRESH, limit):
             canvas = post_plan(client, {"prompt": case.prompt, "seed": seed + index}, fresh, case.prompt)
             if canvas is not None:
                 score_fresh(case, canvas, fresh)
-        for index, case in spread(EDITS, None if limit is None else max(1, limit // 2)):
+        if edit_limit is None and limit is not None:
+            edit_limit = max(1, limit // 2)
+        for index, case in spread(EDITS, edit_limit):
             history = [
                 {"role": "user", "content": case.base_prompt},
                 {"role": "assistant", "content": canvas_to_code(case.base)},
@@ -307,6 +327,7 @@ def load() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="N fresh prompts (and N/2 edits), spread over the set.")
+    parser.add_argument("--edits", type=int, default=None, help="N edits spread over the set (default: limit/2).")
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--env", nargs="*", default=[], help="Planner settings, e.g. OMOST_PLANNER_MAX_NEW_TOKENS=900")
     parser.add_argument("--out", type=Path, default=None, help="Write every request's canvas and timing here (JSONL).")
@@ -316,7 +337,7 @@ def main() -> None:
     redis_server = RedisServer().start()
     planner = start_planner(redis_server.url, **env)
     try:
-        fresh, edits = run(planner.url, args.limit, args.seed)
+        fresh, edits = run(planner.url, args.limit, args.seed, args.edits)
     finally:
         planner.child.stop()
         redis_server.stop()

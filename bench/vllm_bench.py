@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -94,7 +95,9 @@ async def load(send: Callable[[httpx.AsyncClient, int], Awaitable[dict]], client
     async def client(index: int, http: httpx.AsyncClient) -> None:
         nonlocal tokens
         for k in range(each):
-            tokens += int((await send(http, index * each + k))["usage"]["completion_tokens"])
+            # Await first: "tokens += await ..." reads tokens before the await and loses the others' counts.
+            answer = await send(http, index * each + k)
+            tokens += int(answer["usage"]["completion_tokens"])
 
     limits = httpx.Limits(max_connections=clients + 2)
     async with httpx.AsyncClient(timeout=1800, limits=limits) as http:
@@ -187,10 +190,13 @@ def main() -> None:
     parser.add_argument("--tail-runs", type=int, default=12)
     parser.add_argument("--embedded", action="store_true", help="Also the planner on its embedded llama.cpp.")
     parser.add_argument("--skip", nargs="*", default=[], choices=["latency", "concurrency", "edits", "tail"])
+    parser.add_argument("--vllm-url", default=None, help="A vLLM already serving the converted SmolLM2 as "
+                        f"{SERVED_NAME} with an {WINDOW}-token window (tests/planner/vllm_server.py), e.g. "
+                        "http://127.0.0.1:8001/v1; default: start one.")  # fmt: skip
     args = parser.parse_args()
     print(f"Machine: {machine()}; SmolLM2-135M-Instruct (bf16) on vLLM's CPU build\n", flush=True)
     started = time.perf_counter()
-    vllm = start_vllm(WINDOW)
+    vllm = start_vllm(WINDOW) if args.vllm_url is None else RunningVllm(args.vllm_url, SERVED_NAME, Path(os.devnull))
     print(f"vLLM ready in {time.perf_counter() - started:.0f} s\n", flush=True)
     redis_server = RedisServer().start()
     planners = {"planner on vLLM": start_planner(redis_server.url, OMOST_PLANNER_LLM_URL=vllm.base_url,

@@ -2,9 +2,13 @@
 and the merge of the model's answer into the previous canvas.
 
 The model then writes only the global description and the regions that change (each opening with
-its new subject, in its old place); every other region is copied from the previous canvas byte for
-byte. When the rules find nothing to patch (no region named, no verb they know), :func:`plan_patch`
-returns None and the model rewrites the whole canvas as before.
+its new subject, in its old place, and naming no other region's subject); every other region is
+copied from the previous canvas byte for byte, except that what the edit takes out leaves it too: a
+replaced subject is replaced in its text ("Cat watching the dog." becomes "Cat watching the corgi."),
+and a region that names a removed subject is removed with it where the subject heads it, else
+rewritten in place by the model with the subject's words banned. When the rules find nothing to
+patch (no region named, no verb they know), :func:`plan_patch` returns None and the model rewrites the
+whole canvas as before.
 
 Limits: English verbs only ("add", "remove", "replace ... with", "make ... a", "turn ... into");
 a region is found by its description naming the subject (lemmas), so "the animal" finds no "cat".
@@ -13,9 +17,9 @@ a region is found by its description naming the subject (lemmas), so "the animal
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from planner_service.subjects import lemma, noun_phrases, split_words, words
+from planner_service.subjects import lemma, noun_phrases, split_words, word_forms, words
 from shared.canvas import Canvas, LocalDescription
 from shared.grammar import RegionShape
 
@@ -31,6 +35,9 @@ FILLER = split_words(
     front back left right top bottom middle center background foreground side up down"""
 )
 _NUMBERS = split_words("one two three four five six seven eight nine ten eleven twelve")
+IN_ITS_PLACE = split_words("there instead")
+"""An addition right after a removal that says where: "remove the castle and put a windmill there"."""
+_TEXT_FIELDS = ("description", "tags", "atmosphere", "style", "quality_meta")
 _CLAUSES = re.compile(r"\s*(?:,|;|\.|\band then\b|\bthen\b|\band\b)\s*", re.IGNORECASE)
 
 
@@ -43,6 +50,9 @@ class Patch:
     gone: set[str] = field(default_factory=set)
     """Words for what the edit takes out ("remove the cat", "replace the cat with ..."): the model may
     not write them again (the kept regions are copied, not written)."""
+    replaced: dict[str, str] = field(default_factory=dict)
+    """Lemma of a replaced subject -> its replacement's words ("dog" -> "corgi"): the merge replaces
+    them in the text of the regions it copies."""
 
     @property
     def shapes(self) -> tuple[RegionShape, ...]:
@@ -64,9 +74,50 @@ class Patch:
         for index, region in enumerate(previous.local_descriptions):
             if index in self.removed:
                 continue
-            regions.append(rewrites.get(index, region))
+            rewrite = rewrites.get(index)
+            regions.append(rewrite if rewrite is not None else _replaced_in(region, self.replaced))
         regions += written[len(self.changed) :]
         return Canvas(global_description=answer.global_description, local_descriptions=regions)
+
+
+def _replaced_in(region: LocalDescription, replaced: dict[str, str]) -> LocalDescription:
+    """``region`` with each replaced subject's spellings replaced (the same object where none is named)."""
+    update: dict[str, object] = {}
+    for name in ("detailed_descriptions", *_TEXT_FIELDS):
+        value = getattr(region, name)
+        texts = value if isinstance(value, list) else [value]
+        new = [_replace_words(text, replaced) for text in texts]
+        if new != texts:
+            update[name] = new if isinstance(value, list) else new[0]
+    return region.model_copy(update=update) if update else region
+
+
+def _replace_words(text: str, replaced: dict[str, str]) -> str:
+    for old, new in replaced.items():
+        forms = sorted(word_forms(old), key=len, reverse=True)
+        pattern = re.compile(rf"\b(?:(an?|An?) )?({'|'.join(map(re.escape, forms))})\b")
+
+        def swap(match: re.Match[str], new: str = new, old: str = old) -> str:
+            article, found = match[1], match[2]
+            written = new
+            if found.lower() != old:  # a plural form: the replacement's last word in the plural
+                head, _, last = new.rpartition(" ")
+                written = f"{head} {word_forms(last)[1]}".strip()
+            if found[:1].isupper():
+                written = written[:1].upper() + written[1:]
+            if article:
+                chosen = "an" if written[:1].lower() in "aeiou" else "a"
+                written = f"{article[0]}{chosen[1:]} {written}"
+            return written
+
+        text = pattern.sub(swap, text)
+    return text
+
+
+def _named(region: LocalDescription) -> set[str]:
+    """The lemmas of every word of a region's text."""
+    texts = [getattr(region, name) for name in _TEXT_FIELDS] + list(region.detailed_descriptions)
+    return {lemma(w) for text in texts for w in words(text)}
 
 
 def _heads(region: LocalDescription) -> list[str]:
@@ -128,6 +179,7 @@ def plan_patch(prompt: str, canvas: Canvas, max_regions: int = 8) -> Patch | Non
     patch = Patch()
     taken: set[int] = set()
     verb: str | None = None
+    last_removed: tuple[int, str] | None = None
     for clause in filter(None, _CLAUSES.split(prompt)):
         tokens = _content(clause)
         verb = _verb(tokens) or verb  # "add a lamp and a rug": the rug is added too
@@ -141,8 +193,18 @@ def plan_patch(prompt: str, canvas: Canvas, max_regions: int = 8) -> Patch | Non
                     patch.removed.add(index)
                     patch.gone.add(token)
                     taken.add(index)
+                    last_removed = (index, token)
             continue
         if verb == "add":
+            here = {w.lower() for w in words(clause)} & IN_ITS_PLACE
+            if here and last_removed is not None:  # "... and put a windmill there": the castle's place
+                index, word = last_removed
+                old = canvas.local_descriptions[index]
+                patch.removed.discard(index)
+                patch.changed[index] = RegionShape(_opening(rest), old.location, old.offset, old.area)
+                patch.replaced[lemma(word)] = " ".join(rest).lower()
+                last_removed = None
+                continue
             patch.added.append(RegionShape(_opening(rest)))
             continue
         named, target = _split_target(rest)
@@ -165,17 +227,54 @@ def plan_patch(prompt: str, canvas: Canvas, max_regions: int = 8) -> Patch | Non
         if target:
             opening = target  # "replace the cat with a parrot", "turn the dog into a wolf"
             patch.gone.add(word)
+            patch.replaced[lemma(word)] = " ".join(target).lower()
         elif others and verb == "change" and _has_article_before(clause, others[0]):
             opening = others  # "make the dog a corgi"
+            patch.replaced[lemma(word)] = " ".join(others).lower()
         else:
             opening = [*others, word]  # "make the cat black" -> "black cat", "five apples"
         patch.changed[index] = RegionShape(_opening(opening), old.location, old.offset, old.area)
         taken.add(index)
     if not (patch.changed or patch.added or patch.removed):
         return None
+    _clear_removed(patch, canvas)
     if len(canvas.local_descriptions) - len(patch.removed) + len(patch.added) > max_regions:
         return None
+    _one_subject_each(patch, canvas)
     return patch
+
+
+def _clear_removed(patch: Patch, canvas: Canvas) -> None:
+    """The regions the edit keeps that still name a removed subject (a replaced one is replaced by
+    the merge): removed where the subject is in the phrase they open with, else rewritten in place by the model, which
+    may not write the subject's words (``gone``)."""
+    removed = {lemma(w) for w in patch.gone} - set(patch.replaced)
+    for index, region in enumerate(canvas.local_descriptions):
+        if index in patch.removed or index in patch.changed or not _named(region) & removed:
+            continue
+        phrases = noun_phrases(region.description)[0]
+        if not phrases or {lemma(w) for w in words(phrases[0].phrase)} & removed:  # "Castle tower": part of it
+            patch.removed.add(index)
+            continue
+        opening = " ".join(words(phrases[0].phrase))
+        patch.changed[index] = RegionShape(_opening([opening]), region.location, region.offset, region.area)
+
+
+def _one_subject_each(patch: Patch, canvas: Canvas) -> None:
+    """Each region the model writes names no other region's subject after its opening."""
+    kept = [r for i, r in enumerate(canvas.local_descriptions) if i not in patch.removed and i not in patch.changed]
+    subjects = [heads[0] for heads in map(_heads, kept) if heads]
+    subjects += [lemma(words(shape.opening)[-1]) for shape in patch.shapes]
+    gone = {lemma(w) for w in patch.gone}
+
+    def exclusive(shape: RegionShape) -> RegionShape:
+        own = {lemma(w) for w in words(shape.opening)}
+        others = sorted({s for s in subjects if s not in own and s not in gone})
+        forms = [f for s in others for f in word_forms(s) if re.fullmatch("[A-Za-z]+", f)]
+        return replace(shape, excluded=tuple(dict.fromkeys(forms)))
+
+    patch.changed = {index: exclusive(shape) for index, shape in patch.changed.items()}
+    patch.added = [exclusive(shape) for shape in patch.added]
 
 
 def _has_article_before(clause: str, word: str) -> bool:

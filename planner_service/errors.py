@@ -1,6 +1,7 @@
 """The planner's failures: a clear 4xx for the caller's mistakes, 502 for an LLM that answered
-nonsense, 503 for one (or a store) that cannot be reached. Each exception carries its status
-(``http_status``); the wire format and the one handler live in :mod:`shared.service.problems`."""
+nonsense, 503 for one (or a store) that cannot be reached, 504 for a plan past its time limit. Each
+exception carries its status (``http_status``); the wire format and the one handler live in
+:mod:`shared.service.problems`."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ from typing import Any
 from planner_service.admission import ClientGone, PlannerBusy, TooManyWaiting
 from planner_service.conversations import ConversationNotFound, StoreUnavailable
 from planner_service.llm.client import LLMError, LLMUnavailable, PromptPastContext
-from planner_service.planning import PlanFailed
+from planner_service.planning import PlanFailed, PlanTimedOut
 from planner_service.prompting import PromptTooLong
 from shared.queue import QueueFull, QuotaExceeded
 from shared.service.problems import problem_body
 
 DOMAIN_ERRORS: tuple[type[Exception], ...] = (
     PlanFailed,
+    PlanTimedOut,
     LLMUnavailable,
     PromptPastContext,
     LLMError,

@@ -5,8 +5,10 @@ The model's text is only ever *parsed* (``shared.omost_code``), never executed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
+import re
 import time
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
@@ -72,6 +74,7 @@ SHAPED_LIMITS = ContentLimits(
 own: measured, 1.45x the tokens of a fresh plan), so each region says less: one detail, lengths no
 longer than Omost's own (descriptions ~10 words, details ~28, atmosphere/style/quality 6-14), no
 comments. Applies to the strict-content profile only (the permissive one bounds no content)."""
+_LETTERS = re.compile("[A-Za-z]+")
 PROMPT_TAGS = 12
 """The global tags open with up to this many of the prompt's own words (``prompt_tags``)."""
 
@@ -86,6 +89,19 @@ class AnswerConstraints:
     previous: Canvas | None = None
     banned_words: tuple[str, ...] = ()
     """Spellings of what the prompt negates or the edit takes out: the model may not write them."""
+
+
+class PlanTimedOut(Exception):
+    """The plan ran past ``plan_timeout_seconds`` with nothing to hand back."""
+
+    http_status = 504
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"the plan took longer than {seconds:g} s (OMOST_PLANNER_PLAN_TIMEOUT_SECONDS) and was stopped; "
+            "ask for fewer max_new_tokens, stream it (a streamed plan past the limit yields its complete calls), "
+            "or retry when the LLM is less busy"
+        )
 
 
 class PlanFailed(Exception):
@@ -184,7 +200,11 @@ class Planner:
         subjects = distinct_subjects(phrases, MAX_SUBJECT_REGIONS)
         if not subjects:
             return AnswerConstraints(self.grammar, banned_words=_spellings(negated))
-        shapes = tuple(RegionShape(_capitalised(s.phrase)) for s in subjects)
+        # One subject per region: each description opens with its subject and names no other one.
+        shapes = tuple(
+            RegionShape(_capitalised(s.phrase), excluded=_excludable(o.head for o in subjects if o.head != s.head))
+            for s in subjects
+        )
         tags = tuple(prompt_tags(request.prompt, limit=PROMPT_TAGS))
         return AnswerConstraints(self._subject_grammar(profile, shapes, tags), banned_words=_spellings(negated))
 
@@ -305,17 +325,24 @@ class Planner:
         seed = request.seed if request.seed is not None else random.randrange(MAX_SEED)
         tally = _Tally()
         error: CanvasParseError | None = None
+        limit = self.settings.plan_timeout_seconds
+        deadline = time.monotonic() + limit
         for attempt in range(self.attempts):
             params = self._params(request, attempt, seed, constraints.banned_words)
             if streamed:
                 with trace.use_span(span, end_on_exit=False):
                     stream: ChatStream = await self.client.stream(messages, params, constraints.grammar)
-                async for text in stream.deltas():
+                async for text in stream.deltas(deadline=deadline):
                     yield PlanDelta(text=text)
                 completion = stream.completion
             else:
-                with trace.use_span(span, end_on_exit=False):
-                    completion = await self.client.complete(messages, params, constraints.grammar)
+                try:
+                    with trace.use_span(span, end_on_exit=False):
+                        completion = await asyncio.wait_for(
+                            self.client.complete(messages, params, constraints.grammar), deadline - time.monotonic()
+                        )
+                except TimeoutError:  # the request is closed: the LLM server stops generating for it
+                    raise PlanTimedOut(limit) from None
             tally.add(completion)
             self._count_call(completion)
             try:
@@ -324,6 +351,8 @@ class Planner:
                 error = exc
                 self._failed(exc, attempt)
                 span.add_event("parse failed", {"omost.plan.attempt": attempt + 1, "omost.error": str(exc)[:500]})
+                if time.monotonic() >= deadline:
+                    raise PlanTimedOut(limit) from None
                 if attempt + 1 < self.attempts:
                     yield PlanRetry(attempt=attempt + 2, error=str(exc))
                 continue
@@ -359,6 +388,11 @@ def failure_cause(exc: Exception) -> str:
 
 def _spellings(words: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(form for word in sorted(words) for form in word_forms(word)))
+
+
+def _excludable(words: Iterable[str]) -> tuple[str, ...]:
+    """The spellings of ``words`` a grammar can exclude (ASCII letters: an English prompt's nouns)."""
+    return tuple(form for form in _spellings(words) if _LETTERS.fullmatch(form))
 
 
 def _capitalised(text: str) -> str:

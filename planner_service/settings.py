@@ -84,6 +84,12 @@ class PlannerSettings(ServiceSettings):
     )
     connect_timeout_seconds: float = Field(default=3.0, gt=0)
     read_timeout_seconds: float = Field(default=300.0, gt=0, description="Longest silence from the LLM.")
+    plan_timeout_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="Longest a plan may take, retries included: a streamed plan then stops and yields the canvas "
+        "of its complete calls (truncated), a plain one is a 504. The LLM request is closed (vLLM aborts it).",
+    )
     connect_retries: int = Field(default=3, ge=1, le=10, description="Attempts to connect before a 503.")
     max_concurrent_plans: int = Field(
         default=16, ge=1, le=4096, description="Plans in flight at once (streamed ones included); 429 beyond."

@@ -76,9 +76,15 @@ class RegionShape:
     location: str | None = None
     offset: str | None = None
     area: str | None = None
+    excluded: tuple[str, ...] = ()
+    """Words the rest of the description may not write (the other subjects' spellings, e.g. ``"dog"``,
+    ``"Dogs"``): strict profile only. A longer word that only starts with one stays ("dogma"); the
+    word followed by punctuation or an apostrophe does not ("dog.", "dog's")."""
 
 
 _OPENING = re.compile(r"[^\W_]+(?:[ '-][^\W_]+)*")
+_EXCLUDABLE = re.compile(r"[A-Za-z]+")
+_ALPHANUMERIC = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
 
 def _check_opening(opening: str) -> None:
@@ -175,8 +181,60 @@ def _structure(
         for suffix, (quote, _) in _quotes().items():
             if suffix == "sq" and "'" in shape.opening:
                 continue  # an apostrophe would end a single-quoted string
-            variants.append(f"{quote} {_literal(shape.opening)} opening-rest-{suffix} {quote}")
+            rest = f"opening-rest-{suffix}"
+            if shape.excluded and f"{rest}-words" in rules:  # the strict profile's rest: words it can bound
+                rest = f"opening-rest-{i}-{suffix}"
+                word = f"word-without-{i}-{suffix}"
+                rules[rest] = rules[f"opening-rest-{suffix}-words"].replace("WORD", word)
+                rules.update(_word_without(word, shape.excluded, suffix, rules[f"word-chars-{suffix}"]))
+            variants.append(f"{quote} {_literal(shape.opening)} {rest} {quote}")
         rules[f"opening-{i}"] = " | ".join(variants)
+
+
+_Trie = dict[str, "_Trie"]
+
+
+def _word_without(name: str, excluded: tuple[str, ...], suffix: str, max_chars: str) -> dict[str, str]:
+    """Rules of ``name``: a word of 1 to ``max_chars`` characters (``char-{suffix}``) that is none of
+    ``excluded``, nor one of them followed by punctuation. A trie: each node offers a character that
+    leaves the trie (then any characters), or the next one down; at an excluded word only a letter or
+    digit may follow (a longer, different word)."""
+    limit = int(max_chars)
+    trie: _Trie = {}
+    ends: set[str] = set()
+    for word in excluded:
+        node = trie
+        for char in word:
+            node = node.setdefault(char, {})
+        ends.add(word)
+    rules: dict[str, str] = {}
+
+    def node_rule(rule: str, node: _Trie, prefix: str) -> bool:
+        """Define ``rule`` (the non-empty rest after ``prefix``); False where nothing may follow."""
+        left = limit - len(prefix) - 1
+        if left < 0:
+            return False
+        leave = "".join(sorted(node))
+        if prefix in ends:  # only a longer word: a letter or digit, none going down the trie
+            first = "[" + "".join(c for c in _ALPHANUMERIC if c not in leave) + "]"
+        else:
+            first = f"[^ {_quotes()[suffix][1]}\\\\\\n\\r\\t{leave}]"
+        alternatives = [f"{first} char-{suffix}{{0,{left}}}"]
+        if not prefix:
+            alternatives.append(f'"\\\\" [{_quotes()[suffix][1]}\\\\] char-{suffix}{{0,{left}}}')
+        for index, (char, child) in enumerate(sorted(node.items())):
+            child_rule = f"{rule}-{index}"
+            has_rest = node_rule(child_rule, child, prefix + char)
+            ending_ok = prefix + char not in ends
+            if has_rest:
+                alternatives.append(f"{_literal(char)} {child_rule}{'?' if ending_ok else ''}")
+            elif ending_ok:
+                alternatives.append(_literal(char))
+        rules[rule] = " | ".join(alternatives)
+        return True
+
+    node_rule(name, trie, "")
+    return rules
 
 
 def _permissive(
@@ -264,11 +322,15 @@ def _strict(
         # After a region's opening: punctuation, further words. No letters glued on: measured with
         # SmolLM2, "Parrot" went on as "Parrothink.com", and a plural ending allowed here turned
         # "Cliff" into "Cliffes" and "Neon signs" into "Neon signss" (the prompt's number is in the opening).
-        rules[f"opening-rest-{suffix}"] = (
-            f'[.,;:!]? ( " " {chars} ){{0,{lim.description_words - 1}}}'
-        )
+        rules[f"opening-rest-{suffix}"] = f'[.,;:!]? ( " " {chars} ){{0,{lim.description_words - 1}}}'
+        # The same with a word rule of its own (a region whose rest may not name other subjects):
+        # templates _structure fills in and drops.
+        rules[f"opening-rest-{suffix}-words"] = f'[.,;:!]? ( " " WORD ){{0,{lim.description_words - 1}}}'
+        rules[f"word-chars-{suffix}"] = str(lim.word_chars)
         rules[f"tags-rest-{suffix}"] = f'( ", " tag-{suffix} ){{0,{max(0, lim.max_tags - len(global_tags or ()))}}}'
     _structure(rules, f"{{{lim.min_regions},{lim.max_regions}}}", shapes, global_tags)
+    for suffix in _quotes():
+        del rules[f"opening-rest-{suffix}-words"], rules[f"word-chars-{suffix}"]
     return rules
 
 
@@ -339,5 +401,8 @@ def omost_grammar(
             raise ValueError(f"at most {MAX_LOCAL_DESCRIPTIONS} regions")
         for shape in regions:
             _check_opening(shape.opening)
+            for word in shape.excluded:
+                if not _EXCLUDABLE.fullmatch(word):
+                    raise ValueError(f"an excluded word must be letters: {word!r}")
         return _render(profile, limits, max_regions, tuple(regions), tags)
     return _render(profile, limits, max_regions, None, tags)

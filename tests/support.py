@@ -355,3 +355,14 @@ def regions_canvas(conditions: int) -> dict[str, object]:
             for i in range(conditions - 1)
         ],
     }
+
+
+def user_environment(folder: Path, tiny_model: Path) -> dict[str, str]:
+    """A user's environment for the ``omost`` command: no OMOST_ settings of the test run's, a fresh
+    cache folder under ``folder`` with the tiny model already built in it, the checkout importable."""
+    cache = folder / "cache"
+    (cache / "omost").mkdir(parents=True)
+    (cache / "omost" / "tiny-sdxl").symlink_to(tiny_model)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OMOST_")}
+    path = os.pathsep.join([str(Path(__file__).parents[1]), clean.get("PYTHONPATH", "")])
+    return {**clean, "XDG_CACHE_HOME": str(cache), "PYTHONPATH": path}

@@ -286,7 +286,9 @@ class ChatStream:
     async def aclose(self) -> None:
         await self._response.aclose()
 
-    async def deltas(self) -> AsyncIterator[str]:
+    async def deltas(self, deadline: float | None = None) -> AsyncIterator[str]:
+        """``deadline`` (``time.monotonic()``): past it, the stream stops as if cut off by max_tokens
+        (``finish_reason`` ``"length"``) and the response is closed, which the server reads as an abort."""
         parts: list[str] = []
         chunks = 0
         completion = self.completion
@@ -313,6 +315,10 @@ class ChatStream:
                         chunks += 1
                         parts.append(text)
                         yield text
+                if deadline is not None and time.monotonic() >= deadline and completion.finish_reason is None:
+                    completion.finish_reason = "length"
+                    completion.extra["deadline"] = True
+                    break
         except httpx.TimeoutException as exc:
             raise LLMUnavailable(f"the LLM server went silent mid-stream ({type(exc).__name__})") from exc
         except httpx.HTTPError as exc:

@@ -27,6 +27,7 @@ router = APIRouter(
               "token's quota is used up."},
         502: {"description": "The LLM's answers did not parse (parse error and raw text included)."},
         503: {"description": "The LLM server (or Redis) is unreachable."},
+        504: {"description": "The plan ran past OMOST_PLANNER_PLAN_TIMEOUT_SECONDS (streamed: its complete calls)."},
     },
 )
 async def create_generation(

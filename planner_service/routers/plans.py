@@ -46,6 +46,7 @@ _Streamed = AsyncGenerator[PlanDelta | PlanRetry | PlanResponse, None]
         429: {"description": "The planner is at its limit of plans in flight; retry after `Retry-After`."},
         502: {"description": "The LLM's answers did not parse (parse error and raw text included)."},
         503: {"description": "The LLM server (or Redis) is unreachable."},
+        504: {"description": "The plan ran past OMOST_PLANNER_PLAN_TIMEOUT_SECONDS (streamed: its complete calls)."},
     },
 )
 async def create_plan(

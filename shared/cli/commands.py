@@ -49,7 +49,7 @@ from shared.cli.options import (
 )
 from shared.cli.stack import LocalStack, StackConfig, cache_dir, cuda_device_count, free_port
 from shared.cli.state import ServeRunning, ServeState, remove_state, running_stack, serve_lock, write_state
-from shared.cli.vllm import EAGER, VllmServer
+from shared.cli.vllm import EAGER, VllmServer, extra_args_from_env
 from shared.client import OmostAPIError, OmostClient
 from shared.jobs import RenderAccepted, RenderJob, RenderRequest
 from shared.omost_code import canvas_to_code
@@ -213,7 +213,8 @@ def local_vllm(llm: LocalLlm, model: str | None, llm_url: str | None) -> VllmSer
                           "one) or a hub id such as lllyasviel/omost-llama-3-8b")
     # Without a GPU, no torch.compile: vLLM 0.32's CPU build recompiles on every start (minutes; its
     # compile cache fails to load) and decodes a small model about as fast eagerly (docs/planner.md).
-    return VllmServer(model, free_port(), extra_args=() if cuda_device_count() else (EAGER,))
+    eager = () if cuda_device_count() else (EAGER,)
+    return VllmServer(model, free_port(), extra_args=(*eager, *extra_args_from_env()))
 
 
 def write_images(client: OmostClient, job: RenderJob, output: Path) -> list[Path]:

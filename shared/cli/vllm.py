@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,9 @@ SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 looks up the distribution ``vllm`` and fails."""
 DEFAULT_MAX_MODEL_LEN = 8192
 """The planner's ``context_tokens`` default (Omost's 8k): the planner budgets its prompts to it."""
+ARGS_ENV = "OMOST_VLLM_ARGS"
+"""More flags for the vLLM that ``omost serve --llm vllm`` starts (shell words, after ours: a flag given
+twice takes its last value), e.g. ``--max-model-len 4096 --enable-log-requests``."""
 KV_CACHE_GIB_ENV = "VLLM_CPU_KVCACHE_SPACE"
 DEFAULT_CPU_KV_CACHE_GIB = "1"
 """vLLM's CPU build reserves this much memory for the KV cache; 1 GiB holds ~45k tokens of SmolLM2,
@@ -67,6 +71,11 @@ def vllm_python() -> str:
         "vLLM is not installed: run `bash scripts/setup_vllm.sh` (vLLM's CPU build in .tools/vllm), "
         f"or set {PYTHON_ENV} to a Python that has vllm (pip install vllm on a GPU host)"
     )
+
+
+def extra_args_from_env(env: dict[str, str] | None = None) -> tuple[str, ...]:
+    """The flags of :data:`ARGS_ENV`, split as a shell would."""
+    return tuple(shlex.split((os.environ if env is None else env).get(ARGS_ENV, "")))
 
 
 def served_name(model: str) -> str:

@@ -16,7 +16,8 @@ import pytest
 import redis
 
 from tests.planner.conftest import RunningPlanner, start_planner
-from tests.planner.slow_llm import SlowLLM, start_slow_llm
+from tests.planner.slow_llm import CODE, SlowLLM, start_slow_llm
+from tests.planner.test_plans_real import stream_plan
 from tests.render_service.helpers import Api
 from tests.support import RedisServer, wait_until
 
@@ -32,14 +33,21 @@ def slow_llm() -> Iterator[SlowLLM]:
     running.stop()
 
 
+def on_slow_llm(slow_llm: SlowLLM) -> dict[str, str]:
+    """The planner's settings for the slow server: no grammar field, the fixture's canvas as it is."""
+    return {
+        "OMOST_PLANNER_LLM_URL": f"{slow_llm.url}/v1",
+        "OMOST_PLANNER_LLM_KIND": "none",
+        "OMOST_PLANNER_GRAMMAR_PROFILE": "permissive",
+        "OMOST_PLANNER_ONE_SHOT": "false",
+    }
+
+
 @pytest.fixture(scope="module")
 def planner(slow_llm: SlowLLM, redis_server: RedisServer) -> Iterator[RunningPlanner]:
     running = start_planner(
         redis_server.url,
-        OMOST_PLANNER_LLM_URL=f"{slow_llm.url}/v1",
-        OMOST_PLANNER_LLM_KIND="none",
-        OMOST_PLANNER_GRAMMAR_PROFILE="permissive",
-        OMOST_PLANNER_ONE_SHOT="false",
+        **on_slow_llm(slow_llm),
         OMOST_PLANNER_MAX_CONCURRENT_PLANS=str(LIMIT),
         OMOST_PLANNER_API_TOKEN=TOKEN,
     )
@@ -145,3 +153,23 @@ def test_generations_keep_the_work_budget_and_the_owner(
         assert mine.status_code == 200 and theirs.status_code == 404
     finally:
         api.stop()
+
+
+def test_a_plan_past_its_time_limit_stops_and_frees_the_llm(slow_llm: SlowLLM, redis_server: RedisServer) -> None:
+    """Issue 25's long tail: a plan is bounded in time as well as in tokens. Past
+    OMOST_PLANNER_PLAN_TIMEOUT_SECONDS a plain plan is a 504 and a streamed one ends with the canvas of
+    its complete calls (truncated); either way the LLM request is closed, so the server stops on it."""
+    limit = DELAY / 2
+    running = start_planner(redis_server.url, **on_slow_llm(slow_llm), OMOST_PLANNER_PLAN_TIMEOUT_SECONDS=str(limit))
+    try:
+        before = slow_llm.stats()
+        with running.client() as client:
+            plain = client.post("/v1/plans", json={"prompt": "a dragon battle"})
+        assert plain.status_code == 504, plain.text
+        assert "OMOST_PLANNER_PLAN_TIMEOUT_SECONDS" in plain.json()["detail"]
+        deltas, final = stream_plan(running, prompt="a dragon battle")
+        assert final["truncated"] and final["canvas"]["global_description"]["description"]
+        assert len("".join(deltas)) < len(CODE)  # stopped part way
+        wait_until(lambda: slow_llm.stats()["abandoned"] - before["abandoned"] == 2, 10, 0.1, "both requests closed")
+    finally:
+        running.child.stop()

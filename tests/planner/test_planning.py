@@ -132,6 +132,29 @@ def test_subject_constraints_shape_the_grammar_per_request() -> None:
     assert off.constraints(PlanInput(prompt="a red cube")).grammar == off.grammar
 
 
+def test_a_fresh_plan_gives_each_subject_a_region_of_its_own() -> None:
+    """Issue 27 §1: "a cat and a dog on a sofa" was planned as regions that each named both animals.
+    The per-request grammar makes each region's description open with its subject and name no other
+    (checked with xgrammar's real matcher, the backend vLLM applies)."""
+    xgrammar = pytest.importorskip("xgrammar")
+    planner = make_planner([GOOD], [], subject_constraints=True, grammar_profile="strict-content")
+    grammar = planner.constraints(PlanInput(prompt="a cat and a dog on a sofa")).grammar or ""
+    compiled = xgrammar.GrammarCompiler(xgrammar.TokenizerInfo([]), cache_enabled=False).compile_grammar(grammar)
+
+    def accepts(*descriptions: str) -> bool:
+        regions = [EDITED.local_descriptions[0].model_copy(update={"description": d}) for d in descriptions]
+        code = canvas_to_code(EDITED.model_copy(update={"local_descriptions": regions}))
+        text = "".join(line for line in code.splitlines(keepends=True) if not line.startswith("#"))  # no comments
+        matcher = xgrammar.GrammarMatcher(compiled, terminate_without_stop_token=True)
+        return matcher.accept_string(text) and matcher.is_terminated()
+
+    assert accepts("Cat curled up asleep.", "Dog sitting up.", "Sofa, red velvet.")
+    assert not accepts("Cat and dog on sofa.", "Dog sitting up.", "Sofa, red velvet.")
+    assert not accepts("Cat curled up.", "Dog beside the Cats.", "Sofa, red velvet.")
+    assert not accepts("Cat curled up.", "Dog sitting up.", "Sofa under a dog's paw.")
+    assert accepts("Cat on a cushion, catching light.", "Dog sitting up.", "Sofa, red velvet.")  # longer words stay
+
+
 def test_the_prompts_words_open_the_global_tags_and_negated_or_removed_words_are_banned() -> None:
     planner = make_planner([GOOD], [], subject_constraints=True, grammar_profile="strict-content")
     fresh = planner.constraints(PlanInput(prompt="a quiet beach at sunset with no people, cinematic"))

@@ -38,15 +38,16 @@ def vllm_cache_env() -> dict[str, str]:
 
 @dataclass
 class RunningVllm:
-    server: VllmServer
-    child: ChildProcess
+    """A vLLM server as the tests see it: its address, served name and log, and its process where the
+    test started it (``omost serve --llm vllm`` owns the one it starts)."""
 
-    @property
-    def base_url(self) -> str:
-        return self.server.base_url
+    base_url: str
+    model: str
+    log_path: Path
+    child: ChildProcess | None = None
 
     def log(self) -> str:
-        return self.child.log()
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def wait_for_log(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
         """The first line of vLLM's log matching ``pattern``, once it is written."""
@@ -60,12 +61,17 @@ class RunningVllm:
         return found[0]
 
     def stop(self) -> None:
-        self.child.stop(timeout=30)
+        if self.child is not None:
+            self.child.stop(timeout=30)
 
 
-def start_vllm(max_model_len: int, *extra_args: str) -> RunningVllm:
+LOG_REQUESTS = "--enable-log-requests"
+"""The tests read what vLLM received, and its aborts, in its log."""
+
+
+def start_vllm(max_model_len: int, *extra_args: str, port: int | None = None, name: str = SERVED_NAME) -> RunningVllm:
     """vLLM as its own process group (its engine and worker are processes of their own), ended with
-    the test process if that dies first. ``--enable-log-requests``: the tests read what vLLM received."""
+    the test process if that dies first."""
     try:
         python = vllm_python()
     except VllmMissing as exc:
@@ -74,9 +80,9 @@ def start_vllm(max_model_len: int, *extra_args: str) -> RunningVllm:
     if not (model / "config.json").is_file():
         raise RuntimeError(f"no converted SmolLM2 at {model}: {SETUP_HINT}")
     server = VllmServer(
-        str(model), free_port(), max_model_len=max_model_len, name=SERVED_NAME,
+        str(model), port or free_port(), max_model_len=max_model_len, name=name,
         # Eager (shared.cli.vllm.EAGER): the start is ~5 s of engine instead of ~2.5 minutes of compiling.
-        extra_args=("--enable-log-requests", EAGER, *extra_args),
+        extra_args=(LOG_REQUESTS, EAGER, *extra_args),
     )  # fmt: skip
     child = ChildProcess(server.args(python), env=server.environment() | vllm_cache_env(), group=True).start()
     try:
@@ -84,4 +90,4 @@ def start_vllm(max_model_len: int, *extra_args: str) -> RunningVllm:
     except Exception as exc:
         child.stop()
         raise RuntimeError(f"vLLM did not start ({exc}):\n{child.log()[-6000:]}") from None
-    return RunningVllm(server, child)
+    return RunningVllm(server.base_url, server.served_model_name, child.log_path, child)
