@@ -95,6 +95,12 @@ def _host_and_port(url: str) -> tuple[str, int]:
     return hostname, port
 
 
+def check_webhook_syntax(url: str) -> None:
+    """Raise :class:`WebhookRefused` unless ``url`` is a plain http(s) URL with a valid host name. No
+    network and no Redis: the API's first check, so a malformed URL is a 422 whatever else is down."""
+    _host_and_port(url)
+
+
 def vet_webhook_url(url: str, *, allow_private: bool, resolver: Resolver = system_resolver) -> Target:
     """Resolve ``url``'s host once and check every address; raise :class:`WebhookRefused` saying why not.
 

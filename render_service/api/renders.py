@@ -18,7 +18,7 @@ from render_service.api.deps import HubDep, QueueDep, SettingsDep, base_url
 from render_service.api.event_hub import REDIS_ERRORS
 from render_service.api.listing import CURSOR_PATTERN, MAX_PAGE, RenderPage, find_by_idempotency_key, list_jobs
 from render_service.metrics import image_store_error_key
-from render_service.webhooks import WebhookRefused, check_webhook_url
+from render_service.webhooks import WebhookRefused, check_webhook_syntax, check_webhook_url
 from shared.jobs import JobStatus, RenderAccepted, RenderJob, RenderSubmission
 from shared.queue import (
     ALL_SUBMITTERS,
@@ -97,6 +97,12 @@ async def create_render(
     ] = None,
 ) -> RenderAccepted:
     """Queue a render. 202 means the job will reach a terminal status, whatever crashes meanwhile."""
+    if submission.webhook_url:
+        try:  # the URL's form first: a malformed one is a 422 even while Redis is down
+            check_webhook_syntax(submission.webhook_url)
+        except WebhookRefused as exc:
+            error = {"type": "value_error", "loc": ("body", "webhook_url"), "msg": str(exc)}
+            raise RequestValidationError([error]) from None
     request_body = await fit_model(queue, submission.render_request())
     check_budget(queue, request_body)  # before the webhook's DNS lookup
     if submission.webhook_url:
