@@ -67,6 +67,11 @@ class ImageUnavailable(ServiceError):
         self.http_status = http_status
 
 
+def _webhook_refusal(why: str) -> RequestValidationError:
+    """The 422 of a webhook URL the API refuses, whichever check refused it."""
+    return RequestValidationError([{"type": "value_error", "loc": ("body", "webhook_url"), "msg": why}])
+
+
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
@@ -101,8 +106,7 @@ async def create_render(
         try:  # the URL's form first: a malformed one is a 422 even while Redis is down
             check_webhook_syntax(submission.webhook_url)
         except WebhookRefused as exc:
-            error = {"type": "value_error", "loc": ("body", "webhook_url"), "msg": str(exc)}
-            raise RequestValidationError([error]) from None
+            raise _webhook_refusal(str(exc)) from None
     request_body = await fit_model(queue, submission.render_request())
     check_budget(queue, request_body)  # before the webhook's DNS lookup
     if submission.webhook_url:
@@ -112,11 +116,9 @@ async def create_render(
                 check_webhook_url, submission.webhook_url, allow_private=settings.allow_private_webhooks
             )
         except WebhookRefused as exc:
-            error = {"type": "value_error", "loc": ("body", "webhook_url"), "msg": str(exc)}
-            raise RequestValidationError([error]) from None
+            raise _webhook_refusal(str(exc)) from None
         except UnicodeError:  # the resolver's IDNA encoding of a host such as "a..b" or "\x80"
-            error = {"type": "value_error", "loc": ("body", "webhook_url"), "msg": "the host is not a valid host name"}
-            raise RequestValidationError([error]) from None
+            raise _webhook_refusal("the host is not a valid host name") from None
     who = identity(request)
     job_id, created = await submit_render(
         queue,
