@@ -170,7 +170,10 @@ class SentinelCluster:
     failover in a few seconds (``down_after_ms``), for tests and the chaos soak.
 
     The nodes keep no data on disk: a node killed and started again (:meth:`restart_node`, once the
-    failover is done) comes back empty, as a replica of the new primary.
+    failover is done) comes back empty, as a replica of the new primary, and cannot be promoted until
+    it is in sync (``replica-priority 0`` meanwhile): a Sentinel that fails over while it is still
+    empty -- a primary slow to answer on a loaded machine looks down -- has no candidate then, instead
+    of promoting the empty node and resyncing the real primary from it (all data gone).
     """
 
     SERVICE = "omost"
@@ -231,22 +234,30 @@ class SentinelCluster:
                 return int(answer[1])  # type: ignore[index]
         return None
 
-    def _sentinels_agree(self, primary_port: int, replicas: int) -> bool:
-        """Every Sentinel names ``primary_port``, knows the two others, and sees ``replicas`` replicas up."""
+    def _sentinels_agree(self, primary_port: int, replicas: int, down_replica: int | None = None) -> bool:
+        """Every Sentinel names ``primary_port`` with the same config epoch, sees it up with no failover
+        in progress, knows the two others, and sees ``replicas`` replicas up (and ``down_replica``, when
+        given, as a replica that is down: the failover has reached every Sentinel's configuration)."""
+        epochs = set()
         try:
             for port in self.sentinel_ports:
                 host_port = self._ask(port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.SERVICE)
                 if not host_port or int(host_port[1]) != primary_port:  # type: ignore[index]
                     return False
                 primary: Any = self._ask(port, "SENTINEL", "MASTER", self.SERVICE)
-                if int(primary["num-other-sentinels"]) < len(self.sentinel_ports) - 1:
-                    return False
+                if primary["flags"] != "master" or int(primary["num-other-sentinels"]) < len(self.sentinel_ports) - 1:
+                    return False  # s_down, o_down, failover_in_progress, ...: not settled yet
+                epochs.add(primary["config-epoch"])
                 known: Any = self._ask(port, "SENTINEL", "REPLICAS", self.SERVICE)
                 if sum("s_down" not in r["flags"] and r["master-link-status"] == "ok" for r in known) < replicas:
                     return False
+                if down_replica is not None and not any(
+                    int(r["port"]) == down_replica and "s_down" in r["flags"] for r in known
+                ):
+                    return False
         except (redis.RedisError, KeyError, TypeError, ValueError):
             return False
-        return True
+        return len(epochs) == 1
 
     def node(self, port: int) -> RedisServer:
         return next(node for node in self.nodes if node.port == port)
@@ -271,23 +282,48 @@ class SentinelCluster:
         return port
 
     def wait_failover(self, old_port: int, timeout: float = 60.0) -> int:
-        """Wait until every Sentinel names a new primary; its port."""
+        """Wait until the failover away from ``old_port`` is over in every Sentinel; the new primary's port.
+
+        Over means: every Sentinel names the same new primary at the same config epoch, none has a
+        failover in progress, and each holds the old primary as a down replica of the new one (so a
+        node started on that port later is told to follow the new primary, never promoted back)."""
         wait_until(lambda: (self.primary_port() or old_port) != old_port, timeout, 0.1, "a failover")
         new = self.primary_port()
         assert new is not None
-        wait_until(lambda: self._sentinels_agree(new, replicas=0), timeout, 0.1, "sentinels agreeing")
+        agreed = lambda: self._sentinels_agree(new, replicas=0, down_replica=old_port)  # noqa: E731
+        wait_until(agreed, timeout, 0.1, "every sentinel done with the failover")
         return new
 
     def restart_node(self, port: int, timeout: float = 60.0) -> None:
         """Start a killed node again, empty, as a replica of the current primary (as a deployment's
         init step does: an empty node never starts as a primary); wait until it is in sync and every
-        Sentinel counts it."""
+        Sentinel counts it. Call it after :meth:`wait_failover`.
+
+        Until its first sync is done the node has ``replica-priority 0``, which Sentinel never
+        promotes; then it gets the default priority back and is a candidate like any replica."""
         primary = self.primary_port()
         assert primary is not None and primary != port
         node = self.node(port)
-        node.extra_args = ["--replicaof", "127.0.0.1", str(primary)]
+        for stale in Path(node.dir).glob("*.rdb"):  # a replica's last full sync: an old dataset, not ours
+            stale.unlink()
+        node.extra_args = ["--replicaof", "127.0.0.1", str(primary), "--replica-priority", "0"]
         node.start()
-        wait_until(lambda: self._sentinels_agree(primary, replicas=1), timeout, 0.2, "the restarted node in sync")
+        wait_until(lambda: self._in_sync(port, primary), timeout, 0.2, "the restarted node's first sync")
+        self._ask(port, "CONFIG", "SET", "replica-priority", "100")
+        wait_until(lambda: self._sentinels_agree(primary, replicas=1), timeout, 0.2, "every sentinel counting it")
+
+    def _in_sync(self, port: int, primary: int) -> bool:
+        """Whether the replica on ``port`` follows ``primary`` with its link up and its first sync loaded."""
+        try:
+            info: Any = self._ask(port, "INFO", "replication")
+        except redis.RedisError:
+            return False
+        return (
+            info.get("role") == "slave"
+            and int(info.get("master_port", 0)) == primary
+            and info.get("master_link_status") == "up"
+            and int(info.get("master_sync_in_progress", 1)) == 0
+        )
 
     def stop(self) -> None:
         for child in self.sentinels:

@@ -119,7 +119,15 @@ class Heartbeat:
     def _touch(self, entry_id: str) -> None:
         """Reset the idle time of our pending entry so no other worker reclaims it."""
         keys = self.keys
-        pending = self.redis.xpending_range(keys.stream, keys.group, min=entry_id, max=entry_id, count=1)
+        try:
+            pending = self.redis.xpending_range(keys.stream, keys.group, min=entry_id, max=entry_id, count=1)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # Redis lost its data (no persistence, or a failover to an empty node): the entry is gone
+            # with the group, so there is nothing to keep claimed. The worker's next read makes the group.
+            log.warning("job stream's group is gone", extra={"fields": {"worker": self.name, "entry": entry_id}})
+            return
         # Only re-claim what is still ours: XCLAIM with min-idle 0 would otherwise steal it back.
         if pending and text(pending[0]["consumer"]) == self.name:
             self.redis.xclaim(keys.stream, keys.group, self.name, min_idle_time=0, message_ids=[entry_id], justid=True)

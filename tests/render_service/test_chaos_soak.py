@@ -15,15 +15,7 @@ import pytest
 
 from bench.chaos_soak import SoakConfig, soak_stack
 
-pytestmark = [
-    pytest.mark.slow,
-    # Quarantined (issue 26 stays open): in a fresh-clone CI run the queue's keys were lost at the second
-    # failover. The Redis logs show why: the node killed second was restarted ~2 s after its SIGKILL,
-    # while the Sentinels were still failing over, and was itself promoted (empty); the promoted node
-    # then full-resynced from it. The harness (SentinelCluster.restart_node) must wait for the failover
-    # to finish first; a real deployment whose pod restarts that fast meets the same race. Passes alone.
-    pytest.mark.skip(reason="quarantined: data lost across the two Sentinel failovers, cause under investigation"),
-]
+pytestmark = pytest.mark.slow
 
 
 def test_a_short_chaos_soak_loses_nothing(tiny_model: Path, tmp_path: Path) -> None:

@@ -8,9 +8,10 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from tests.render_service.helpers import StepGate, body, render_stack, submit, unique_prefix, wait_for, wait_terminal
-from tests.support import ChildProcess, RedisServer
+from tests.support import ChildProcess, RedisServer, wait_until
 
 # Real worker processes (torch, model load): seconds to tens of seconds.
 pytestmark = pytest.mark.slow
@@ -51,3 +52,33 @@ def test_jobs_complete_across_a_redis_restart(env: dict[str, Any]) -> None:
     assert [r["status"] for r in records] == ["succeeded"] * len(ids), [r["error"] for r in records]
     assert worker.process is not None and worker.process.poll() is None, "the worker crashed on the outage"
     assert "heartbeat failed" in worker.log(), "the outage hit the held render"
+
+
+def test_the_worker_goes_on_after_redis_lost_its_data(env: dict[str, Any]) -> None:
+    """A Redis that comes back without its dataset (no persistence, a failover to an empty node, a
+    FLUSHALL by hand): the job it held is gone with the data, but the worker keeps its process, makes its
+    consumer group again and renders the jobs submitted afterwards."""
+    http: httpx.Client = env["http"]
+    server: RedisServer = env["server"]
+    worker: ChildProcess = env["worker"]
+    gate: StepGate = env["gate"]
+    with gate.holding_all():
+        held = submit(http, steps=4)
+        wait_for(http, held, lambda r: r["status"] == "running" and r["progress"]["step"] >= 1, 120, "rendering")
+        with redis.Redis(port=server.port) as client:
+            client.flushall()
+        time.sleep(2.0)  # heartbeats (which keep the held entry claimed) meet the missing group meanwhile
+
+    accepted: list[str] = []
+
+    def submitted() -> bool:  # the model registry comes back with the worker's next heartbeat
+        answer = http.post("/v1/renders", json=body(seed=7))
+        if answer.status_code == 202:
+            accepted.append(answer.json()["id"])
+        return bool(accepted)
+
+    wait_until(submitted, 30, 0.5, "a submit accepted after the data loss")
+    record = wait_terminal(http, accepted[0], 240)
+    assert record["status"] == "succeeded", record["error"]
+    assert worker.process is not None and worker.process.poll() is None, "the worker exited on the lost data"
+    assert "heartbeat crashed" not in worker.log(), "a heartbeat met the missing group as a crash"

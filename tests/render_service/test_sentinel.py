@@ -22,15 +22,7 @@ from tests.render_service.helpers import TERMINAL, Stack, body, render_stack, su
 from tests.support import SentinelCluster
 
 # Real worker processes and six Redis processes: tens of seconds.
-pytestmark = [
-    pytest.mark.slow,
-    # Quarantined (issue 26 stays open): in a fresh-clone CI run this test's restarted node never came in
-    # sync within 60 s. The chaos soak's logs show the harness's race: a killed node restarted ~2 s after
-    # its SIGKILL, while the Sentinels were still failing over, was itself promoted (empty), and the
-    # other node full-resynced from it. SentinelCluster.restart_node must first wait until the Sentinels
-    # have finished the failover and hold the killed node as a down replica. Passes alone (36-40 s).
-    pytest.mark.skip(reason="quarantined: the harness restarts the killed node during the failover (a race)"),
-]
+pytestmark = pytest.mark.slow
 
 SETTINGS = {
     # Longer than the failover, so no held job is taken from a worker that merely lost Redis for a while.
