@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -357,3 +358,17 @@ def test_each_model_fleet_scales_on_its_own_stream(
         assert trigger["metadata"]["stream"] == settings.keys.stream, target
         streams.add(trigger["metadata"]["stream"])
     assert streams == {"omost:renders", "omost:renders:flux-schnell"}
+
+
+def test_the_sentinel_overlays_scripts_are_all_in_its_config_map() -> None:
+    """start-redis.sh runs priority-after-sync.sh (a replica is no candidate for promotion until its first
+    sync: the same script the Sentinel tests' harness runs); every /scripts/ file a script names ships."""
+    overlay = ROOT / "deploy/k8s/overlays/sentinel-redis"
+    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    shipped = {f for g in kustomization["configMapGenerator"] if g["name"] == "omost-redis-scripts" for f in g["files"]}
+    named = {m for script in overlay.glob("*.sh") for m in re.findall(r"/scripts/([\w.-]+)", script.read_text())}
+    named |= {m for m in re.findall(r"/scripts/([\w.-]+)", (overlay / "redis-sentinel.yaml").read_text())}
+    assert named <= shipped, named - shipped
+    assert shipped == {p.name for p in overlay.glob("*.sh")}
+    start = (overlay / "start-redis.sh").read_text()
+    assert "--replica-priority 0" in start and "priority-after-sync.sh" in start

@@ -4,5 +4,9 @@
 set -e
 . /scripts/discover.sh
 set -- --appendonly yes --appendfsync everysec --maxmemory-policy noeviction --replica-announce-ip "$ME"
-if [ "$PRIMARY" != "$ME" ]; then set -- "$@" --replicaof "$PRIMARY" 6379; fi
+if [ "$PRIMARY" != "$ME" ]; then
+  # Not a candidate for promotion until its first sync is done (priority-after-sync.sh gives it back).
+  set -- "$@" --replicaof "$PRIMARY" 6379 --replica-priority 0
+  sh /scripts/priority-after-sync.sh 6379 &
+fi
 exec redis-server "$@"
