@@ -1,6 +1,7 @@
 """The model registry: which models the workers serve (``{p}models``, ``{p}model:{name}``), renewed by
 every worker heartbeat and expiring when no worker renews it, and read by ``GET /v1/models`` and by
-every submit (a job for a model nobody serves is refused, not left queued forever)."""
+every submit (a job for a model nobody serves is refused, not left queued forever). A submit reads only
+the one model it names (:func:`find_model`, one round trip); the whole registry is read to list it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from shared.models import ModelInfo
 from shared.queue.keys import QueueKeys
 from shared.queue.wire import text
 
-__all__ = ["SERVES_FIELD", "list_models", "register_model"]
+__all__ = ["SERVES_FIELD", "find_model", "list_models", "register_model"]
 
 SERVES_FIELD = "serves"
 """The field of a worker's ``{p}worker:{name}`` hash naming the model it serves."""
@@ -25,6 +26,23 @@ def register_model(pipe: Any, keys: QueueKeys, info: ModelInfo, ttl_seconds: int
     entry = info.model_copy(update={"workers": 0, "last_seen": now})
     pipe.zadd(keys.models, {info.name: now})
     pipe.set(keys.model_info(info.name), entry.model_dump_json(), ex=max(1, ttl_seconds))
+
+
+async def find_model(client: redis.asyncio.Redis, keys: QueueKeys, name: str) -> tuple[ModelInfo | None, float]:
+    """``name``'s registration and the seconds it has left before it expires, in one round trip; ``(None,
+    0.0)`` when no worker registered it within its TTL. ``workers`` is not counted (0): a submit needs
+    only whether the model is served and what it takes, and counting would read every worker's hash."""
+    key = keys.model_info(name)
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.get(key)
+        pipe.pttl(key)
+        raw, pttl = await pipe.execute()
+    if raw is None:
+        return None, 0.0
+    # PTTL < 0: the key expired between the two commands (-2) or has no expiry (-1, never written so by
+    # register_model): either way it may not be trusted beyond this read.
+    left = pttl / 1000 if pttl > 0 else 0.0
+    return ModelInfo.model_validate_json(raw if isinstance(raw, str) else raw.decode()), left
 
 
 async def list_models(client: redis.asyncio.Redis, keys: QueueKeys) -> list[ModelInfo]:
