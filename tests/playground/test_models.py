@@ -67,6 +67,7 @@ def test_a_model_list_error_is_shown_and_a_token_opens_the_list(page, fleet: Sta
     assert "GET /v1/models" in error and "bearer token" in error.lower(), error
     assert page.locator("#r-model option").all_inner_texts() == ["default (the model list is unavailable)"]
     assert not page.locator("#sampler-field").is_hidden()  # without a list: the default model's form
+    page.click("summary:has-text('Render API access')")
     page.fill("#r-token", TOKEN)
     page.dispatch_event("#r-token", "change")
     page.wait_for_selector("#r-model[data-state=loaded]")
