@@ -67,6 +67,7 @@ def test_a_model_list_error_is_shown_and_a_token_opens_the_list(page, fleet: Sta
     assert "GET /v1/models" in error and "bearer token" in error.lower(), error
     assert page.locator("#r-model option").all_inner_texts() == ["default (the model list is unavailable)"]
     assert not page.locator("#sampler-field").is_hidden()  # without a list: the default model's form
+    assert page.locator("#flux-fields").is_hidden()
     page.click("summary:has-text('Render API access')")
     page.fill("#r-token", TOKEN)
     page.dispatch_event("#r-token", "change")
@@ -89,10 +90,12 @@ def test_picking_flux_fits_the_form_and_renders_on_the_flux_worker(page, fleet: 
     assert page.locator("#r-steps").input_value() == "28" and page.locator("#r-guidance").input_value() == "3.5"
     for field in ("#sampler-field", "#negative-field", "#hires-field"):
         assert page.locator(field).is_hidden(), field
+    assert not page.locator("#flux-fields").is_hidden()  # its regional knobs instead
     assert "multiples of 16" in page.inner_text("#model-info")
     curl = page.locator("#curl").input_value()
     assert '"model":"flux"' in curl and "negative_prompt" not in curl and "sampler" not in curl
-    for field, value in {"#r-width": "96", "#r-height": "64", "#r-steps": "2", "#r-seed": "7"}.items():
+    fields = {"#r-width": "96", "#r-height": "64", "#r-steps": "2", "#r-seed": "7", "#r-flux-steps": "1"}
+    for field, value in fields.items():
         page.fill(field, value)
     page.click("#render-submit")
     job = page.locator("#gallery .job").first
@@ -104,11 +107,14 @@ def test_picking_flux_fits_the_form_and_renders_on_the_flux_worker(page, fleet: 
     assert job.locator(".params").inner_text().startswith("flux · 96×64 · 2 steps")
     record = fleet.http.get(f"/v1/renders/{job.get_attribute('data-job')}").json()
     assert (record["worker"], record["request"]["model"], record["request"]["sampler"]) == ("flux-1", "flux", "euler")
+    assert record["request"]["flux"] == {**record["request"]["flux"], "regional_steps": 1}
+    assert "Flux regional steps 1" in job.locator(".params").inner_text()
     screenshot(page, "playground-flux.png", screenshots, full_page=True)
 
     # Back to the default model: its SDXL fields come back, with its own defaults.
     page.select_option("#r-model", "default")
     assert not page.locator("#sampler-field").is_hidden() and not page.locator("#hires-field").is_hidden()
+    assert page.locator("#flux-fields").is_hidden() and "flux" not in page.locator("#curl").input_value()
     assert page.locator("#r-width").get_attribute("step") == "8"
 
 

@@ -22,6 +22,18 @@ function absolute(config, url) {
   return new URL(url, `${config.render_api_url}/`).href;
 }
 
+/** The Flux knobs that differ from their defaults (none: the model's own), for a model that takes them. */
+function fluxOptions(state) {
+  if (!takes(state, "flux")) return null;
+  const defaults = state.config.flux_defaults;
+  const flux = {};
+  const steps = $("r-flux-steps").value.trim();
+  if (steps !== "") flux.regional_steps = Number(steps);
+  const base = Number($("r-flux-base").value);
+  if ($("r-flux-base").value.trim() !== "" && base !== defaults.base_ratio) flux.base_ratio = base;
+  return Object.keys(flux).length ? flux : null;
+}
+
 /** The request the form describes. Only what the chosen model takes is sent: a field the form hides
  * for it (Flux's one sampler, SDXL's negative prompt and hires fix) is left to the model. */
 function renderRequest(state, canvas) {
@@ -40,6 +52,8 @@ function renderRequest(state, canvas) {
   if (takes(state, "negative_prompt")) body.negative_prompt = $("r-negative").value;
   const seed = $("r-seed").value.trim();
   if (seed !== "") body.seed = Number(seed);
+  const flux = fluxOptions(state);
+  if (flux) body.flux = flux;
   if (takes(state, "hires_fix") && $("r-hires").checked) {
     body.hires_fix = { scale: num("r-hires-scale"), steps: num("r-hires-steps"), denoise: num("r-hires-denoise") };
   }
@@ -121,6 +135,7 @@ function addJobCard(app, job) {
     r.model || "default model",
     `${r.width}×${r.height}`, `${r.steps} steps`, `guidance ${r.guidance_scale}`, r.sampler ?? null,
     `seed ${r.seed ?? "random"}`, `${r.num_images} image${r.num_images > 1 ? "s" : ""}`,
+    r.flux ? `Flux ${Object.entries(r.flux).map(([k, v]) => `${k.replace("_", " ")} ${v}`).join(", ")}` : null,
     r.hires_fix ? `hires ×${r.hires_fix.scale}, ${r.hires_fix.steps} steps, denoise ${r.hires_fix.denoise}` : null,
   ].filter(Boolean).join(" · ");
   const card = el(
@@ -251,6 +266,8 @@ function reuseJob(app, job) {
     $(id).value = value;
   }
   if (r.sampler) $("r-sampler").value = r.sampler;
+  $("r-flux-steps").value = r.flux?.regional_steps ?? "";
+  $("r-flux-base").value = r.flux?.base_ratio ?? app.state.config.flux_defaults.base_ratio;
   $("r-hires").checked = Boolean(r.hires_fix);
   $("r-hires").dispatchEvent(new Event("change"));
   if (r.hires_fix) {
@@ -292,6 +309,7 @@ export function setupRenderForm(app) {
   $("r-negative").value = d.negative_prompt;
   $("r-hires-steps").value = d.hires_fix.steps;
   $("r-hires-denoise").value = d.hires_fix.denoise;
+  $("r-flux-base").value = state.config.flux_defaults.base_ratio;
   $("r-token").value = sessionStorage.getItem("omost-render-token") || "";
   $("plan-token").value = sessionStorage.getItem("omost-planner-token") || "";
   $("plan-token").addEventListener("change", () => sessionStorage.setItem("omost-planner-token", $("plan-token").value.trim()));

@@ -72,6 +72,9 @@ export function fitForm(app, { withDefaults = true } = {}) {
     $("r-hires").dispatchEvent(new Event("change"));
   }
   $("negative-field").hidden = !takes(state, "negative_prompt");
+  // Regional-Prompting-FLUX's knobs, for a model that takes them (the rest keep their defaults).
+  $("flux-fields").hidden = !takes(state, "flux");
+  $("flux-fields").disabled = $("flux-fields").hidden;
   $("model-info").textContent = describe(info);
   $("r-model").dataset.family = info ? info.family : "";
   app.renderFormChanged();
