@@ -20,6 +20,7 @@ import redis.asyncio
 from redis.exceptions import ResponseError
 
 from shared.jobs import (
+    DEFAULT_MODEL,
     JOB_ID_PATTERN,
     TERMINAL_STATUSES,
     JobEvent,
@@ -93,7 +94,7 @@ class RenderQueue:
         limit = self.settings.max_queue_depth
         stream = self.keys.stream_of(model)
         if limit is not None and (depth := int(await self.redis.xlen(stream))) >= limit:
-            raise QueueFull(depth, limit)
+            raise QueueFull(depth, limit, model or DEFAULT_MODEL)
 
     async def submit(
         self,

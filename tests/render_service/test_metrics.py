@@ -80,6 +80,7 @@ def test_queue_depth_is_per_model_and_so_is_the_depth_limit(tmp_path: Path) -> N
                         assert answer.status_code == 202, answer.text
                 full = http.post("/v1/renders", json=body(model="flux"))
                 assert full.status_code == 429, full.text  # flux's stream holds 3
+                assert "holds 3 jobs for model 'flux' (limit 3)" in full.json()["detail"]
                 assert http.post("/v1/renders", json=body()).status_code == 202  # default's held 2
                 # A flux worker takes one job (what its XREADGROUP does): running, still on the stream.
                 client.xgroup_create(keys.stream_of("flux"), GROUP, id="0")
