@@ -117,6 +117,12 @@ def test_picking_flux_fits_the_form_and_renders_on_the_flux_worker(page, fleet: 
     assert page.locator("#flux-fields").is_hidden() and "flux" not in page.locator("#curl").input_value()
     assert page.locator("#r-width").get_attribute("step") == "8"
 
+    # The Flux job's card brings it back: its model picked again, with the job's own values.
+    job.locator("button.reuse").click()
+    assert page.locator("#r-model").input_value() == "flux" and page.locator("#sampler-field").is_hidden()
+    assert page.locator("#r-steps").input_value() == "2" and page.locator("#r-flux-steps").input_value() == "1"
+    assert '"model":"flux"' in page.locator("#curl").input_value()
+
 
 def test_the_apis_422_for_what_flux_refuses_is_shown(page) -> None:
     page.select_option("#r-model", "flux")

@@ -260,9 +260,11 @@ async function showImages(config, job) {
 
 function reuseJob(app, job) {
   const r = job.request;
-  if (r.model && !chooseModel(app, r.model)) setStatus(`Model ${r.model} is no longer listed; the form keeps the one chosen.`);
+  const d = app.state.config.render_defaults;
+  const missing = r.model && !chooseModel(app, r.model);
+  // A field the job's model did not take was not sent: the form gets its default back.
   for (const [id, value] of [["r-width", r.width], ["r-height", r.height], ["r-steps", r.steps], ["r-guidance", r.guidance_scale],
-    ["r-images", r.num_images], ["r-seed", r.seed ?? ""], ["r-negative", r.negative_prompt]]) {
+    ["r-images", r.num_images], ["r-seed", r.seed ?? ""], ["r-negative", r.negative_prompt ?? d.negative_prompt]]) {
     $(id).value = value;
   }
   if (r.sampler) $("r-sampler").value = r.sampler;
@@ -278,7 +280,8 @@ function reuseJob(app, job) {
   updateAspect();
   app.state.selected = null;
   app.canvasEdited(clone(r.canvas), "reuse");
-  setStatus(`The canvas and parameters of render ${job.id} are in the editor.`);
+  const note = missing ? ` Its model ${r.model} is no longer listed: the form keeps the model chosen.` : "";
+  setStatus(`The canvas and parameters of render ${job.id} are in the editor.${note}`);
 }
 
 async function cancelJob(config, job) {
