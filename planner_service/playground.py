@@ -23,7 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from planner_service.prompting import EDIT_LEAD_IN
 from shared.canvas import MAX_DETAILED_DESCRIPTIONS, MAX_LOCAL_DESCRIPTIONS, MAX_STRING_LENGTH
 from shared.contract import AREAS, COLORS, LLM_DEFAULTS, LOCATIONS, OFFSETS, RENDER_DEFAULTS
-from shared.jobs import DEFAULT_SAMPLER, MAX_IMAGES, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE, Sampler
+from shared.jobs import DEFAULT_SAMPLER, MAX_IMAGES, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE, FluxOptions, Sampler
 
 STATIC_URL = "/playground/static"
 CONFIG_URL = "/playground/config.json"
@@ -57,6 +57,7 @@ def playground_config(render_api_url: str, default_size: tuple[int, int] | None 
             "negative_prompt": RENDER_DEFAULTS["negative_prompt"],
             "hires_fix": RENDER_DEFAULTS["hires_fix"],
         },
+        "flux_defaults": FluxOptions().model_dump(),  # the regional knobs' defaults (a Flux model's form)
         "llm_defaults": {"temperature": LLM_DEFAULTS["temperature"]},
         "edit_lead_in": EDIT_LEAD_IN,
         "limits": {

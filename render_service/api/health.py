@@ -74,8 +74,9 @@ async def readyz(settings: SettingsDep, store: StoreDep) -> Response:
 class _Snapshot(Collector):
     """Metric families built from one read of Redis, for one scrape (``stats`` None: Redis did not answer)."""
 
-    def __init__(self, stats: QueueStats | None) -> None:
+    def __init__(self, stats: QueueStats | None, depth_limit: int | None = None) -> None:
         self.stats = stats
+        self.depth_limit = depth_limit
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
@@ -84,12 +85,27 @@ class _Snapshot(Collector):
         if self.stats is None:
             return
         stats, counters = self.stats, self.stats.counters
-        yield GaugeMetricFamily(
-            "omost_render_queue_depth", "Jobs on the stream (queued or running).", value=stats.depth
+        # Per model: each model has its own stream, fleet, scaler and depth limit. A total is a sum over
+        # the label (sum without (model)), so no unlabelled "all models" series is mixed in.
+        depth = GaugeMetricFamily(
+            "omost_render_queue_depth",
+            "Jobs on the model's stream (queued or running); OMOST_QUEUE_MAX_DEPTH bounds each model's.",
+            labels=["model"],
         )
-        jobs = GaugeMetricFamily("omost_render_jobs", "Jobs now queued or running.", labels=["status"])
-        jobs.add_metric(["queued"], max(0, stats.depth - stats.pending))
-        jobs.add_metric(["running"], stats.pending)
+        jobs = GaugeMetricFamily(
+            "omost_render_jobs", "Jobs now queued or running, per model.", labels=["model", "status"]
+        )
+        for model, queue in sorted(stats.queues.items()):
+            depth.add_metric([model], queue.depth)
+            jobs.add_metric([model, "queued"], max(0, queue.depth - queue.pending))
+            jobs.add_metric([model, "running"], queue.pending)
+        yield depth
+        if self.depth_limit is not None:
+            yield GaugeMetricFamily(
+                "omost_render_queue_depth_limit",
+                "OMOST_QUEUE_MAX_DEPTH: submits for a model whose stream holds this many jobs get 429.",
+                value=self.depth_limit,
+            )
         yield jobs
         finished = CounterMetricFamily("omost_render_jobs_finished", "Jobs that ended, by status.", labels=["status"])
         for name in sorted(TERMINAL_STATUSES):
@@ -187,5 +203,5 @@ async def metrics(settings: SettingsDep, store: StoreDep) -> Response:
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
         stats = None
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(stats))
+    registry.register(_Snapshot(stats, settings.max_queue_depth))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -6,14 +6,17 @@ import redis.exceptions
 
 
 class QueueFull(Exception):
-    """The stream holds ``depth`` jobs, at or over the configured limit."""
+    """The stream of ``model`` holds ``depth`` jobs, at or over the configured limit (it holds per model)."""
 
     http_status = 429  # the services' problem handlers read it (the contract imports no web framework)
 
-    def __init__(self, depth: int, limit: int) -> None:
-        super().__init__(f"the render queue holds {depth} jobs (limit {limit}); try again later")
+    def __init__(self, depth: int, limit: int, model: str | None = None) -> None:
+        # The model is named: the limit is each model's, so another model's jobs may still be taken.
+        whose = f" for model {model!r}" if model is not None else ""
+        super().__init__(f"the render queue holds {depth} jobs{whose} (limit {limit}); try again later")
         self.depth = depth
         self.limit = limit
+        self.model = model
 
 
 class IdempotencyConflict(Exception):

@@ -20,6 +20,7 @@ import redis.asyncio
 from redis.exceptions import ResponseError
 
 from shared.jobs import (
+    DEFAULT_MODEL,
     JOB_ID_PATTERN,
     TERMINAL_STATUSES,
     JobEvent,
@@ -33,7 +34,7 @@ from shared.queue.durability import Durability
 from shared.queue.errors import JobNotFound, OverBudget, QueueFull
 from shared.queue.images import ImageRedirect, ImageStore, ImageStoreUnavailable, RedisImages
 from shared.queue.keys import EVENT_FIELD, MESSAGE_FIELD, QueueKeys
-from shared.queue.models import list_models
+from shared.queue.models import find_model, list_models
 from shared.queue.record import JobRecord, Rec
 from shared.queue.settings import QueueSettings
 from shared.queue.submit import SubmitQuota, Submitted, submit
@@ -46,6 +47,10 @@ MAX_PAGE = 100
 MAX_SCANNED = 1000  # index entries one listing may read while filtering; bounds its cost
 CURSOR_PATTERN = re.compile(r"^(\d{1,17}):([A-Za-z0-9_-]{1,64})$")
 EVENTS_PER_READ = 100
+MODEL_CACHE_SECONDS = 2.0
+"""How long a submit trusts a model registration it read, and never past that registration's own
+expiry: a model whose last registration expired is refused at once, a newly registered one is found at
+once (only what is served is kept), and a worker with other defaults under the same name is seen within this."""
 
 
 def idempotency_scope(submitter: str, key: str) -> str:
@@ -73,6 +78,8 @@ class RenderQueue:
         self.keys = settings.keys
         self.image_stores = list(image_stores) or [RedisImages(self.keys)]
         self.redirect = redirect
+        self._served: dict[str, tuple[ModelInfo, float]] = {}
+        """Model name -> (its registration, monotonic time until which it may be trusted): :meth:`model`."""
 
     # --- submit --------------------------------------------------------------------------------
 
@@ -87,7 +94,7 @@ class RenderQueue:
         limit = self.settings.max_queue_depth
         stream = self.keys.stream_of(model)
         if limit is not None and (depth := int(await self.redis.xlen(stream))) >= limit:
-            raise QueueFull(depth, limit)
+            raise QueueFull(depth, limit, model or DEFAULT_MODEL)
 
     async def submit(
         self,
@@ -238,6 +245,22 @@ class RenderQueue:
     async def models(self) -> list[ModelInfo]:
         """The models workers serve (registered within their TTL): :func:`shared.queue.models.list_models`."""
         return await list_models(self.redis, self.keys)
+
+    async def model(self, name: str) -> ModelInfo | None:
+        """``name``'s registration if a worker registered it within its TTL, else None (``workers``
+        not counted). What every submit asks: kept for :data:`MODEL_CACHE_SECONDS` but never past the
+        registration's own expiry, else one round trip (:func:`shared.queue.models.find_model`)."""
+        now = time.monotonic()
+        cached = self._served.get(name)
+        if cached is not None and now < cached[1]:
+            return cached[0]
+        info, left = await find_model(self.redis, self.keys, name)
+        if info is None:
+            self._served.pop(name, None)  # not kept: a worker registering it is seen by the next submit
+        else:
+            # Measured from before the read, so the entry ends no later than the registration does.
+            self._served[name] = (info, now + min(MODEL_CACHE_SECONDS, left))
+        return info
 
     async def queue_position(self, job_id: str, page: int = 100, *, model: str | None = None) -> int | None:
         """The job's 1-based place among the stream entries no worker has taken yet; None if not among them.

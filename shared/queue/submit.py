@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 import redis.asyncio
 
-from shared.jobs import RenderRequest, megapixel_steps, over_budget
+from shared.jobs import DEFAULT_MODEL, RenderRequest, megapixel_steps, over_budget
 from shared.queue.durability import Durability
 from shared.queue.errors import IdempotencyConflict, OverBudget, QueueFull, QuotaExceeded
 from shared.queue.keys import DEFAULT_PREFIX, DEFAULT_TTL_SECONDS, EVENT_FIELD, MESSAGE_FIELD, QueueKeys
@@ -219,7 +219,7 @@ async def submit(
     if outcome[0] == "quota_jobs":
         raise QuotaExceeded.jobs(int(outcome[1]), at_once or 0)
     if outcome[0] == "full":
-        raise QueueFull(int(outcome[1]), max_queue_depth or 0)
+        raise QueueFull(int(outcome[1]), max_queue_depth or 0, request.model or DEFAULT_MODEL)
     if outcome[0] == "replay":
         if outcome[2] != fingerprint:
             raise IdempotencyConflict(outcome[1])

@@ -49,14 +49,18 @@ async def fit_model(queue: RenderQueue, request: RequestT, *, loc: tuple[str, ..
     A request for the default model is taken as it is while no model at all is registered (a
     deployment whose workers have not started yet, or a client enqueuing through plain Redis)."""
     name = request.model or DEFAULT_MODEL
-    served = await queue.models()
-    info = next((m for m in served if m.name == name), None)
+    info = await queue.model(name)  # one round trip at most (RenderQueue.model)
     if info is None:
-        if name == DEFAULT_MODEL and not served:
-            return request
-        names = ", ".join(m.name for m in served) or "none"
-        msg = f"no worker serves model {name!r} (served here: {names}; GET /v1/models lists them)"
-        raise RequestValidationError([{"type": "model_not_served", "loc": (*loc, "model"), "msg": msg}])
+        # The rare path: read the whole registry, for the error's list of what is served (and a model
+        # registered between the two reads is taken after all).
+        served = await queue.models()
+        info = next((m for m in served if m.name == name), None)
+        if info is None:
+            if name == DEFAULT_MODEL and not served:
+                return request
+            names = ", ".join(m.name for m in served) or "none"
+            msg = f"no worker serves model {name!r} (served here: {names}; GET /v1/models lists them)"
+            raise RequestValidationError([{"type": "model_not_served", "loc": (*loc, "model"), "msg": msg}])
     try:
         return fit_request(request, info)
     except ModelMismatch as exc:

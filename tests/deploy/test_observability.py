@@ -39,13 +39,13 @@ def promtool(*args: str, cwd: Path = OBSERVABILITY) -> str:
 
 def exported_names() -> set[str]:
     """Every sample name the planner's and the render API's /metrics produce (from their own collectors)."""
-    render = _Snapshot(QueueStats(live_workers=1, heartbeats={"w": 1.0}, busy={"w": True}))
+    render = _Snapshot(QueueStats(live_workers=1, heartbeats={"w": 1.0}, busy={"w": True}), depth_limit=1000)
     families = [*PlannerMetrics().registry.collect(), *render.collect()]
     return {sample.name for family in families for sample in family.samples} | {"up"}
 
 
 def exported_families() -> set[str]:
-    render = _Snapshot(QueueStats(heartbeats={"w": 1.0}, busy={"w": True}))
+    render = _Snapshot(QueueStats(heartbeats={"w": 1.0}, busy={"w": True}), depth_limit=1000)
     return {family.name for family in [*PlannerMetrics().registry.collect(), *render.collect()]}
 
 

@@ -7,14 +7,14 @@
 //   canvas_model.js  validation and normal form      changes.js  what an edit changed
 //   stage.js         composition, boxes, drag, keys   fields.js   the fields editor
 //   views.js         code and JSON views, tabs        chat.js     prompt, streamed plans, turns
-//   jobs.js          render form, job cards
+//   jobs.js          render form, job cards        models.js   the model picker (GET /v1/models)
 
 import { requestJSON } from "./api.js";
 import { clone } from "./canvas_model.js";
 import { renderTurns, setupChat } from "./chat.js";
 import { $, setStatus, showError } from "./dom.js";
 import { renderFields } from "./fields.js";
-import { setupRenderForm, updateCurl } from "./jobs.js";
+import { setupRenderForm, updateAspect, updateCurl } from "./jobs.js";
 import { makeLayout } from "./layout.js";
 import { addRegion, deleteRegion, renderBoxes, renderLayers, renderStage } from "./stage.js";
 import { createState, STARTER } from "./state.js";
@@ -49,6 +49,11 @@ function makeApp(state) {
       renderLayers(app);
       renderFields(app);
       if (focusBox && typeof index === "number") $("boxes").querySelector(`[data-index="${index}"]`)?.focus();
+    },
+    /** The render form changed (e.g. fitted to another model): the stage's aspect and the curl follow. */
+    renderFormChanged() {
+      updateAspect();
+      updateCurl(state);
     },
     deleteRegion: (index) => deleteRegion(app, index),
     renderFields: () => renderFields(app),

@@ -1,9 +1,11 @@
 // Rendering: the render form, submitting a job, its card with live progress (the job's SSE events,
-// then the final record), its images, cancel, "edit this canvas" and "copy as curl".
+// then the final record), its images, cancel, "edit this canvas" and "copy as curl". The model
+// picker and what it changes in the form are models.js's.
 
 import { ApiError, curlCommand, openEvents, readEvents, requestJSON } from "./api.js";
 import { canvasProblem, clone } from "./canvas_model.js";
 import { $, el, setStatus, showError } from "./dom.js";
+import { chooseModel, fitForm, loadModels, takes } from "./models.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
 
@@ -20,21 +22,39 @@ function absolute(config, url) {
   return new URL(url, `${config.render_api_url}/`).href;
 }
 
-function renderRequest(canvas) {
+/** The Flux knobs that differ from their defaults (none: the model's own), for a model that takes them. */
+function fluxOptions(state) {
+  if (!takes(state, "flux")) return null;
+  const defaults = state.config.flux_defaults;
+  const flux = {};
+  const steps = $("r-flux-steps").value.trim();
+  if (steps !== "") flux.regional_steps = Number(steps);
+  const base = Number($("r-flux-base").value);
+  if ($("r-flux-base").value.trim() !== "" && base !== defaults.base_ratio) flux.base_ratio = base;
+  return Object.keys(flux).length ? flux : null;
+}
+
+/** The request the form describes. Only what the chosen model takes is sent: a field the form hides
+ * for it (Flux's one sampler, SDXL's negative prompt and hires fix) is left to the model. */
+function renderRequest(state, canvas) {
   const num = (id) => Number($(id).value);
-  const body = {
-    canvas,
+  const body = { canvas };
+  const model = $("r-model").value;
+  if (model) body.model = model;
+  Object.assign(body, {
     width: num("r-width"),
     height: num("r-height"),
     steps: num("r-steps"),
     guidance_scale: num("r-guidance"),
-    sampler: $("r-sampler").value,
-    num_images: num("r-images"),
-    negative_prompt: $("r-negative").value,
-  };
+  });
+  if (!$("sampler-field").hidden) body.sampler = $("r-sampler").value;
+  body.num_images = num("r-images");
+  if (takes(state, "negative_prompt")) body.negative_prompt = $("r-negative").value;
   const seed = $("r-seed").value.trim();
   if (seed !== "") body.seed = Number(seed);
-  if ($("r-hires").checked) {
+  const flux = fluxOptions(state);
+  if (flux) body.flux = flux;
+  if (takes(state, "hires_fix") && $("r-hires").checked) {
     body.hires_fix = { scale: num("r-hires-scale"), steps: num("r-hires-steps"), denoise: num("r-hires-denoise") };
   }
   return body;
@@ -42,7 +62,7 @@ function renderRequest(canvas) {
 
 export function updateCurl(state) {
   if (!state.canvas) return;
-  $("curl").value = curlCommand(renderApi(state.config, "/v1/renders"), renderRequest(state.canvas), { token: Boolean($("r-token").value.trim()) });
+  $("curl").value = curlCommand(renderApi(state.config, "/v1/renders"), renderRequest(state, state.canvas), { token: Boolean($("r-token").value.trim()) });
 }
 
 async function copyCurl(state) {
@@ -75,7 +95,7 @@ async function render(app, event) {
     showError("render-error", problem);
     return;
   }
-  const body = renderRequest(state.canvas);
+  const body = renderRequest(state, state.canvas);
   $("render-submit").disabled = true;
   try {
     const accepted = await requestJSON(renderApi(state.config, "/v1/renders"), { method: "POST", body, headers: renderHeaders() });
@@ -84,11 +104,25 @@ async function render(app, event) {
     setStatus(`Render ${job.id} queued.`);
     followJob(state.config, job);
   } catch (err) {
-    showError("render-error", err.message);
-    setStatus("Render refused.");
+    const refusal = modelRefusal(err, body.model || state.defaultModel || "default");
+    showError("render-error", refusal || err.message);
+    $("render-error").dataset.kind = refusal ? "model" : "";
+    setStatus(refusal ? "Render refused: the model cannot take it." : "Render refused.");
+    // The model went away since the list was read: read it again, so the picker shows what is served.
+    if (err.body?.errors?.some((e) => e.type === "model_not_served")) loadModels(app, renderHeaders);
   } finally {
     $("render-submit").disabled = false;
   }
+}
+
+/** The 422 of a model the render API refuses (not served, or asked for what it lacks), in words; null
+ * for any other error. Each of the API's field errors is listed as it said it. */
+function modelRefusal(err, model) {
+  const errors = err.status === 422 && Array.isArray(err.body?.errors) ? err.body.errors : [];
+  const mine = errors.filter((e) => String(e.type || "").startsWith("model_"));
+  if (!mine.length) return null;
+  const said = mine.map((e) => `${(e.loc || []).slice(1).join(".")}: ${e.msg}`).join("; ");
+  return `The render API refused model ${JSON.stringify(model)} (422): ${said}`;
 }
 
 function addJobCard(app, job) {
@@ -98,8 +132,10 @@ function addJobCard(app, job) {
   const cancel = el("button", { type: "button", class: "danger cancel", text: "Cancel", onclick: () => cancelJob(app.state.config, job) });
   const r = job.request;
   const params = [
-    `${r.width}×${r.height}`, `${r.steps} steps`, `guidance ${r.guidance_scale}`, r.sampler,
+    r.model || "default model",
+    `${r.width}×${r.height}`, `${r.steps} steps`, `guidance ${r.guidance_scale}`, r.sampler ?? null,
     `seed ${r.seed ?? "random"}`, `${r.num_images} image${r.num_images > 1 ? "s" : ""}`,
+    r.flux ? `Flux ${Object.entries(r.flux).map(([k, v]) => `${k.replace("_", " ")} ${v}`).join(", ")}` : null,
     r.hires_fix ? `hires ×${r.hires_fix.scale}, ${r.hires_fix.steps} steps, denoise ${r.hires_fix.denoise}` : null,
   ].filter(Boolean).join(" · ");
   const card = el(
@@ -224,11 +260,16 @@ async function showImages(config, job) {
 
 function reuseJob(app, job) {
   const r = job.request;
+  const d = app.state.config.render_defaults;
+  const missing = r.model && !chooseModel(app, r.model);
+  // A field the job's model did not take was not sent: the form gets its default back.
   for (const [id, value] of [["r-width", r.width], ["r-height", r.height], ["r-steps", r.steps], ["r-guidance", r.guidance_scale],
-    ["r-images", r.num_images], ["r-seed", r.seed ?? ""], ["r-negative", r.negative_prompt]]) {
+    ["r-images", r.num_images], ["r-seed", r.seed ?? ""], ["r-negative", r.negative_prompt ?? d.negative_prompt]]) {
     $(id).value = value;
   }
-  $("r-sampler").value = r.sampler;
+  if (r.sampler) $("r-sampler").value = r.sampler;
+  $("r-flux-steps").value = r.flux?.regional_steps ?? "";
+  $("r-flux-base").value = r.flux?.base_ratio ?? app.state.config.flux_defaults.base_ratio;
   $("r-hires").checked = Boolean(r.hires_fix);
   $("r-hires").dispatchEvent(new Event("change"));
   if (r.hires_fix) {
@@ -239,7 +280,8 @@ function reuseJob(app, job) {
   updateAspect();
   app.state.selected = null;
   app.canvasEdited(clone(r.canvas), "reuse");
-  setStatus(`The canvas and parameters of render ${job.id} are in the editor.`);
+  const note = missing ? ` Its model ${r.model} is no longer listed: the form keeps the model chosen.` : "";
+  setStatus(`The canvas and parameters of render ${job.id} are in the editor.${note}`);
 }
 
 async function cancelJob(config, job) {
@@ -270,10 +312,16 @@ export function setupRenderForm(app) {
   $("r-negative").value = d.negative_prompt;
   $("r-hires-steps").value = d.hires_fix.steps;
   $("r-hires-denoise").value = d.hires_fix.denoise;
+  $("r-flux-base").value = state.config.flux_defaults.base_ratio;
   $("r-token").value = sessionStorage.getItem("omost-render-token") || "";
   $("plan-token").value = sessionStorage.getItem("omost-planner-token") || "";
   $("plan-token").addEventListener("change", () => sessionStorage.setItem("omost-planner-token", $("plan-token").value.trim()));
-  $("r-token").addEventListener("change", () => sessionStorage.setItem("omost-render-token", $("r-token").value.trim()));
+  $("r-token").addEventListener("change", () => {
+    sessionStorage.setItem("omost-render-token", $("r-token").value.trim());
+    if (state.config.render_api_url) loadModels(app, renderHeaders);  // a token may open the list
+  });
+  $("r-model").addEventListener("change", () => fitForm(app));
+  $("models-reload").addEventListener("click", () => loadModels(app, renderHeaders));
   $("r-hires").addEventListener("change", () => {
     $("hires-fields").hidden = !$("r-hires").checked;
     $("hires-fields").disabled = !$("r-hires").checked;
@@ -285,4 +333,5 @@ export function setupRenderForm(app) {
   $("render-form").addEventListener("submit", (event) => render(app, event));
   $("copy-curl").addEventListener("click", () => copyCurl(state));
   updateAspect();
+  if (state.config.render_api_url) loadModels(app, renderHeaders);
 }

@@ -39,5 +39,7 @@ export function createState(config, layout) {
     planAbort: null,
     drag: null,
     userEdited: false,
+    models: [], // GET /v1/models's list (empty: not read, or it failed): models.js
+    defaultModel: null, // the name a request without `model` gets, as the render API says
   };
 }
