@@ -30,7 +30,7 @@ from planner_service.llm.client import (
 from planner_service.metrics import PlannerMetrics
 from planner_service.prompting import build_messages, previous_canvas, with_canvas
 from planner_service.settings import PlannerSettings
-from planner_service.subjects import distinct_subjects, noun_phrases, prompt_tags, word_forms
+from planner_service.subjects import distinct_subjects, noun_phrases, prompt_style, prompt_tags, word_forms
 from shared.canvas import Canvas
 from shared.grammar import ContentLimits, Profile, RegionShape, omost_grammar
 from shared.jobs import MAX_SEED
@@ -206,12 +206,20 @@ class Planner:
             for s in subjects
         )
         tags = tuple(prompt_tags(request.prompt, limit=PROMPT_TAGS))
-        return AnswerConstraints(self._subject_grammar(profile, shapes, tags), banned_words=_spellings(negated))
+        grammar = self._subject_grammar(profile, shapes, tags, prompt_style(request.prompt))
+        return AnswerConstraints(grammar, banned_words=_spellings(negated))
 
     @staticmethod
-    def _subject_grammar(profile: Profile, shapes: tuple[RegionShape, ...], global_tags: tuple[str, ...] = ()) -> str:
+    def _subject_grammar(
+        profile: Profile, shapes: tuple[RegionShape, ...], global_tags: tuple[str, ...] = (), style: str | None = None
+    ) -> str:
         return omost_grammar(
-            profile, limits=SHAPED_LIMITS, max_regions=MAX_SUBJECT_REGIONS, regions=shapes, global_tags=global_tags
+            profile,
+            limits=SHAPED_LIMITS,
+            max_regions=MAX_SUBJECT_REGIONS,
+            regions=shapes,
+            global_tags=global_tags,
+            region_style=style,
         )
 
     def _max_tokens(self, request: PlanInput) -> int:

@@ -51,6 +51,7 @@ STYLE_WORDS = split_words(
     """
 )
 """Words that say how to draw, not what: they belong to the whole image, not to a region."""
+_EMPTY_STYLE_WORDS = frozenset({"style", "view", "shot", "lighting"})
 
 _IRREGULAR_PLURALS = {
     "children": "child", "men": "man", "women": "woman", "people": "person", "mice": "mouse", "geese": "goose",
@@ -132,13 +133,16 @@ def _phrase_subject(run: list[str]) -> Subject | None:
 
 def _runs(text: str, stops: frozenset[str]) -> Iterator[tuple[list[str], bool, bool]]:
     """Runs of words between stop words, each with whether a negation governs it and whether it is a
-    verb: a long -ing word ends a run and comes as a run of its own (a content word, never a subject)."""
+    verb: a long -ing word, or a long -ed word after another, ends a run and comes as a run of its own
+    (a content word, never a subject)."""
     for clause in _CLAUSE.split(text):
         run: list[str] = []
         negating = False
         for word in [*words(clause), ""]:
             low = word.lower()
-            verb = low.endswith("ing") and len(low) > 5 and low not in stops
+            # "-ed" after a noun is its verb too ("Cat curled up": the cat is the subject, not "curled");
+            # before one it describes it ("striped cat").
+            verb = len(low) > 5 and low not in stops and (low.endswith("ing") or (low.endswith("ed") and bool(run)))
             if word and low not in stops and low not in NEGATIONS and not verb:
                 run.append(word)
                 continue
@@ -176,6 +180,26 @@ def prompt_tags(prompt: str, limit: int = 12, words_per_tag: int = 5) -> list[st
             for start in range(0, len(run), words_per_tag):
                 tags.setdefault(" ".join(run[start : start + words_per_tag]).replace("’", "'"), None)
     return list(tags)[:limit]
+
+
+def prompt_style(prompt: str) -> str | None:
+    """The prompt's own style words, run by run, as one phrase: "an oil painting of a ship, cinematic"
+    -> ``"Oil painting, cinematic"``; None when it names no style. Every region's ``style`` opens with
+    them (its sub-prompt then asks for the style too); negated ones ("no cartoon") are left out."""
+    negated = set(noun_phrases(prompt)[1])
+    runs: list[list[str]] = [[]]
+    for word in words(prompt):
+        low = word.lower()
+        if low in STYLE_WORDS and lemma(word) not in negated:
+            runs[-1].append(word.lower())
+        elif runs[-1]:
+            runs.append([])
+    # A lone "style" or "view" says nothing of its own ("in the style of ...").
+    phrases = dict.fromkeys(" ".join(run) for run in runs if run and not set(run) <= _EMPTY_STYLE_WORDS)
+    if not phrases:
+        return None
+    style = ", ".join(phrases)
+    return style[:1].upper() + style[1:]
 
 
 def word_forms(word: str) -> tuple[str, ...]:

@@ -168,6 +168,15 @@ def test_the_prompts_words_open_the_global_tags_and_negated_or_removed_words_are
     assert changed.banned_words == ()  # a corgi is still a dog
 
 
+def test_the_prompts_style_opens_every_regions_style() -> None:
+    planner = make_planner([GOOD], [], subject_constraints=True, grammar_profile="strict-content")
+    styled = planner.constraints(PlanInput(prompt="an oil painting of a ship in a storm"))
+    assert 'region-style ::= "\'" "Oil painting" style-rest-sq' in (styled.grammar or "")
+    assert '"style" eq region-style' in (styled.grammar or "")
+    plain = planner.constraints(PlanInput(prompt="a ship in a storm"))
+    assert "region-style" not in (plain.grammar or "")
+
+
 def test_banned_words_reach_the_server() -> None:
     seen: list[dict] = []
     planner = make_planner([GOOD], seen, subject_constraints=True, llm_kind="vllm")

@@ -108,6 +108,19 @@ def test_the_global_tags_open_with_the_prompts_words(profile) -> None:
     assert accepts(grammar, exact)  # the model need not add any
 
 
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_regions_style_opens_with_the_prompts_style(profile) -> None:
+    grammar = omost_grammar(profile, regions=SHAPES, region_style="Oil painting")
+    plain = code("Grey cat.", "Brown dog.")
+    styled = plain.replace(f"style={CAT.style!r}", "style='Oil painting, soft light.'")
+    assert styled.count("Oil painting") == 2  # both regions (the two share one style)
+    assert accepts(grammar, styled)
+    assert accepts(omost_grammar("permissive"), styled)  # still Omost code
+    assert not accepts(grammar, plain)  # a style without the prompt's words
+    with pytest.raises(ValueError, match="opening"):
+        omost_grammar(profile, regions=SHAPES, region_style="oil'); import os #")
+
+
 def test_global_tags_are_checked_and_bounded() -> None:
     with pytest.raises(ValueError, match="opening"):
         omost_grammar("strict-content", global_tags=("cat'); import os #",))

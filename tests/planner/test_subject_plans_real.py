@@ -32,6 +32,16 @@ def test_each_subject_opens_one_region(planner: RunningPlanner) -> None:
     assert openings[2].startswith("Cat"), openings
 
 
+def test_the_prompts_style_is_every_regions_style(planner: RunningPlanner) -> None:
+    """Issue 25 §4: a style the prompt asks for was often written only in the copied global tags, so no
+    region's sub-prompt asked for it; every region's style now opens with it, by construction."""
+    data = plan(planner, prompt="an oil painting of a sailing ship in a storm", seed=4, max_new_tokens=LONG)
+    canvas = check_plan(data)
+    assert canvas.local_descriptions, "no region to carry the style"
+    styles = [r.style for r in canvas.local_descriptions]
+    assert all(style.startswith("Oil painting") for style in styles), styles
+
+
 def test_a_prompt_with_no_subject_still_plans(planner: RunningPlanner) -> None:
     check_plan(plan(planner, prompt="in the of and", seed=1))
 

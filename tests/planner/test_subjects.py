@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from planner_service.subjects import content_words, extract_subjects, lemma, noun_phrases, prompt_tags, word_forms
+from planner_service.subjects import (
+    content_words,
+    extract_subjects,
+    lemma,
+    noun_phrases,
+    prompt_style,
+    prompt_tags,
+    word_forms,
+)
 
 
 @pytest.mark.parametrize(
@@ -32,6 +40,9 @@ def test_lemma(word: str, expected: str) -> None:
         ("un chat et un chien sur un canapé", ["chat", "chien", "canapé"]),
         ("ein rotes Auto vor einem Haus", ["rotes Auto", "Haus"]),
         ("a cat and two cats", ["cat"]),  # one subject per head lemma
+        # A participle after its noun is its verb ("curled" was read as the subject); before one it describes it.
+        ("Cat curled up on a windowsill", ["Cat", "windowsill"]),
+        ("a striped cat on a sofa", ["striped cat", "sofa"]),
     ],
 )
 def test_subjects_are_the_noun_phrases_in_order(prompt: str, phrases: list[str]) -> None:
@@ -107,3 +118,18 @@ def test_prompt_tags_are_bounded() -> None:
 )
 def test_word_forms(word: str, forms: tuple[str, ...]) -> None:
     assert word_forms(word) == forms
+
+
+@pytest.mark.parametrize(
+    ("prompt", "style"),
+    [
+        ("a watercolor painting of a fox in the snow", "Watercolor painting"),
+        ("pixel art of a knight and a dragon", "Pixel art"),
+        ("an oil painting of a sailing ship in a storm, cinematic", "Oil painting, cinematic"),
+        ("a photo of a cat, no cartoon", "Photo"),  # a negated style is none
+        ("in the style of a dream, a garden", None),  # "style" alone names none
+        ("a cat and a dog on a sofa", None),
+    ],
+)
+def test_the_prompts_style_words(prompt: str, style: str | None) -> None:
+    assert prompt_style(prompt) == style

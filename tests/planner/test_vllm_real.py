@@ -206,7 +206,8 @@ def test_vllm_applies_the_grammar_we_send(vllm: RunningVllm) -> None:
 def fresh_plan(planner: RunningPlanner, vllm: RunningVllm) -> tuple[dict, list[Received]]:
     """One fresh plan the next tests share (plans are the slow part): the answer, and what vLLM got."""
     start = len(vllm.log())
-    data = plan(planner, prompt="a red cube to the left of a blue sphere and a cat", seed=3, max_new_tokens=LONG)
+    prompt = "an oil painting of a red cube to the left of a blue sphere and a cat"
+    data = plan(planner, prompt=prompt, seed=3, max_new_tokens=LONG)
     return data, received(vllm, start)
 
 
@@ -220,6 +221,9 @@ def test_a_fresh_plan_follows_the_per_request_grammar(fresh_plan: tuple[dict, li
     assert len(openings) == 3, openings
     assert openings[0].startswith("Red cube") and openings[1].startswith("Blue sphere"), openings
     assert openings[2].startswith("Cat"), openings
+    # The prompt's style opens every region's style (issue 25 §4: it used to reach only the global tags).
+    styles = [r.style for r in canvas.local_descriptions]
+    assert all(style.startswith("Oil painting") for style in styles), styles
     (request,) = requests
     assert "grammar='# Omost canvas code, profile \\'strict-content\\'" in request.line
     assert "frequency_penalty=0.3" in request.line and f"max_tokens={LONG}" in request.line
