@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from render_service.engine.backends import dense_backend
+from render_service.engine.backends import JointAttentionBackend, default_attention, joint_allowed, joint_backend
 from shared.layout import CanvasLayout, Condition
 
 __all__ = [
@@ -95,19 +95,6 @@ def condition_prompt(condition: Condition) -> str:
     return " ".join((*condition.prefixes, *condition.suffixes))
 
 
-def joint_allowed(token_condition: torch.Tensor, covered: torch.Tensor) -> torch.Tensor:
-    """The joint mask ``A`` of the module docstring, ``(T + N, T + N)`` bool.
-
-    ``token_condition`` ``(T,)`` long: each text token's condition; ``covered`` ``(C, N)`` bool:
-    which image tokens each condition covers.
-    """
-    text_covers = covered[token_condition]  # (T, N)
-    top = torch.cat([token_condition[:, None] == token_condition[None, :], text_covers], dim=1)
-    pixels = covered.shape[1]
-    bottom = torch.cat([text_covers.T, torch.ones(pixels, pixels, dtype=torch.bool, device=covered.device)], dim=1)
-    return torch.cat([top, bottom], dim=0)
-
-
 def reference_joint_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -126,31 +113,37 @@ def reference_joint_attention(
     return torch.einsum("bhij,bjhd->bihd", weights, v)
 
 
+JointKernel = Callable[
+    ["FluxRegionalInputs", torch.Tensor, torch.Tensor, torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor | None]
+]
+
+
 def joint_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
-) -> torch.Tensor:
-    """Masked attention over ``(B, S, H, D)`` tensors with an optional ``(R, S)`` bool mask (True: may
-    attend), through the registry's dense backend (kernels are chosen only in ``backends/``), which
-    takes keys with the softmax scale already folded in."""
-    folded = key * key.shape[-1] ** -0.5
-    out = dense_backend().attend(query.transpose(1, 2), folded.transpose(1, 2), value.transpose(1, 2), mask)
-    return out.transpose(1, 2)
+    regional: FluxRegionalInputs, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, base: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The job's masked joint attention over ``(B, S, H, D)`` tensors through its backend (chosen in
+    the registry, never here): the masked output and, if ``base``, the base pass's image rows."""
+    mask = regional.mask(query.device, query.shape[0])
+    return regional.backend.joint_attend(query, key, value, mask, base)
 
 
 @dataclass
 class FluxRegionalInputs:
     """One job's regional state, handed to every processor as ``joint_attention_kwargs["regional"]``."""
 
-    allowed: torch.Tensor | None
-    """The joint mask ``(S, S)``; None when there is only the global condition (stock attention)."""
-    base_allowed: torch.Tensor | None
-    """The base pass's mask: every row sees the global prompt's text and the image, nothing else."""
-    text_length: int
+    token_condition: torch.Tensor
+    """(T,) long: each text token's condition."""
+    covered: torch.Tensor | None
+    """(C, N) bool: which image tokens each condition covers; None when there is only the global
+    condition (stock attention)."""
     options: FluxRegionalOptions = field(default_factory=FluxRegionalOptions)
     key_scale: torch.Tensor | None = None
     """``(S,)``: the area factor image rows apply to each key's score (None: no factor)."""
+    backend: JointAttentionBackend[Any] = field(default_factory=lambda: joint_backend(default_attention("joint")))
+    """The registry's backend that computes the masked attention (``OMOST_RENDER_ATTENTION``)."""
     step: int = 0
     """The denoising step being run; advanced by :meth:`on_step_end`."""
+    _masks: dict[tuple[str, int], Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(
@@ -158,21 +151,46 @@ class FluxRegionalInputs:
         token_condition: torch.Tensor,
         covered: torch.Tensor,
         options: FluxRegionalOptions,
+        backend: JointAttentionBackend[Any] | None = None,
     ) -> FluxRegionalInputs:
-        text_length = len(token_condition)
+        chosen = backend if backend is not None else joint_backend(default_attention("joint"))
         if covered.shape[0] == 1:
-            return cls(None, None, text_length, options)
-        allowed = joint_allowed(token_condition, covered)
-        pixels = covered.shape[1]
-        sees = torch.cat([token_condition == 0, torch.ones(pixels, dtype=torch.bool)])
-        base_allowed = sees[None, :].expand(len(sees), -1).clone()
+            return cls(token_condition, None, options, backend=chosen)
         key_scale = None
         if options.area_weighting:
+            pixels = covered.shape[1]
             area = covered.sum(dim=1).to(torch.float32)
             # A condition that covers no token is masked everywhere; 1 keeps it harmless.
             scale = torch.where(area > 0, pixels / area.clamp(min=1), torch.ones_like(area))
             key_scale = torch.cat([scale[token_condition], torch.ones(pixels)])
-        return cls(allowed, base_allowed, text_length, options, key_scale=key_scale)
+        return cls(token_condition, covered, options, key_scale=key_scale, backend=chosen)
+
+    @property
+    def text_length(self) -> int:
+        return len(self.token_condition)
+
+    def mask(self, device: torch.device, rows: int) -> Any:
+        """The backend's mask for ``rows`` images on ``device``, built on first use and kept for the job."""
+        assert self.covered is not None
+        cached = self._masks.get((str(device), rows))
+        if cached is None:
+            scale = None if self.key_scale is None else self.key_scale[: self.text_length]
+            built = self.backend.joint_mask(self.token_condition, self.covered, scale, rows)
+            cached = self._masks[(str(device), rows)] = self.backend.to(built, device)
+        return cached
+
+    @property
+    def allowed(self) -> torch.Tensor | None:
+        """The dense joint mask ``A`` ``(S, S)`` (for the reference; no backend gets it per call)."""
+        return None if self.covered is None else joint_allowed(self.token_condition, self.covered)
+
+    @property
+    def base_allowed(self) -> torch.Tensor | None:
+        """The base pass's dense mask: every row sees the global prompt's text and the image, nothing else."""
+        if self.covered is None:
+            return None
+        sees = torch.cat([self.token_condition == 0, torch.ones(self.covered.shape[1], dtype=torch.bool)])
+        return sees[None, :].expand(len(sees), -1).clone()
 
     def score_scale(self) -> torch.Tensor | None:
         """``S`` of the module docstring, ``(S, S)``: the reference's view of :attr:`key_scale`."""
@@ -183,7 +201,7 @@ class FluxRegionalInputs:
         return rows
 
     def applies(self, kind: str, index: int) -> bool:
-        if self.allowed is None or self.step >= self.options.regional_steps:
+        if self.covered is None or self.step >= self.options.regional_steps:
             return False
         interval = self.options.double_interval if kind == "double" else self.options.single_interval
         return index % interval == 0
@@ -208,9 +226,7 @@ class FluxRegionalAttnProcessor:
         self.kind = kind
         self.index = index
         self.stock = FluxAttnProcessor()
-        self.attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor] = (
-            joint_attention
-        )
+        self.attend: JointKernel = joint_attention
 
     def __call__(
         self,
@@ -242,27 +258,11 @@ class FluxRegionalAttnProcessor:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
 
-        assert regional.allowed is not None and regional.base_allowed is not None
-        device = query.device
-        text = regional.text_length
-        allowed = regional.allowed.to(device)
-        if regional.key_scale is None:
-            out = self.attend(query, key, value, allowed)
-        else:
-            # Scaling a key scales its score for the rows that use it: the image rows get the
-            # area-scaled keys, the text rows the plain ones, in two calls.
-            scale = regional.key_scale.to(device=device, dtype=key.dtype)[None, :, None, None]
-            out = torch.cat(
-                [
-                    self.attend(query[:, :text], key, value, allowed[:text]),
-                    self.attend(query[:, text:], key * scale, value, allowed[text:]),
-                ],
-                dim=1,
-            )
         ratio = regional.options.base_ratio
-        if ratio > 0:
+        out, base = self.attend(regional, query, key, value, ratio > 0)
+        if base is not None:
             # Only image rows are blended; the base pass sees no region token, so no area factor.
-            base = self.attend(query[:, text:], key, value, regional.base_allowed.to(device)[text:])
+            text = regional.text_length
             out = torch.cat([out[:, :text], ratio * base + (1 - ratio) * out[:, text:]], dim=1)
         out = out.flatten(2, 3).to(query.dtype)
 
@@ -329,12 +329,14 @@ def render_regional_flux(
     options: FluxRegionalOptions | None = None,
     max_sequence_length: int = 512,
     region_tokens: int | None = None,
+    attention: str | None = None,
     **pipe_kwargs: Any,
 ) -> Any:
     """Render ``layout`` with a ``FluxPipeline`` whose transformer has the regional processors.
 
-    Extra keyword arguments go to the pipeline (steps, guidance, generator, output type); the
-    return value is the pipeline's. A ``callback_on_step_end`` given is called after ours.
+    ``attention`` names the registry's backend (default: Flux's, ``packed``). Extra keyword
+    arguments go to the pipeline (steps, guidance, generator, output type); the return value is
+    the pipeline's. A ``callback_on_step_end`` given is called after ours.
     """
     if height % 16 or width % 16:
         raise ValueError(f"Flux sizes must be multiples of 16; got {width}x{height}")
@@ -345,8 +347,9 @@ def render_regional_flux(
         pipe, layout, max_sequence_length=max_sequence_length, region_tokens=region_tokens
     )
     inputs = FluxRegionalInputs.build(
-        token_condition, token_coverage(layout, height, width), options or FluxRegionalOptions()
-    )
+        token_condition, token_coverage(layout, height, width), options or FluxRegionalOptions(),
+        joint_backend(attention or default_attention("joint")),
+    )  # fmt: skip
     then = pipe_kwargs.pop("callback_on_step_end", None)
 
     def on_step_end(pipeline: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
