@@ -115,6 +115,7 @@ def run_table(engine: FluxEngine, args: argparse.Namespace, label: str) -> list[
         regional = FluxRegionalInputs.build(
             token_condition, token_coverage(layout, args.size, args.size), options, joint_backend(engine.attention)
         )
+        regional.prepare(args.device, 1)
         request = RenderRequest(canvas=canvas, width=args.size, height=args.size, steps=args.steps, seed=1,
                                 sampler="euler", guidance_scale=args.guidance)  # fmt: skip
         best: dict[str, float] = {}

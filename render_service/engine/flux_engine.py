@@ -253,6 +253,7 @@ class FluxEngine:
                     regional_options(options, request.steps),
                     self._attention_backend,
                 )
+                inputs.prepare(self.pipeline._execution_device, request.num_images)
 
             def on_step_end(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
                 inputs.on_step_end(pipe, step, timestep, kwargs)

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -127,6 +127,21 @@ def joint_attention(
     return regional.backend.joint_attend(query, key, value, mask, base)
 
 
+def _joint_mask(
+    backend: JointAttentionBackend[Any],
+    token_condition: torch.Tensor,
+    covered: torch.Tensor,
+    key_scale: torch.Tensor | None,
+    rows: int,
+) -> Any:
+    return backend.joint_mask(token_condition, covered, key_scale, rows)
+
+
+# Data-dependent indexing on the CPU, once per job: run eagerly, never traced into a compiled graph
+# (a compiled transformer that reaches it breaks the graph there instead).
+_eager_joint_mask = cast(Callable[..., Any], torch.compiler.disable(_joint_mask))  # type: ignore[no-untyped-call]  # torch leaves it unannotated
+
+
 @dataclass
 class FluxRegionalInputs:
     """One job's regional state, handed to every processor as ``joint_attention_kwargs["regional"]``."""
@@ -170,14 +185,22 @@ class FluxRegionalInputs:
         return len(self.token_condition)
 
     def mask(self, device: torch.device, rows: int) -> Any:
-        """The backend's mask for ``rows`` images on ``device``, built on first use and kept for the job."""
-        assert self.covered is not None
+        """The backend's mask for ``rows`` images on ``device``, built on first use and kept for the job
+        (:meth:`prepare` builds it before the transformer runs)."""
         cached = self._masks.get((str(device), rows))
-        if cached is None:
-            scale = None if self.key_scale is None else self.key_scale[: self.text_length]
-            built = self.backend.joint_mask(self.token_condition, self.covered, scale, rows)
-            cached = self._masks[(str(device), rows)] = self.backend.to(built, device)
-        return cached
+        return cached if cached is not None else self._build_mask(device, rows)
+
+    def prepare(self, device: torch.device | str, rows: int) -> None:
+        """Build the mask before denoising, so no transformer call (compiled or not) builds one."""
+        if self.covered is not None:
+            self.mask(torch.device(device), rows)
+
+    def _build_mask(self, device: torch.device, rows: int) -> Any:
+        assert self.covered is not None
+        scale = None if self.key_scale is None else self.key_scale[: self.text_length]
+        built = _eager_joint_mask(self.backend, self.token_condition, self.covered, scale, rows)
+        mask = self._masks[(str(device), rows)] = self.backend.to(built, device)
+        return mask
 
     @property
     def allowed(self) -> torch.Tensor | None:
@@ -350,6 +373,7 @@ def render_regional_flux(
         token_condition, token_coverage(layout, height, width), options or FluxRegionalOptions(),
         joint_backend(attention or default_attention("joint")),
     )  # fmt: skip
+    inputs.prepare(pipe._execution_device, pipe_kwargs.get("num_images_per_prompt") or 1)
     then = pipe_kwargs.pop("callback_on_step_end", None)
 
     def on_step_end(pipeline: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
