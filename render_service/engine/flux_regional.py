@@ -33,9 +33,23 @@ and ``single_interval``-th single-stream block; elsewhere the attention is stock
 all tokens). Where it is applied, image rows are blended with a base pass that sees only the
 global prompt's text: ``out_img = base_ratio * base + (1 - base_ratio) * masked``.
 
-Not done yet: the mask is dense ``(S, S)`` bool through the registry's dense backend, not a
-packed/Flex kernel. Each region's prompt is ``region_tokens`` T5 tokens (default 128 in a job; the
-global one has the model's ``max_sequence_length``, as stock).
+The attention is computed by the job's joint-attention backend from the registry
+(``OMOST_RENDER_ATTENTION``; :class:`~render_service.engine.backends.JointAttentionBackend`), its
+mask built once per job before denoising. ``packed`` (the default) computes every allowed pair once
+and no other in one variable-length call, with no dense mask: each condition's text rows against
+its text and covered image tokens, the image rows against the image, and each condition's covered
+image rows against its (area-scaled) text, the image rows' partials merged by log-sum-exp; the base
+pass is the merge of the image and global partials alone. ``sdpa`` is the dense ``(S, S)`` mask of
+:func:`joint_allowed` in three SDPA calls. Both equal :func:`reference_joint_attention`.
+
+CPU bench (``bench/flux_bench.py``: tiny Flux [dev], 256², 10 steps, one thread, thread CPU time),
+ours / stock at 1, 5, 12 conditions: dense mask 0.99 / 2.48 / 5.68, ``packed`` 0.99 / 1.96 / 4.31
+(2-core VM at load 3-5 from other work; docs/render-engine.md has the runs). What remains is mostly
+the steps and blocks outside the regional ones, where attention is stock over every region's tokens.
+
+Not done yet: a FlexAttention block mask for the joint layout (``flex`` serves SDXL only). Each
+region's prompt is ``region_tokens`` T5 tokens (default 128 in a job; the global one has the
+model's ``max_sequence_length``, as stock).
 
 Everything reaches the processors through ``joint_attention_kwargs={"regional": ...}``, diffusers'
 own channel to attention processors, and the step count through ``callback_on_step_end``.

@@ -161,7 +161,8 @@ def test_flux_bench_runs_its_tables_on_the_tiny_flux(tmp_path: Path) -> None:
                             "--json", str(tmp_path / "flux.json")])  # fmt: skip
     finally:
         torch.set_num_threads(threads)
-    assert [(r["table"], r["conditions"]) for r in rows] == [("eager", 1), ("eager", 5)]
+    expected = [("eager", 1, "packed"), ("eager", 5, "packed")]  # Flux's default joint backend
+    assert [(r["table"], r["conditions"], r["attention"]) for r in rows] == expected
     assert all(r["stock_s"] > 0 and r["ours_s"] > 0 for r in rows) and rows[1]["text_tokens"] > rows[0]["text_tokens"]
     assert json.loads((tmp_path / "flux.json").read_text())["rows"] == rows
     with pytest.raises(SystemExit) as parsed:
