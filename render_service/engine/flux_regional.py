@@ -43,8 +43,9 @@ pass is the merge of the image and global partials alone. ``sdpa`` is the dense 
 :func:`joint_allowed` in three SDPA calls. Both equal :func:`reference_joint_attention`.
 
 CPU bench (``bench/flux_bench.py``: tiny Flux [dev], 256², 10 steps, one thread, thread CPU time),
-ours / stock at 1, 5, 12 conditions: dense mask 0.99 / 2.48 / 5.68, ``packed`` 0.99 / 1.96 / 4.31
-(2-core VM at load 3-5 from other work; docs/render-engine.md has the runs). What remains is mostly
+ours / stock at 1, 5, 12 conditions over three interleaved runs: dense mask 0.98-1.10 /
+2.35-2.56 / 5.00-5.68, ``packed`` 0.92-0.99 / 1.48-2.15 / 3.01-3.58 (2-core VM at load 3.3-4.9
+from other work; docs/render-engine.md). What remains is mostly
 the steps and blocks outside the regional ones, where attention is stock over every region's tokens.
 
 Not done yet: a FlexAttention block mask for the joint layout (``flex`` serves SDXL only). Each
