@@ -12,7 +12,9 @@ mask in the first 40 % of the steps, the base-ratio blend), the ratio, ours end 
 encoding and decode included), the text tokens and peak memory. Both sides call the same
 ``FluxPipeline.__call__`` on precomputed embeddings and are timed by the same per-step clock.
 ``--compile`` adds the table with the transformer under ``torch.compile`` (``--backend eager``
-runs that code path on a CPU in seconds). Runs are interleaved, the minimum of ``--repeats`` kept.
+runs that code path on a CPU in seconds). ``--attention`` names the joint-attention backend of
+ours (default Flux's, ``packed``; ``sdpa`` is the dense mask). Runs are interleaved, the minimum of
+``--repeats`` kept.
 
     python bench/flux_bench.py                                    # CPU, tiny Flux
     python bench/flux_bench.py --shape full --variant dev --compile   # CUDA, full-size Flux.1 [dev]
@@ -35,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO))
 
+from render_service.engine.backends import joint_backend  # noqa: E402
 from render_service.engine.flux_engine import VARIANT_DEFAULTS, FluxEngine, regional_options  # noqa: E402
 from render_service.engine.flux_regional import FluxRegionalInputs, encode_layout, token_coverage  # noqa: E402
 from render_service.engine.tiny_flux import build_tiny_flux_pipeline  # noqa: E402
@@ -109,7 +112,10 @@ def run_table(engine: FluxEngine, args: argparse.Namespace, label: str) -> list[
             )
             stock_embeds = embeds[:, : int((token_condition == 0).sum())]
         options = regional_options(None, args.steps)
-        regional = FluxRegionalInputs.build(token_condition, token_coverage(layout, args.size, args.size), options)
+        regional = FluxRegionalInputs.build(
+            token_condition, token_coverage(layout, args.size, args.size), options, joint_backend(engine.attention)
+        )
+        regional.prepare(args.device, 1)
         request = RenderRequest(canvas=canvas, width=args.size, height=args.size, steps=args.steps, seed=1,
                                 sampler="euler", guidance_scale=args.guidance)  # fmt: skip
         best: dict[str, float] = {}
@@ -128,7 +134,8 @@ def run_table(engine: FluxEngine, args: argparse.Namespace, label: str) -> list[
             started = time.perf_counter()
             engine.render(request)
             best["e2e"] = min(best.get("e2e", float("inf")), time.perf_counter() - started)
-        row = {"table": label, "conditions": conditions, "text_tokens": int(token_condition.numel()),
+        row = {"table": label, "attention": engine.attention, "conditions": conditions,
+               "text_tokens": int(token_condition.numel()),
                "stock_s": best["stock"], "ours_s": best["ours"], "ratio": best["ours"] / best["stock"],
                "ours_e2e_s": best["e2e"], "peak_gib_stock": peaks["stock"], "peak_gib_ours": peaks["ours"]}  # fmt: skip
         rows.append(row)
@@ -150,6 +157,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU runs)")
     parser.add_argument("--compile", action="store_true", help="also time with the transformer under torch.compile")
     parser.add_argument("--backend", default="inductor", help="torch.compile backend (eager: a CPU smoke run)")
+    parser.add_argument("--attention", help="joint-attention backend of ours (default: Flux's, packed)")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     args = parser.parse_args(argv)
     args.device = args.device or ("cpu" if args.shape == "tiny" else "cuda")
@@ -167,8 +175,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         pipe = build_full_flux(args.device, dtype, schnell=schnell)
     pipe.to(args.device)
     engine = FluxEngine(pipe, model_name=f"random-{args.shape}-{args.variant}", device=args.device, dtype=dtype)
+    if args.attention:
+        engine.set_attention(args.attention)
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.shape} Flux "
-          f"[{args.variant}], {args.size}², {args.steps} steps, {args.device}, min of {args.repeats}")  # fmt: skip
+          f"[{args.variant}], {args.size}², {args.steps} steps, {args.device}, attention {engine.attention}, "
+          f"min of {args.repeats}")  # fmt: skip
     print("| | conditions | text tokens | stock s | ours s | ours / stock | ours e2e s | peak GiB stock / ours |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     rows = run_table(engine, args, "eager")

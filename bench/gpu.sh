@@ -17,11 +17,16 @@ python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffuser
 status=0
 if [ "${1:-}" = "--flux" ]; then
   # Flux side (issue 28): full-size random-weight Flux.1, bf16, 1024², ours vs stock FluxPipeline at
-  # 1/5/12 conditions, eager and compiled, peak memory. [schnell] first (4 steps, short), then [dev]
-  # (28 steps). Never run on a GPU yet: expect to adjust the timeouts on the first run.
+  # 1/5/12 conditions, eager and compiled, peak memory. [schnell] first (4 steps, short), then the
+  # same eager with the dense joint mask, then [dev] (28 steps). Ours runs Flux's default joint
+  # backend, packed (FlashAttention varlen in bf16). Never run on a GPU yet: expect to adjust the
+  # timeouts on the first run.
   echo "== Flux.1 [schnell]: 4 steps, eager and compiled"
   timeout 240 python3 bench/flux_bench.py --shape full --variant schnell --compile --repeats 2 \
     --json "$OUT/flux_schnell.json" 2>&1 | grep -v Warning | tee "$OUT/flux_schnell.log" || status=1
+  echo "== Flux.1 [schnell]: the dense joint mask (--attention sdpa), eager: the packed kernel's baseline"
+  timeout 150 python3 bench/flux_bench.py --shape full --variant schnell --attention sdpa --repeats 2 \
+    --json "$OUT/flux_schnell_sdpa.json" 2>&1 | grep -v Warning | tee "$OUT/flux_schnell_sdpa.log" || status=1
   echo "== Flux.1 [dev]: 28 steps, eager and compiled"
   timeout 420 python3 bench/flux_bench.py --shape full --variant dev --compile --repeats 1 \
     --json "$OUT/flux_dev.json" 2>&1 | grep -v Warning | tee "$OUT/flux_dev.log" || status=1

@@ -115,12 +115,13 @@ class RenderSettings(ServiceSettings, ImageStoreSettings):
     compile: bool = Field(
         default=False, description="torch.compile the UNet (GPU); compiled at worker start for warm_up_sizes."
     )
-    attention: str = Field(
-        default=DEFAULT_ATTENTION,
+    attention: str | None = Field(
+        default=None,
         description="Regional attention backend, one of render_service.engine.backends.ATTENTION_BACKENDS: sdpa "
         "(one masked SDPA call over all tokens), packed (only the pixel-token pairs a region allows, FlashAttention's "
-        "varlen kernel on CUDA fp16/bf16) or flex (FlexAttention with a block mask; needs compile). Same images "
-        "within rounding; a backend that cannot run on the device, dtype or compile mode stops the worker at start.",
+        "varlen kernel on CUDA fp16/bf16) or flex (FlexAttention with a block mask; needs compile; SDXL only). Unset: "
+        f"the model family's default ({DEFAULT_ATTENTION} on SDXL, packed on Flux). Same images within rounding; a "
+        "backend that cannot run on the device, dtype, compile mode or model family stops the worker at start.",
     )
     warm_up_sizes: str = Field(
         default="1024x1024", description="WIDTHxHEIGHT,... rendered once at worker start when compile is on."
@@ -162,8 +163,8 @@ class RenderSettings(ServiceSettings, ImageStoreSettings):
 
     @field_validator("attention")
     @classmethod
-    def _attention_is_registered(cls, name: str) -> str:
-        if name not in ATTENTION_BACKENDS:
+    def _attention_is_registered(cls, name: str | None) -> str | None:
+        if name is not None and name not in ATTENTION_BACKENDS:
             raise ValueError(f"attention must be one of {', '.join(ATTENTION_BACKENDS)}; got {name!r}")
         return name
 

@@ -32,7 +32,7 @@ from render_service.engine.attention import (
     mark_token_dims_dynamic,
     stack_jobs,
 )
-from render_service.engine.backends import DEFAULT_ATTENTION, AttentionBackend, check_attention
+from render_service.engine.backends import DEFAULT_ATTENTION, AttentionBackend, AttentionConfigError, check_attention
 from render_service.engine.batching import OnStep, RenderTask, ShouldCancel, batch_key
 from render_service.engine.families import DEFAULT_FAMILY, ModelFamily, model_family
 from render_service.engine.loading import load_vae, resolve_device, resolve_dtype
@@ -258,6 +258,12 @@ class RenderEngine:
         resolved_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, resolved_device)
         chosen = model_family(family)
+        if chosen.attention_layout != "cross":
+            # Its backends may serve joint attention too; this engine's processors are cross-attention ones.
+            raise AttentionConfigError(
+                f"RenderEngine renders cross-attention families; this model family's is {chosen.attention_layout}: "
+                "load it with render_service.engine.serving.load_engine"
+            )
         check_attention(
             attention, device=resolved_device, dtype=torch_dtype, compiled=compile,
             layout=chosen.attention_layout, contiguous_condition_tokens=chosen.contiguous_condition_tokens,

@@ -45,8 +45,9 @@ def _load_flux(model: str, dtype: torch.dtype, config: str | None) -> Any:
 FAMILIES: dict[str, ModelFamily] = {
     "sdxl": ModelFamily("sdxl", attention_layout="cross", contiguous_condition_tokens=True, load_pipeline=_load_sdxl),
     # Flux.1: regional control through masked joint attention (render_service.engine.flux_regional),
-    # rendered by FluxEngine (render_service.engine.flux_engine). The SDXL RenderEngine has no ``joint``
-    # backend, so RenderEngine.load refuses this family before loading anything; load_engine picks.
+    # rendered by FluxEngine (render_service.engine.flux_engine), whose default backend is packed
+    # (backends.default_attention). RenderEngine.load refuses a ``joint`` family before loading anything;
+    # load_engine picks.
     "flux": ModelFamily("flux", attention_layout="joint", contiguous_condition_tokens=True, load_pipeline=_load_flux),
 }
 DEFAULT_FAMILY = "sdxl"

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from render_service.engine.backends import DEFAULT_ATTENTION, AttentionConfigError
+from render_service.engine.backends import JointAttentionBackend, check_attention, default_attention, joint_backend
 from render_service.engine.batching import OnStep, RenderTask, ShouldCancel
 from render_service.engine.engine import WARM_UP_CANVAS, _Progress, _Timer
 from render_service.engine.families import model_family
@@ -86,8 +86,10 @@ class FluxEngine:
         install_flux_regional_processors(self.transformer)
         self.variant = "dev" if self.transformer.config.guidance_embeds else "schnell"
         self.defaults = VARIANT_DEFAULTS[self.variant]
-        self.attention = DEFAULT_ATTENTION
         self.compiled = False
+        self.attention = default_attention(self.family.attention_layout)
+        """The attention backend of the masked joint attention; see :meth:`set_attention`."""
+        self._attention_backend = self._check_attention(self.attention)
         self._render_lock = threading.Lock()
         self._progress: _Progress | None = None
         blocks = [*self.transformer.transformer_blocks, *self.transformer.single_transformer_blocks]
@@ -106,22 +108,23 @@ class FluxEngine:
         cpu_offload: bool = False,
         config: str | None = None,
         compile: bool = False,
-        attention: str = DEFAULT_ATTENTION,
+        attention: str | None = None,
     ) -> FluxEngine:
         """Load a Flux.1 ``model`` (diffusers folder, hub id, single transformer file with ``config``,
         ``tiny-flux``, ``tiny-flux-schnell``) once per process. ``dtype`` auto is bf16 on accelerators
-        (Flux overflows in fp16) and fp32 on CPU. The masked joint attention runs on the dense (SDPA)
-        backend only: another ``attention`` is an :class:`AttentionConfigError` before anything loads."""
-        if attention != DEFAULT_ATTENTION:
-            raise AttentionConfigError(
-                f"attention {attention!r} cannot serve Flux: its masked joint attention runs on {DEFAULT_ATTENTION!r} "
-                f"only; set OMOST_RENDER_ATTENTION={DEFAULT_ATTENTION}"
-            )
+        (Flux overflows in fp16) and fp32 on CPU. ``attention`` is :meth:`set_attention`'s (None:
+        ``packed``); one that cannot serve Flux's joint attention here is an
+        :class:`~render_service.engine.backends.AttentionConfigError` before anything loads."""
+        attention = attention or default_attention(cls.family.attention_layout)
         resolved_device = resolve_device(device)
         torch_dtype = (
             torch.bfloat16 if dtype == "auto" and resolved_device != "cpu" else resolve_dtype(dtype, resolved_device)
         )
-        key = (str(model), resolved_device, str(torch_dtype), cpu_offload, config, compile)
+        check_attention(
+            attention, device=resolved_device, dtype=torch_dtype, compiled=compile,
+            layout=cls.family.attention_layout, contiguous_condition_tokens=cls.family.contiguous_condition_tokens,
+        )  # fmt: skip
+        key = (str(model), resolved_device, str(torch_dtype), cpu_offload, config, compile, attention)
         with cls._load_lock:
             engine = cls._loaded.get(key)
             if engine is None:
@@ -133,6 +136,7 @@ class FluxEngine:
                 engine = cls(pipeline, model_name=str(model), device=resolved_device, dtype=torch_dtype)
                 if compile:
                     engine.compile_transformer()
+                engine.set_attention(attention)
                 cls._loaded[key] = engine
             return engine
 
@@ -145,6 +149,22 @@ class FluxEngine:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
         self.transformer.compile(**kwargs)
         self.compiled = True
+
+    def set_attention(self, name: str) -> None:
+        """Which registered backend computes the masked joint attention, from the next job on:
+        ``packed`` (the default: every allowed pair once, FlashAttention's varlen kernel on CUDA in
+        bf16/fp16) or ``sdpa`` (the dense ``(S, S)`` mask). Both exact (the float64 reference within
+        rounding). Raises :class:`~render_service.engine.backends.AttentionConfigError` if it cannot
+        serve here (``flex`` serves SDXL only) and keeps the current one."""
+        self._attention_backend = self._check_attention(name)
+        self.attention = name
+
+    def _check_attention(self, name: str) -> JointAttentionBackend[Any]:
+        check_attention(
+            name, device=self.device, dtype=self.dtype, compiled=self.compiled, layout=self.family.attention_layout,
+            contiguous_condition_tokens=self.family.contiguous_condition_tokens,
+        )  # fmt: skip
+        return joint_backend(name)
 
     def model_info(self, name: str) -> ModelInfo:
         """What this engine serves, as the worker registers it under ``name`` (``GET /v1/models``)."""
@@ -228,8 +248,12 @@ class FluxEngine:
                     region_tokens=options.region_tokens,
                 )  # fmt: skip
                 inputs = FluxRegionalInputs.build(
-                    token_condition, token_coverage(layout, height, width), regional_options(options, request.steps)
+                    token_condition,
+                    token_coverage(layout, height, width),
+                    regional_options(options, request.steps),
+                    self._attention_backend,
                 )
+                inputs.prepare(self.pipeline._execution_device, request.num_images)
 
             def on_step_end(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
                 inputs.on_step_end(pipe, step, timestep, kwargs)

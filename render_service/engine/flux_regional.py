@@ -33,9 +33,24 @@ and ``single_interval``-th single-stream block; elsewhere the attention is stock
 all tokens). Where it is applied, image rows are blended with a base pass that sees only the
 global prompt's text: ``out_img = base_ratio * base + (1 - base_ratio) * masked``.
 
-Not done yet: the mask is dense ``(S, S)`` bool through the registry's dense backend, not a
-packed/Flex kernel. Each region's prompt is ``region_tokens`` T5 tokens (default 128 in a job; the
-global one has the model's ``max_sequence_length``, as stock).
+The attention is computed by the job's joint-attention backend from the registry
+(``OMOST_RENDER_ATTENTION``; :class:`~render_service.engine.backends.JointAttentionBackend`), its
+mask built once per job before denoising. ``packed`` (the default) computes every allowed pair once
+and no other in one variable-length call, with no dense mask: each condition's text rows against
+its text and covered image tokens, the image rows against the image, and each condition's covered
+image rows against its (area-scaled) text, the image rows' partials merged by log-sum-exp; the base
+pass is the merge of the image and global partials alone. ``sdpa`` is the dense ``(S, S)`` mask of
+:func:`joint_allowed` in three SDPA calls. Both equal :func:`reference_joint_attention`.
+
+CPU bench (``bench/flux_bench.py``: tiny Flux [dev], 256², 10 steps, one thread, thread CPU time),
+ours / stock at 1, 5, 12 conditions over three interleaved runs: dense mask 0.98-1.10 /
+2.35-2.56 / 5.00-5.68, ``packed`` 0.92-0.99 / 1.48-2.15 / 3.01-3.58 (2-core VM at load 3.3-4.9
+from other work; docs/render-engine.md). What remains is mostly
+the steps and blocks outside the regional ones, where attention is stock over every region's tokens.
+
+Not done yet: a FlexAttention block mask for the joint layout (``flex`` serves SDXL only). Each
+region's prompt is ``region_tokens`` T5 tokens (default 128 in a job; the global one has the
+model's ``max_sequence_length``, as stock).
 
 Everything reaches the processors through ``joint_attention_kwargs={"regional": ...}``, diffusers'
 own channel to attention processors, and the step count through ``callback_on_step_end``.
@@ -45,11 +60,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
-from render_service.engine.backends import dense_backend
+from render_service.engine.backends import JointAttentionBackend, default_attention, joint_allowed, joint_backend
 from shared.layout import CanvasLayout, Condition
 
 __all__ = [
@@ -95,19 +110,6 @@ def condition_prompt(condition: Condition) -> str:
     return " ".join((*condition.prefixes, *condition.suffixes))
 
 
-def joint_allowed(token_condition: torch.Tensor, covered: torch.Tensor) -> torch.Tensor:
-    """The joint mask ``A`` of the module docstring, ``(T + N, T + N)`` bool.
-
-    ``token_condition`` ``(T,)`` long: each text token's condition; ``covered`` ``(C, N)`` bool:
-    which image tokens each condition covers.
-    """
-    text_covers = covered[token_condition]  # (T, N)
-    top = torch.cat([token_condition[:, None] == token_condition[None, :], text_covers], dim=1)
-    pixels = covered.shape[1]
-    bottom = torch.cat([text_covers.T, torch.ones(pixels, pixels, dtype=torch.bool, device=covered.device)], dim=1)
-    return torch.cat([top, bottom], dim=0)
-
-
 def reference_joint_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -126,31 +128,52 @@ def reference_joint_attention(
     return torch.einsum("bhij,bjhd->bihd", weights, v)
 
 
+JointKernel = Callable[
+    ["FluxRegionalInputs", torch.Tensor, torch.Tensor, torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor | None]
+]
+
+
 def joint_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
-) -> torch.Tensor:
-    """Masked attention over ``(B, S, H, D)`` tensors with an optional ``(R, S)`` bool mask (True: may
-    attend), through the registry's dense backend (kernels are chosen only in ``backends/``), which
-    takes keys with the softmax scale already folded in."""
-    folded = key * key.shape[-1] ** -0.5
-    out = dense_backend().attend(query.transpose(1, 2), folded.transpose(1, 2), value.transpose(1, 2), mask)
-    return out.transpose(1, 2)
+    regional: FluxRegionalInputs, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, base: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The job's masked joint attention over ``(B, S, H, D)`` tensors through its backend (chosen in
+    the registry, never here): the masked output and, if ``base``, the base pass's image rows."""
+    mask = regional.mask(query.device, query.shape[0])
+    return regional.backend.joint_attend(query, key, value, mask, base)
+
+
+def _joint_mask(
+    backend: JointAttentionBackend[Any],
+    token_condition: torch.Tensor,
+    covered: torch.Tensor,
+    key_scale: torch.Tensor | None,
+    rows: int,
+) -> Any:
+    return backend.joint_mask(token_condition, covered, key_scale, rows)
+
+
+# Data-dependent indexing on the CPU, once per job: run eagerly, never traced into a compiled graph
+# (a compiled transformer that reaches it breaks the graph there instead).
+_eager_joint_mask = cast(Callable[..., Any], torch.compiler.disable(_joint_mask))  # type: ignore[no-untyped-call]  # torch leaves it unannotated
 
 
 @dataclass
 class FluxRegionalInputs:
     """One job's regional state, handed to every processor as ``joint_attention_kwargs["regional"]``."""
 
-    allowed: torch.Tensor | None
-    """The joint mask ``(S, S)``; None when there is only the global condition (stock attention)."""
-    base_allowed: torch.Tensor | None
-    """The base pass's mask: every row sees the global prompt's text and the image, nothing else."""
-    text_length: int
+    token_condition: torch.Tensor
+    """(T,) long: each text token's condition."""
+    covered: torch.Tensor | None
+    """(C, N) bool: which image tokens each condition covers; None when there is only the global
+    condition (stock attention)."""
     options: FluxRegionalOptions = field(default_factory=FluxRegionalOptions)
     key_scale: torch.Tensor | None = None
     """``(S,)``: the area factor image rows apply to each key's score (None: no factor)."""
+    backend: JointAttentionBackend[Any] = field(default_factory=lambda: joint_backend(default_attention("joint")))
+    """The registry's backend that computes the masked attention (``OMOST_RENDER_ATTENTION``)."""
     step: int = 0
     """The denoising step being run; advanced by :meth:`on_step_end`."""
+    _masks: dict[tuple[str, int], Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(
@@ -158,21 +181,54 @@ class FluxRegionalInputs:
         token_condition: torch.Tensor,
         covered: torch.Tensor,
         options: FluxRegionalOptions,
+        backend: JointAttentionBackend[Any] | None = None,
     ) -> FluxRegionalInputs:
-        text_length = len(token_condition)
+        chosen = backend if backend is not None else joint_backend(default_attention("joint"))
         if covered.shape[0] == 1:
-            return cls(None, None, text_length, options)
-        allowed = joint_allowed(token_condition, covered)
-        pixels = covered.shape[1]
-        sees = torch.cat([token_condition == 0, torch.ones(pixels, dtype=torch.bool)])
-        base_allowed = sees[None, :].expand(len(sees), -1).clone()
+            return cls(token_condition, None, options, backend=chosen)
         key_scale = None
         if options.area_weighting:
+            pixels = covered.shape[1]
             area = covered.sum(dim=1).to(torch.float32)
             # A condition that covers no token is masked everywhere; 1 keeps it harmless.
             scale = torch.where(area > 0, pixels / area.clamp(min=1), torch.ones_like(area))
             key_scale = torch.cat([scale[token_condition], torch.ones(pixels)])
-        return cls(allowed, base_allowed, text_length, options, key_scale=key_scale)
+        return cls(token_condition, covered, options, key_scale=key_scale, backend=chosen)
+
+    @property
+    def text_length(self) -> int:
+        return len(self.token_condition)
+
+    def mask(self, device: torch.device, rows: int) -> Any:
+        """The backend's mask for ``rows`` images on ``device``, built on first use and kept for the job
+        (:meth:`prepare` builds it before the transformer runs)."""
+        cached = self._masks.get((str(device), rows))
+        return cached if cached is not None else self._build_mask(device, rows)
+
+    def prepare(self, device: torch.device | str, rows: int) -> None:
+        """Build the mask before denoising, so no transformer call (compiled or not) builds one."""
+        if self.covered is not None:
+            self.mask(torch.device(device), rows)
+
+    def _build_mask(self, device: torch.device, rows: int) -> Any:
+        assert self.covered is not None
+        scale = None if self.key_scale is None else self.key_scale[: self.text_length]
+        built = _eager_joint_mask(self.backend, self.token_condition, self.covered, scale, rows)
+        mask = self._masks[(str(device), rows)] = self.backend.to(built, device)
+        return mask
+
+    @property
+    def allowed(self) -> torch.Tensor | None:
+        """The dense joint mask ``A`` ``(S, S)`` (for the reference; no backend gets it per call)."""
+        return None if self.covered is None else joint_allowed(self.token_condition, self.covered)
+
+    @property
+    def base_allowed(self) -> torch.Tensor | None:
+        """The base pass's dense mask: every row sees the global prompt's text and the image, nothing else."""
+        if self.covered is None:
+            return None
+        sees = torch.cat([self.token_condition == 0, torch.ones(self.covered.shape[1], dtype=torch.bool)])
+        return sees[None, :].expand(len(sees), -1).clone()
 
     def score_scale(self) -> torch.Tensor | None:
         """``S`` of the module docstring, ``(S, S)``: the reference's view of :attr:`key_scale`."""
@@ -183,7 +239,7 @@ class FluxRegionalInputs:
         return rows
 
     def applies(self, kind: str, index: int) -> bool:
-        if self.allowed is None or self.step >= self.options.regional_steps:
+        if self.covered is None or self.step >= self.options.regional_steps:
             return False
         interval = self.options.double_interval if kind == "double" else self.options.single_interval
         return index % interval == 0
@@ -208,9 +264,7 @@ class FluxRegionalAttnProcessor:
         self.kind = kind
         self.index = index
         self.stock = FluxAttnProcessor()
-        self.attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor] = (
-            joint_attention
-        )
+        self.attend: JointKernel = joint_attention
 
     def __call__(
         self,
@@ -242,27 +296,11 @@ class FluxRegionalAttnProcessor:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
 
-        assert regional.allowed is not None and regional.base_allowed is not None
-        device = query.device
-        text = regional.text_length
-        allowed = regional.allowed.to(device)
-        if regional.key_scale is None:
-            out = self.attend(query, key, value, allowed)
-        else:
-            # Scaling a key scales its score for the rows that use it: the image rows get the
-            # area-scaled keys, the text rows the plain ones, in two calls.
-            scale = regional.key_scale.to(device=device, dtype=key.dtype)[None, :, None, None]
-            out = torch.cat(
-                [
-                    self.attend(query[:, :text], key, value, allowed[:text]),
-                    self.attend(query[:, text:], key * scale, value, allowed[text:]),
-                ],
-                dim=1,
-            )
         ratio = regional.options.base_ratio
-        if ratio > 0:
+        out, base = self.attend(regional, query, key, value, ratio > 0)
+        if base is not None:
             # Only image rows are blended; the base pass sees no region token, so no area factor.
-            base = self.attend(query[:, text:], key, value, regional.base_allowed.to(device)[text:])
+            text = regional.text_length
             out = torch.cat([out[:, :text], ratio * base + (1 - ratio) * out[:, text:]], dim=1)
         out = out.flatten(2, 3).to(query.dtype)
 
@@ -329,12 +367,14 @@ def render_regional_flux(
     options: FluxRegionalOptions | None = None,
     max_sequence_length: int = 512,
     region_tokens: int | None = None,
+    attention: str | None = None,
     **pipe_kwargs: Any,
 ) -> Any:
     """Render ``layout`` with a ``FluxPipeline`` whose transformer has the regional processors.
 
-    Extra keyword arguments go to the pipeline (steps, guidance, generator, output type); the
-    return value is the pipeline's. A ``callback_on_step_end`` given is called after ours.
+    ``attention`` names the registry's backend (default: Flux's, ``packed``). Extra keyword
+    arguments go to the pipeline (steps, guidance, generator, output type); the return value is
+    the pipeline's. A ``callback_on_step_end`` given is called after ours.
     """
     if height % 16 or width % 16:
         raise ValueError(f"Flux sizes must be multiples of 16; got {width}x{height}")
@@ -345,8 +385,10 @@ def render_regional_flux(
         pipe, layout, max_sequence_length=max_sequence_length, region_tokens=region_tokens
     )
     inputs = FluxRegionalInputs.build(
-        token_condition, token_coverage(layout, height, width), options or FluxRegionalOptions()
-    )
+        token_condition, token_coverage(layout, height, width), options or FluxRegionalOptions(),
+        joint_backend(attention or default_attention("joint")),
+    )  # fmt: skip
+    inputs.prepare(pipe._execution_device, pipe_kwargs.get("num_images_per_prompt") or 1)
     then = pipe_kwargs.pop("callback_on_step_end", None)
 
     def on_step_end(pipeline: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:

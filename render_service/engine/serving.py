@@ -42,9 +42,10 @@ def load_engine(
     config: str | None = None,
     vae: str | None = None,
     compile: bool = False,
-    attention: str = DEFAULT_ATTENTION,
+    attention: str | None = None,
 ) -> Any:
-    """The engine for ``model``'s family, loaded once per process. Raises ``ModelNotFoundError`` (also for a
+    """The engine for ``model``'s family, loaded once per process; ``attention`` None is the family's
+    default backend (``sdpa`` on SDXL, ``packed`` on Flux). Raises ``ModelNotFoundError`` (also for a
     checkpoint of a family we cannot place) and ``AttentionConfigError`` before loading anything."""
     if detect_family(model) == "flux":
         from render_service.engine.flux_engine import FluxEngine
@@ -59,7 +60,7 @@ def load_engine(
 
     return RenderEngine.load(
         model, device=device, dtype=dtype, cpu_offload=cpu_offload, config=config, vae=vae, compile=compile,
-        attention=attention,
+        attention=attention or DEFAULT_ATTENTION,
     )  # fmt: skip
 
 

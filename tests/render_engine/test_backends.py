@@ -20,7 +20,9 @@ from render_service.engine.backends import (
     AttentionConfigError,
     attention_backend,
     check_attention,
+    default_attention,
     dense_backend,
+    joint_backend,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,6 +36,11 @@ def test_every_registered_backend_loads_and_names_itself() -> None:
         backend = attention_backend(name)
         assert isinstance(backend, AttentionBackend) and backend.name == name
     assert DEFAULT_ATTENTION == "sdpa" and dense_backend() is attention_backend("sdpa")
+    # Each family's default when OMOST_RENDER_ATTENTION is unset: the fastest exact one for its layout.
+    assert (default_attention("cross"), default_attention("joint")) == ("sdpa", "packed")
+    assert joint_backend("packed") is attention_backend("packed") and joint_backend("sdpa") is dense_backend()
+    with pytest.raises(AttentionConfigError, match="'flex' does not serve joint attention"):
+        joint_backend("flex")
 
 
 def test_constraints_are_checked_and_say_what_to_change() -> None:
@@ -46,8 +53,11 @@ def test_constraints_are_checked_and_say_what_to_change() -> None:
         check_attention("flex", compiled=False, **cpu, **SDXL)
     with pytest.raises(AttentionConfigError, match="runs on cpu, cuda, and the engine is on mps"):
         check_attention("flex", device="mps", dtype=torch.float16, compiled=True, **SDXL)
+    flux = {"layout": "joint", "contiguous_condition_tokens": True}
+    for name in ("sdpa", "packed"):
+        assert check_attention(name, compiled=False, **cpu, **flux).name == name
     with pytest.raises(AttentionConfigError, match="this model family's is joint"):
-        check_attention("sdpa", compiled=False, **cpu, layout="joint", contiguous_condition_tokens=True)
+        check_attention("flex", compiled=True, **cpu, **flux)
     with pytest.raises(AttentionConfigError, match="tokens side by side"):
         check_attention("packed", compiled=False, **cpu, layout="cross", contiguous_condition_tokens=False)
     with pytest.raises(AttentionConfigError, match="one of sdpa, packed, flex; got 'dense'"):

@@ -92,6 +92,27 @@ def test_cancel_stops_within_a_step(flux: Any) -> None:
     assert len(flux.render(request(1)).images) == 1
 
 
+def test_attention_setting_chooses_the_joint_backend(flux: Any, tiny_flux: Path) -> None:
+    """OMOST_RENDER_ATTENTION on Flux: packed unless set; sdpa (the dense mask) draws the same
+    picture; flex (SDXL only) is refused with the reason and the engine keeps its backend."""
+    from render_service.engine.backends import AttentionConfigError
+    from render_service.engine.serving import load_engine
+
+    assert flux.attention == "packed"
+    packed = np.asarray(flux.render(request(5)).images[0], dtype=np.int16)
+    try:
+        flux.set_attention("sdpa")
+        dense = np.asarray(flux.render(request(5)).images[0], dtype=np.int16)
+    finally:
+        flux.set_attention("packed")
+    assert np.abs(packed - dense).max() <= 1
+    with pytest.raises(AttentionConfigError, match="this model family's is joint"):
+        flux.set_attention("flex")
+    assert flux.attention == "packed"
+    with pytest.raises(AttentionConfigError, match="'flex' cannot run here"):
+        load_engine(str(tiny_flux), device="cpu", attention="flex")
+
+
 def test_flux_refuses_what_it_cannot_do(flux: Any) -> None:
     with pytest.raises(ValueError, match="multiples of 16"):
         flux.render(request(width=72))
@@ -140,7 +161,8 @@ def test_flux_bench_runs_its_tables_on_the_tiny_flux(tmp_path: Path) -> None:
                             "--json", str(tmp_path / "flux.json")])  # fmt: skip
     finally:
         torch.set_num_threads(threads)
-    assert [(r["table"], r["conditions"]) for r in rows] == [("eager", 1), ("eager", 5)]
+    expected = [("eager", 1, "packed"), ("eager", 5, "packed")]  # Flux's default joint backend
+    assert [(r["table"], r["conditions"], r["attention"]) for r in rows] == expected
     assert all(r["stock_s"] > 0 and r["ours_s"] > 0 for r in rows) and rows[1]["text_tokens"] > rows[0]["text_tokens"]
     assert json.loads((tmp_path / "flux.json").read_text())["rows"] == rows
     with pytest.raises(SystemExit) as parsed:

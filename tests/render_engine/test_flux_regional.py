@@ -1,4 +1,5 @@
-"""Omost's regions on the tiny Flux: masked joint attention through diffusers attention processors."""
+"""Omost's regions on the tiny Flux: masked joint attention through diffusers attention processors,
+on each backend that serves it (``packed``, Flux's default, and the dense ``sdpa``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from render_service.engine.backends import joint_backend
 from render_service.engine.flux_regional import (
     FluxRegionalInputs,
     FluxRegionalOptions,
@@ -35,6 +37,8 @@ CANVAS = {
 SIZE = 64
 TEXT = 16
 """max_sequence_length per prompt: short, so the tiny model stays fast."""
+JOINT = ["packed", "sdpa"]
+"""The backends that serve Flux's joint attention."""
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +50,12 @@ def pipe(tiny_flux: Path) -> Any:
     return pipeline
 
 
-def render(pipe: Any, canvas: dict[str, Any], **options: Any) -> np.ndarray:
+def render(pipe: Any, canvas: dict[str, Any], attention: str | None = None, **options: Any) -> np.ndarray:
     install_flux_regional_processors(pipe.transformer)
     output = render_regional_flux(
         pipe, layout_canvas(Canvas.model_validate(canvas)), height=SIZE, width=SIZE,
         options=FluxRegionalOptions(**options), max_sequence_length=TEXT, num_inference_steps=2,
-        generator=torch.Generator().manual_seed(3), output_type="np",
+        generator=torch.Generator().manual_seed(3), output_type="np", attention=attention,
     )  # fmt: skip
     return np.asarray(output.images[0])
 
@@ -77,7 +81,7 @@ def test_joint_mask_follows_the_rules() -> None:
 
 
 def attention_case(
-    pipe: Any, kind: str, dtype: torch.dtype, area_weighting: bool = True
+    pipe: Any, kind: str, dtype: torch.dtype, area_weighting: bool = True, attention: str = "packed"
 ) -> tuple[Any, dict[str, Any], FluxRegionalInputs]:
     """One attention layer of the tiny Flux with random inputs and a two-region canvas."""
     transformer = pipe.transformer
@@ -100,38 +104,35 @@ def attention_case(
     else:
         args = dict(hidden_states=torch.cat([text, image], dim=1), image_rotary_emb=rotary)
     options = FluxRegionalOptions(base_ratio=0.3, area_weighting=area_weighting)
-    inputs = FluxRegionalInputs.build(token_condition, covered, options)
+    inputs = FluxRegionalInputs.build(token_condition, covered, options, joint_backend(attention))
     return attn, args, inputs
 
 
+@pytest.mark.parametrize("attention", JOINT)
 @pytest.mark.parametrize("area_weighting", [True, False])
 @pytest.mark.parametrize("kind", ["double", "single"])
-def test_processor_equals_float64_reference(pipe: Any, kind: str, area_weighting: bool) -> None:
+def test_processor_equals_float64_reference(pipe: Any, kind: str, area_weighting: bool, attention: str) -> None:
     from render_service.engine.flux_regional import FluxRegionalAttnProcessor
 
-    attn, args, inputs = attention_case(pipe, kind, torch.float64, area_weighting)
+    attn, args, inputs = attention_case(pipe, kind, torch.float64, area_weighting, attention)
     processor = FluxRegionalAttnProcessor(kind, 0)
-    calls: list[tuple[torch.Tensor, ...]] = []
+    calls: list[tuple[Any, ...]] = []
     kernel = processor.attend
-    processor.attend = lambda q, k, v, m: calls.append((q, k, v, m)) or kernel(q, k, v, m)  # type: ignore[func-returns-value]
+    processor.attend = lambda r, q, k, v, b: calls.append((r, q, k, v, b)) or kernel(r, q, k, v, b)  # type: ignore[func-returns-value]
     try:
         out = processor(attn, **args, regional=inputs)
     finally:
         attn.to(torch.float32)
+    assert len(calls) == 1, "one call per masked block: the base pass comes with the masked one"
+    regional, q, k, v, base = calls[0]
+    assert regional is inputs and regional.backend.name == attention and base is True
     score_scale = inputs.score_scale()
-    if area_weighting:
-        assert len(calls) == 3, "text rows, image rows with area-scaled keys, the base pass"
-        assert score_scale is not None and score_scale.max() > 1, "the regions are smaller than the image"
-        q = torch.cat([calls[0][0], calls[1][0]], dim=1)
-    else:
-        assert len(calls) == 2 and score_scale is None, "the masked pass and the base pass"
-        q = calls[0][0]
-    _, k, v, _ = calls[0]
+    assert (score_scale is not None and score_scale.max() > 1) == area_weighting, "the regions are smaller"
     assert inputs.allowed is not None and inputs.base_allowed is not None
     masked = reference_joint_attention(q, k, v, inputs.allowed, score_scale)
-    base = reference_joint_attention(q, k, v, inputs.base_allowed)
+    base_pass = reference_joint_attention(q, k, v, inputs.base_allowed)
     text = inputs.text_length
-    mixed = torch.cat([masked[:, :text], 0.3 * base[:, text:] + 0.7 * masked[:, text:]], dim=1).flatten(2, 3)
+    mixed = torch.cat([masked[:, :text], 0.3 * base_pass[:, text:] + 0.7 * masked[:, text:]], dim=1).flatten(2, 3)
     if kind == "double":
         attn.to(torch.float64)
         expected_image = attn.to_out[0](mixed[:, text:])
@@ -143,11 +144,87 @@ def test_processor_equals_float64_reference(pipe: Any, kind: str, area_weighting
         torch.testing.assert_close(out, mixed, rtol=1e-9, atol=1e-9)
 
 
-def test_masked_pairs_never_mix(pipe: Any) -> None:
+def random_job(conditions: int, pixels: int = 48, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(token_condition, covered)`` of a job with ``conditions`` conditions: overlapping random
+    regions of 1-6 tokens each, the last one covering no image token (when there are regions)."""
+    generator = torch.Generator().manual_seed(seed)
+    covered = torch.rand(conditions, pixels, generator=generator) < 0.4
+    covered[0] = True
+    if conditions > 2:
+        covered[-1] = False
+    lengths = torch.randint(1, 7, (conditions,), generator=generator)
+    return torch.arange(conditions).repeat_interleave(lengths), covered
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+@pytest.mark.parametrize("conditions", [1, 5, 12])
+@pytest.mark.parametrize("attention", JOINT)
+def test_joint_backend_equals_float64_reference(attention: str, conditions: int, rows: int) -> None:
+    """Overlapping regions and a region covering no token, the area factor on, masked and base pass."""
+    token_condition, covered = random_job(conditions)
+    inputs = FluxRegionalInputs.build(token_condition, covered, FluxRegionalOptions(), joint_backend(attention))
+    backend = joint_backend(attention)
+    scale = inputs.key_scale[: inputs.text_length] if inputs.key_scale is not None else None
+    mask = backend.joint_mask(token_condition, covered, scale, rows)
+    allowed = joint_allowed(token_condition, covered)
+    score_scale = inputs.score_scale()
+    text, spans = len(token_condition), len(token_condition) + covered.shape[1]
+    sees = torch.cat([token_condition == 0, torch.ones(covered.shape[1], dtype=torch.bool)])
+    generator = torch.Generator().manual_seed(conditions)
+    q, k, v = (torch.randn(rows, spans, 3, 16, generator=generator, dtype=torch.float64) for _ in range(3))
+    want = reference_joint_attention(q, k, v, allowed, score_scale)
+    want_base = reference_joint_attention(q, k, v, sees[None, :].expand(spans, -1))[:, text:]
+    for dtype, tolerance in ((torch.float64, 1e-10), (torch.float32, 2e-5), (torch.bfloat16, 5e-2)):
+        out, base = backend.joint_attend(q.to(dtype), k.to(dtype), v.to(dtype), mask, True)
+        assert out.dtype == dtype and base is not None and torch.isfinite(out).all() and torch.isfinite(base).all()
+        torch.testing.assert_close(out.double(), want, rtol=tolerance, atol=tolerance)
+        torch.testing.assert_close(base.double(), want_base, rtol=tolerance, atol=tolerance)
+    out, base = backend.joint_attend(q, k, v, mask, False)
+    assert base is None
+
+
+def test_packed_kernel_gets_every_allowed_pair_once_and_no_other(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spy on the varlen kernel: the (query, key) pairs of its sequences are exactly the joint mask's
+    allowed pairs (an image row's, across its partials; each once), and fewer than the dense call's."""
+    from render_service.engine.backends import packed
+
+    token_condition, covered = random_job(12, pixels=40, seed=4)
+    rows, text = 2, len(token_condition)
+    spans = text + covered.shape[1]
+    mask = packed.packed_joint_mask(token_condition, covered, torch.rand(text) + 1, rows)
+    sequences: list[tuple[int, int, int, int]] = []
+    kernel = packed.packed_attention
+
+    def spy(q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, max_q: int, max_k: int) -> Any:
+        starts_q, starts_k = cu_q.tolist(), cu_k.tolist()
+        sequences.extend(zip(starts_q, starts_q[1:], starts_k, starts_k[1:], strict=False))
+        return kernel(q, k, v, cu_q, cu_k, max_q, max_k)
+
+    monkeypatch.setattr(packed, "packed_attention", spy)
+    q, k, v = (torch.randn(rows, spans, 2, 8) for _ in range(3))
+    packed.packed_joint_attend(q, k, v, mask, True)
+    # Every packed key is a token of the same image (the scaled copy of a text token maps back to it).
+    scaled = rows * spans
+    copy = mask.key_index - scaled
+    key_token = torch.where(copy < 0, mask.key_index, copy // text * spans + copy % text)
+    assert torch.equal(key_token, mask.value_index), "a key and its value are the same token"
+    pairs: list[tuple[int, int]] = []
+    for q0, q1, k0, k1 in sequences:
+        for query in mask.query_index[q0:q1].tolist():
+            pairs.extend((query, key) for key in mask.value_index[k0:k1].tolist())
+    assert len(pairs) == len(set(pairs)), "no pair is computed twice"
+    allowed = joint_allowed(token_condition, covered)
+    expected = {(row * spans + i, row * spans + j) for row in range(rows) for i, j in allowed.nonzero().tolist()}
+    assert set(pairs) == expected
+    assert len(pairs) < rows * spans * spans / 2, "well under the dense call's pairs"
+
+
+@pytest.mark.parametrize("attention", JOINT)
+def test_masked_pairs_never_mix(pipe: Any, attention: str) -> None:
     """Changing region 2's text changes nothing the mask keeps from it in one attention call."""
     from render_service.engine.flux_regional import FluxRegionalAttnProcessor
 
-    attn, args, inputs = attention_case(pipe, "double", torch.float32)
+    attn, args, inputs = attention_case(pipe, "double", torch.float32, attention=attention)
     processor = FluxRegionalAttnProcessor("double", 0)
     image, text = processor(attn, **args, regional=inputs)
     changed = args["encoder_hidden_states"].clone()
@@ -164,10 +241,12 @@ def test_masked_pairs_never_mix(pipe: Any) -> None:
 def test_knobs_choose_steps_and_blocks_and_the_kernel_gets_the_mask(pipe: Any) -> None:
     """A spy on every processor's kernel over a whole render: the mask only where the knobs say."""
     install_flux_regional_processors(pipe.transformer)
-    seen: list[tuple[str, torch.Tensor | None]] = []
+    seen: list[tuple[str, FluxRegionalInputs, torch.Tensor, bool]] = []
     for name, processor in pipe.transformer.attn_processors.items():
         kernel = processor.attend
-        processor.attend = lambda q, k, v, m, name=name, kernel=kernel: seen.append((name, m)) or kernel(q, k, v, m)
+        processor.attend = lambda r, q, k, v, b, name=name, kernel=kernel: (
+            seen.append((name, r, q, b)) or kernel(r, q, k, v, b)
+        )
     layout = layout_canvas(Canvas.model_validate(CANVAS))
     output = render_regional_flux(
         pipe, layout, height=SIZE, width=SIZE, max_sequence_length=TEXT, num_inference_steps=3,
@@ -176,19 +255,16 @@ def test_knobs_choose_steps_and_blocks_and_the_kernel_gets_the_mask(pipe: Any) -
     )  # fmt: skip
     install_flux_regional_processors(pipe.transformer)  # fresh kernels for the other tests
     assert np.isfinite(output.images[0]).all()
-    # 3 steps, 2 double + 2 single blocks; only step 0 and blocks 0 of each kind: text rows, image
-    # rows (area-scaled keys) and the base pass.
-    names = [name for name, _ in seen]
-    assert names == ["transformer_blocks.0.attn.processor"] * 3 + ["single_transformer_blocks.0.attn.processor"] * 3
+    # 3 steps, 2 double + 2 single blocks; only step 0 and blocks 0 of each kind, one call each.
+    names = [name for name, _, _, _ in seen]
+    assert names == ["transformer_blocks.0.attn.processor", "single_transformer_blocks.0.attn.processor"]
     covered = token_coverage(layout, SIZE, SIZE)
-    token_condition = torch.arange(3).repeat_interleave(TEXT)
-    text_len = len(token_condition)
-    mask = seen[1][1]  # the image rows'
-    assert mask is not None and mask.shape == (covered.shape[1], text_len + covered.shape[1])
-    for pixel in range(covered.shape[1]):
-        for token in range(text_len):
-            condition = int(token_condition[token])
-            assert bool(mask[pixel, token]) == bool(covered[condition, pixel])
+    for _, regional, query, base in seen:
+        assert regional.backend.name == "packed" and base, "Flux's default backend, base pass on"
+        assert torch.equal(regional.covered, covered) and regional.text_length == 3 * TEXT
+        assert query.shape[1] == 3 * TEXT + covered.shape[1]
+        mask = regional.mask(query.device, query.shape[0])
+        assert mask.slots == int(covered.sum(dim=0).max()) + 1, "packed: no dense mask was made"
 
 
 def test_global_only_canvas_equals_stock_flux_pipeline(pipe: Any) -> None:
@@ -213,12 +289,19 @@ def test_regions_change_the_picture(pipe: Any) -> None:
     assert np.abs(plain - regional).max() > 1 / 255
 
 
-def test_bf16_stays_finite(tiny_flux: Path) -> None:
+def test_packed_render_equals_the_dense_render(pipe: Any) -> None:
+    packed = render(pipe, CANVAS, attention="packed")
+    dense = render(pipe, CANVAS, attention="sdpa")
+    assert np.abs(np.round(packed * 255) - np.round(dense * 255)).max() <= 1
+
+
+@pytest.mark.parametrize("attention", JOINT)
+def test_bf16_stays_finite(tiny_flux: Path, attention: str) -> None:
     from diffusers import FluxPipeline
 
     pipe = FluxPipeline.from_pretrained(str(tiny_flux), dtype=torch.bfloat16)
     pipe.set_progress_bar_config(disable=True)
-    image = render(pipe, CANVAS)
+    image = render(pipe, CANVAS, attention=attention)
     assert np.isfinite(image).all() and image.std() > 0
 
 

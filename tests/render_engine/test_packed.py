@@ -132,7 +132,7 @@ def test_processor_equals_the_sdpa_path(layer: Attention, rows: list[int]) -> No
 
 
 def test_kernel_choice() -> None:
-    assert packed_kernel("cpu", torch.float16) == "reference"
+    assert packed_kernel("cpu", torch.float16) == "flash-cpu", "PyTorch's fused CPU kernel with its log-sum-exp"
     assert packed_kernel("cuda", torch.float32) == "reference", "FlashAttention has no fp32 kernel"
     flash_available = importlib.util.find_spec("torch.nn.attention.varlen") is not None
     assert packed_kernel("cuda", torch.float16) == ("flash-varlen" if flash_available else "reference")

@@ -2,7 +2,9 @@
 
 Modelled on diffusers' ``attention_dispatch.py``. A backend is how the masked (positive) rows of a
 cross-attention attend to their regions' tokens: the mask it builds once per job and resolution,
-the layout of the keys it wants, and the kernel call. Each backend is one module of this package
+the layout of the keys it wants, and the kernel call. A backend that also serves the ``joint``
+layout (a DiT such as Flux: text and image tokens in one attention) implements
+:class:`JointAttentionBackend` too, on the same object under the same name. Each backend is one module of this package
 with a ``BACKEND`` object (an :class:`AttentionBackend`) and one :func:`_register` line below; the
 engine asks :func:`check_attention` for the one a setting names and never picks a kernel itself
 (an import rule keeps the kernel modules private to this package; tests/shared/test_import_rules.py
@@ -29,12 +31,17 @@ __all__ = [
     "AttentionBackend",
     "AttentionConfigError",
     "Constraints",
+    "JointAttentionBackend",
     "attention_backend",
     "check_attention",
+    "default_attention",
     "dense_backend",
+    "joint_allowed",
+    "joint_backend",
 ]
 
 MaskT = TypeVar("MaskT")
+JointMaskT = TypeVar("JointMaskT")
 
 
 class AttentionBackend(ABC, Generic[MaskT]):
@@ -68,6 +75,60 @@ class AttentionBackend(ABC, Generic[MaskT]):
 
     def mark_dynamic(self, key: torch.Tensor, value: torch.Tensor, mask: MaskT) -> None:
         """Tell ``torch.compile`` which dimensions vary with the canvas (token counts, conditions)."""
+
+
+class JointAttentionBackend(ABC, Generic[JointMaskT]):
+    """Masked joint attention (text and image tokens in one sequence, Flux): the rules are
+    :func:`joint_allowed`'s, the formula ``reference_joint_attention``'s in
+    :mod:`render_service.engine.flux_regional`. The mask is built once per job, device and batch
+    size; no backend builds a dense mask per head.
+    """
+
+    name: str
+
+    @abstractmethod
+    def joint_mask(
+        self, token_condition: torch.Tensor, covered: torch.Tensor, key_scale: torch.Tensor | None, rows: int
+    ) -> JointMaskT:
+        """The mask of a job: ``token_condition`` (T,) long, each text token's condition (a condition's
+        tokens side by side, condition 0 the global one, which covers every image token); ``covered``
+        (C, N) bool, which image tokens each condition covers; ``key_scale`` (T,) the factor an image
+        row's score for each text token is multiplied by (None: none); ``rows`` the batch size."""
+
+    @abstractmethod
+    def joint_attend(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: JointMaskT, base: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``query``, ``key``, ``value`` ``(rows, T + N, heads, d)`` (diffusers' layout, text first),
+        softmax scale ``1/sqrt(d)``. Returns the masked attention ``(rows, T + N, heads, d)`` and, if
+        ``base``, the base pass of the image rows ``(rows, N, heads, d)``: each image row over the
+        global condition's text and every image token, no factor (else None)."""
+
+    def to(self, mask: JointMaskT, device: torch.device) -> JointMaskT:
+        """``mask`` on ``device``: a mask is built on the CPU once per job; this default moves every
+        tensor of a ``NamedTuple`` mask and keeps its other fields."""
+        import torch
+
+        if not isinstance(mask, tuple):
+            raise TypeError(f"{type(self).__name__} must say how to move a {type(mask).__name__}")
+        moved = (item.to(device) if isinstance(item, torch.Tensor) else item for item in mask)
+        return type(mask)(*moved)
+
+
+def joint_allowed(token_condition: torch.Tensor, covered: torch.Tensor) -> torch.Tensor:
+    """The joint mask ``A`` of :mod:`render_service.engine.flux_regional`, ``(T + N, T + N)`` bool (the
+    rule every joint backend implements; dense, for the ``sdpa`` backend and the reference).
+
+    ``token_condition`` ``(T,)`` long: each text token's condition; ``covered`` ``(C, N)`` bool:
+    which image tokens each condition covers.
+    """
+    import torch
+
+    text_covers = covered[token_condition]  # (T, N)
+    top = torch.cat([token_condition[:, None] == token_condition[None, :], text_covers], dim=1)
+    pixels = covered.shape[1]
+    bottom = torch.cat([text_covers.T, torch.ones(pixels, pixels, dtype=torch.bool, device=covered.device)], dim=1)
+    return torch.cat([top, bottom], dim=0)
 
 
 @dataclass(frozen=True)
@@ -107,17 +168,21 @@ def _register(name: str, module: str, constraints: Constraints) -> None:
     _REGISTRY[name] = _Registration(f"{__name__}.{module}", constraints)
 
 
-# One masked scaled_dot_product_attention call over all of a job's tokens (the default).
-_register("sdpa", "sdpa", Constraints())
+# One masked scaled_dot_product_attention call over all of a job's tokens (SDXL's default); on Flux
+# the dense (S, S) joint mask.
+_register("sdpa", "sdpa", Constraints(layouts=frozenset({"cross", "joint"})))
 # Only the pixel-token pairs a region allows: one variable-length sequence per condition
-# (FlashAttention's varlen kernel on CUDA in fp16/bf16, a reference kernel elsewhere).
-_register("packed", "packed", Constraints(contiguous_condition_tokens=True))
+# (FlashAttention's varlen kernel on CUDA in fp16/bf16, a reference kernel elsewhere); on Flux
+# every allowed pair once, in one varlen call (Flux's default).
+_register("packed", "packed", Constraints(contiguous_condition_tokens=True, layouts=frozenset({"cross", "joint"})))
 # FlexAttention with a block mask that skips blocks no pixel sees; inductor generates its kernel.
 _register("flex", "flex", Constraints(devices=frozenset({"cuda", "cpu"}), compiled="only"))
 
 ATTENTION_BACKENDS: tuple[str, ...] = tuple(_REGISTRY)
 """Every registered backend's name, in registration order."""
 DEFAULT_ATTENTION = "sdpa"
+"""The default of a ``cross`` family (SDXL); see :func:`default_attention`."""
+_DEFAULT_BY_LAYOUT = {"cross": DEFAULT_ATTENTION, "joint": "packed"}
 UNMASKED = "sdpa"
 """The backend of unmasked groups (the negative prompt's rows see all of their tokens), whichever
 backend the masked groups use: one plain SDPA call is the fastest kernel there."""
@@ -136,6 +201,22 @@ def attention_backend(name: str) -> AttentionBackend[Any]:
     backend = importlib.import_module(registration.module).BACKEND
     if not isinstance(backend, AttentionBackend) or backend.name != name:
         raise TypeError(f"{registration.module}.BACKEND is not the {name!r} AttentionBackend")
+    return backend
+
+
+def default_attention(layout: str) -> str:
+    """The backend a family of this attention ``layout`` uses when none is chosen: the fastest exact
+    one measured (``sdpa`` for SDXL's cross-attention, ``packed`` for Flux's joint attention)."""
+    return _DEFAULT_BY_LAYOUT[layout]
+
+
+def joint_backend(name: str) -> JointAttentionBackend[Any]:
+    """Backend ``name`` as a joint-attention backend (:class:`AttentionConfigError` if it serves none)."""
+    if "joint" not in _REGISTRY[_known(name)].constraints.layouts:
+        raise AttentionConfigError(f"attention backend {name!r} does not serve joint attention")
+    backend = attention_backend(name)
+    if not isinstance(backend, JointAttentionBackend):
+        raise TypeError(f"{_REGISTRY[name].module}.BACKEND declares the joint layout and does not implement it")
     return backend
 
 

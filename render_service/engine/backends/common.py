@@ -27,6 +27,21 @@ def fold_token_scale(key: torch.Tensor, token_scale: torch.Tensor, scale: float)
     return (key.float() * (factor.float() * scale)).to(key.dtype)
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a backend forms products and softmax sums in: fp32 for the half types and fp32,
+    float64 kept (the float64 reference tests compare against it at 1e-9)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def scale_keys(key: torch.Tensor, factor: torch.Tensor | None, scale: float = 1.0) -> torch.Tensor:
+    """``key`` ``(B, S, H, d)`` times a per-token ``factor`` ``(S,)`` (None: 1) and ``scale``, formed in
+    :func:`compute_dtype` and rounded once (a token's score factor rides in its key: q·(s k) = s (q·k))."""
+    wide = compute_dtype(key.dtype)
+    if factor is None:
+        return (key.to(wide) * scale).to(key.dtype)
+    return (key.to(wide) * (factor.to(device=key.device, dtype=wide) * scale)[None, :, None, None]).to(key.dtype)
+
+
 def token_bucket(tokens: int) -> int:
     """The padded length of a masked token group: 256·2^k or 384·2^k, the next one up.
 

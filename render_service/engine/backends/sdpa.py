@@ -5,19 +5,25 @@ multiplied by (pixels / pixels of its region). Omost builds the score matrix by 
 the factor is folded into the keys (:func:`~.common.fold_token_scale`), so the whole thing is one
 SDPA call with a mask and PyTorch is free to pick a fused kernel. It pays for every (pixel, token)
 pair, masked or not; :mod:`.packed` computes only the allowed pairs.
+
+On Flux (the ``joint`` layout) the mask is the dense ``(S, S)`` bool joint mask of
+:func:`~render_service.engine.backends.joint_allowed`, made once per job and broadcast over heads
+and batch: three calls in a masked block (text rows; image rows with the area factor in the keys;
+the base pass). Kept as the dense reference path; ``packed`` is Flux's default.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from render_service.engine.backends import AttentionBackend
-from render_service.engine.backends.common import fold_token_scale, pad_tokens, padded_tokens
+from render_service.engine.backends import AttentionBackend, JointAttentionBackend, joint_allowed
+from render_service.engine.backends.common import fold_token_scale, pad_tokens, padded_tokens, scale_keys
 
-__all__ = ["BACKEND", "SdpaBackend", "additive_mask", "attend", "regional_attention"]
+__all__ = ["BACKEND", "DenseJointMask", "SdpaBackend", "additive_mask", "attend", "regional_attention"]
 
 
 def attend(
@@ -71,7 +77,19 @@ def additive_mask(token_mask: torch.Tensor, dtype: torch.dtype, tokens: int | No
     return bias
 
 
-class SdpaBackend(AttentionBackend[torch.Tensor | None]):
+class DenseJointMask(NamedTuple):
+    """Flux's joint mask as SDPA takes it (made once per job, broadcast over batch and heads)."""
+
+    allowed: torch.Tensor
+    """(S, S) bool: :func:`~render_service.engine.backends.joint_allowed`."""
+    base_allowed: torch.Tensor
+    """(N, S) bool: the base pass's image rows see the global condition's text and every image token."""
+    key_scale: torch.Tensor | None
+    """(S,): the factor image rows apply to each key's score (1 on image keys); None: no factor."""
+    text_length: int
+
+
+class SdpaBackend(AttentionBackend[torch.Tensor | None], JointAttentionBackend[DenseJointMask]):
     """The mask is an additive bias ``(1, 1, N, T_padded)``, or None: every pixel sees every token
     (the unmasked groups of every backend come here)."""
 
@@ -107,6 +125,34 @@ class SdpaBackend(AttentionBackend[torch.Tensor | None]):
         for tensor in (key, value):
             torch._dynamo.maybe_mark_dynamic(tensor, 2)
         torch._dynamo.maybe_mark_dynamic(mask, 3)
+
+    def joint_mask(
+        self, token_condition: torch.Tensor, covered: torch.Tensor, key_scale: torch.Tensor | None, rows: int
+    ) -> DenseJointMask:
+        text, pixels = len(token_condition), covered.shape[1]
+        sees = torch.cat([token_condition == 0, torch.ones(pixels, dtype=torch.bool, device=covered.device)])
+        full_scale = None if key_scale is None else torch.cat([key_scale, key_scale.new_ones(pixels)])
+        return DenseJointMask(
+            joint_allowed(token_condition, covered), sees[None, :].expand(pixels, -1).clone(), full_scale, text
+        )
+
+    def joint_attend(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: DenseJointMask, base: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        text = mask.text_length
+        # The softmax scale rides in the keys (the kernel runs with scale=1), like the area factor.
+        softmax = key.shape[-1] ** -0.5
+        q, k, v = (t.transpose(1, 2) for t in (query, scale_keys(key, None, softmax), value))
+        if mask.key_scale is None:
+            out = attend(q, k, v, mask.allowed)
+        else:
+            # Scaling a key scales its score for the rows that use it: the image rows get the
+            # area-scaled keys, the text rows the plain ones, in two calls.
+            scaled = scale_keys(key, mask.key_scale, softmax).transpose(1, 2)
+            text_rows = attend(q[:, :, :text], k, v, mask.allowed[:text])
+            out = torch.cat([text_rows, attend(q[:, :, text:], scaled, v, mask.allowed[text:])], dim=2)
+        base_out = attend(q[:, :, text:], k, v, mask.base_allowed).transpose(1, 2) if base else None
+        return out.transpose(1, 2), base_out
 
 
 BACKEND = SdpaBackend()
