@@ -293,8 +293,11 @@ class SentinelCluster:
         wait_until(lambda: (self.primary_port() or old_port) != old_port, timeout, 0.1, "a failover")
         new = self.primary_port()
         assert new is not None
-        agreed = lambda: self._sentinels_agree(new, replicas=0, down_replica=old_port)  # noqa: E731
-        wait_until(agreed, timeout, 0.1, "every sentinel done with the failover")
+
+        def over() -> bool:
+            return self._sentinels_agree(new, replicas=0, down_replica=old_port)
+
+        wait_until(over, timeout, 0.1, "every sentinel done with the failover")
         return new
 
     def restart_node(self, port: int, timeout: float = 60.0) -> None:
