@@ -426,7 +426,7 @@ def omost_grammar(
             for word in shape.excluded:
                 if not _EXCLUDABLE.fullmatch(word):
                     raise ValueError(f"an excluded word must be letters: {word!r}")
-        for part in (region_style or "").split(", ") if region_style else ():
+        for part in region_style.split(", ") if region_style else ():
             _check_opening(part)  # words, comma-separated ("Pixel art, cinematic")
         return _render(profile, limits, max_regions, tuple(regions), tags, region_style or None)
     return _render(profile, limits, max_regions, None, tags)
